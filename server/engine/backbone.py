@@ -1,0 +1,37 @@
+"""The frozen wav2vec 2.0 backbone: front end -> projection -> transformer (HF `Wav2Vec2Model` key layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from server.engine.adapters import Segment
+from server.engine.config import BackboneConfig
+from server.engine.encoder import Encoder
+from server.engine.frontend import FeatureEncoder, FeatureProjection, conv_output_lengths, time_mask
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.config = config
+        self.feature_extractor = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        self.encoder = Encoder(config)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) samples -> (B,) output frames."""
+        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
+            lengths = conv_output_lengths(lengths, kernel, stride)
+        return lengths
+
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, segments: Sequence[Segment]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,)."""
+        features, frames = self.feature_extractor(waveforms, lengths)  # (B, C, T)
+        h = self.feature_projection(features)  # (B, T, H)
+        h = self.encoder(h, time_mask(frames, h.shape[1]), segments)
+        return h, frames
