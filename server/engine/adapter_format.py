@@ -111,7 +111,8 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
     for key, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise AdapterError(
-                f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+                f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[key].shape)}"
             )
         if not tensor.is_floating_point():
             raise AdapterError(f"adapter {adapter.name!r}: {key} has dtype {tensor.dtype}, expected a float dtype")
@@ -170,7 +171,8 @@ def adapter_from_hf(
         raise AdapterError(f"adapter {name!r}: lm_head.weight / lm_head.bias missing")
     if head["weight"].shape[0] != len(vocab):
         raise AdapterError(
-            f"adapter {name!r}: lm_head has {head['weight'].shape[0]} outputs but the vocabulary has {len(vocab)} tokens"
+            f"adapter {name!r}: lm_head has {head['weight'].shape[0]} outputs "
+            f"but the vocabulary has {len(vocab)} tokens"
         )
     info = AdapterInfo(name=name, kind=kind, language=language, backbone_fingerprint=fingerprint)
     adapter = Adapter(info, vocab, hidden_size, dim, sorted(adapter_layers))

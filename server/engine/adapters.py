@@ -109,14 +109,16 @@ class Adapter(nn.Module):
             }
         )
         self.head = nn.Linear(hidden_size, len(vocab))
+        # Plain lookup table over the registered submodules (`.to()` moves parameters in place, so it stays valid).
+        self._blocks: dict[tuple[int, str], Bottleneck] = {}
+        for i in self.layer_ids:
+            for site in sites:
+                block = self.layers[str(i)][site]  # type: ignore[index]
+                assert isinstance(block, Bottleneck)
+                self._blocks[(i, site)] = block
 
     def block(self, layer: int, site: str) -> Bottleneck | None:
-        blocks = self.layers[str(layer)] if str(layer) in self.layers else None
-        if blocks is None or site not in blocks:
-            return None
-        block = blocks[site]
-        assert isinstance(block, Bottleneck)
-        return block
+        return self._blocks.get((layer, site))
 
     @property
     def name(self) -> str:

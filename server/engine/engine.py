@@ -100,9 +100,7 @@ class Engine:
             lang = language or ("eng" if nested and "eng" in vocab_json else next(iter(vocab_json)) if nested else "")
             vocab = mms_vocab(vocab_json, lang)
             name = lang or path.name
-            built = adapter_from_hf(
-                name, lang, vocab, head, adapter_layers, config.hidden_size, engine.fingerprint
-            )
+            built = adapter_from_hf(name, lang, vocab, head, adapter_layers, config.hidden_size, engine.fingerprint)
             default = engine.prepare(built)
         logger.info(
             "loaded backbone %s (%s, %d layers, hidden %d) on %s/%s, fingerprint %s",
@@ -117,7 +115,7 @@ class Engine:
         return LoadedModel(engine, default)
 
     def load_mms_adapter(self, path: Path, vocab_json: dict, language: str) -> Adapter:
-        """An MMS `adapter.<lang>.safetensors` next to this backbone (trusted to fit: MMS files carry no fingerprint)."""
+        """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
         return self.prepare(load_mms_adapter(path, vocab_json, language, self.config.hidden_size, self.fingerprint))
 
     def prepare(self, adapter: Adapter, check_fingerprint: bool = True) -> Adapter:
@@ -134,7 +132,9 @@ class Engine:
         return self.backbone.frame_lengths(lengths)
 
     @torch.inference_mode()
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]) -> list[torch.Tensor]:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]
+    ) -> list[torch.Tensor]:
         """One backbone pass over a mixed-adapter batch.
 
         waveforms: (B, L) float32 at the backbone's sampling rate, zero-padded; lengths: (B,) int samples;
@@ -143,9 +143,7 @@ class Engine:
         """
         self._check_batch(waveforms, lengths, adapters)
         frames = self.frame_lengths(lengths.cpu())
-        results: list[torch.Tensor] = [
-            torch.zeros(0, len(a.vocab), dtype=torch.float32) for a in adapters
-        ]
+        results: list[torch.Tensor] = [torch.zeros(0, len(a.vocab), dtype=torch.float32) for a in adapters]
         # Sort runnable items by adapter (stable; first-appearance order) so each adapter is one segment.
         first_seen: dict[int, int] = {}
         runnable = [i for i in range(len(adapters)) if frames[i] > 0]

@@ -30,7 +30,7 @@ def masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm
 
     x: (B, C, T); lengths: (B,). Padded frames come out as zeros. Statistics are computed in float32.
     """
-    batch, _, frames = x.shape
+    _batch, _, frames = x.shape
     if bool((lengths == frames).all()):
         return F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).to(x.dtype)
     mask = time_mask(lengths, frames)[:, None, :].to(torch.float32)  # (B, 1, T)
@@ -86,7 +86,9 @@ class FeatureEncoder(nn.Module):
                 norm: str | None = "layer"
             else:
                 norm = "group" if i == 0 else None
-            layers.append(ConvLayer(in_dim, dim, kernel, stride, config.conv_bias, norm, config.feat_extract_activation))
+            layers.append(
+                ConvLayer(in_dim, dim, kernel, stride, config.conv_bias, norm, config.feat_extract_activation)
+            )
             in_dim = dim
         self.conv_layers = nn.ModuleList(layers)
 

@@ -156,7 +156,9 @@ def write_random_model(
     if config.adapter_attn_dim:  # MMS layout: nested vocab and adapter.<lang>.safetensors files
         for k, lang in enumerate(LANGUAGES[1:4]):
             dim = config.adapter_attn_dim
-            mms = random_adapter(config, "mms", lang, dim, list(range(config.num_hidden_layers)), 12 + 5 * k, seed + 100 + k, fp)
+            mms = random_adapter(
+                config, "mms", lang, dim, list(range(config.num_hidden_layers)), 12 + 5 * k, seed + 100 + k, fp
+            )
             save_file(mms_tensors(mms), str(out / f"adapter.{lang}.safetensors"))
             vocab_json[lang] = hf_vocab(mms.vocab)
         (out / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False))
@@ -173,7 +175,9 @@ def write_random_model(
         top_k = n_layers if i % 3 else max(1, n_layers // 2)  # every third adapter: top half of the layers only
         dim = (4, 8, 16, 32, 64)[i % 5] if config.hidden_size <= 64 else (16, 32, 64, 128, 256)[i % 5]
         name = f"{LANGUAGES[i % len(LANGUAGES)]}-{i}"
-        adapter = random_adapter(config, kind, name, dim, list(range(n_layers - top_k, n_layers)), 8 + 3 * (i % 7), seed + 1000 + i, fp)
+        adapter = random_adapter(
+            config, kind, name, dim, list(range(n_layers - top_k, n_layers)), 8 + 3 * (i % 7), seed + 1000 + i, fp
+        )
         path = adapter_dir / f"{name}.safetensors"
         save_adapter(adapter, path)
         paths.append(path)
