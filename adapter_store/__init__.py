@@ -1,0 +1,26 @@
+"""Durable, versioned adapter storage. `LocalStore` (a directory) is the embedded default."""
+
+from adapter_store.base import AdapterRecord, AdapterStore, Page, parse_ref
+from adapter_store.errors import (
+    AdapterNotFound,
+    AdapterRejected,
+    PublishConflict,
+    StoreError,
+    StoreUnavailable,
+    VersionNotFound,
+)
+from adapter_store.local import LocalStore
+
+__all__ = [
+    "AdapterNotFound",
+    "AdapterRecord",
+    "AdapterRejected",
+    "AdapterStore",
+    "LocalStore",
+    "Page",
+    "PublishConflict",
+    "StoreError",
+    "StoreUnavailable",
+    "VersionNotFound",
+    "parse_ref",
+]

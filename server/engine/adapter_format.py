@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
@@ -58,7 +59,7 @@ def _field(meta: dict[str, str], key: str) -> str:
 
 
 def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
-    """An adapter with the shapes the metadata declares (weights uninitialised until loaded)."""
+    """An adapter with the shapes the metadata declares, on the meta device (no memory, no init cost)."""
     if meta.get("format") != FORMAT:
         raise AdapterError(f"not a Chorus adapter: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -80,7 +81,8 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
             raise AdapterError("adapter vocab must be a JSON list of strings")
         if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
             raise AdapterError("adapter layers must be a JSON list of integers")
-        return Adapter(info, vocab, int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim")), layers)
+        with torch.device("meta"):
+            return Adapter(info, vocab, int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim")), layers)
     except AdapterError:
         raise
     except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation
@@ -118,7 +120,8 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
             raise AdapterError(f"adapter {adapter.name!r}: {key} has dtype {tensor.dtype}, expected a float dtype")
         if not bool(torch.isfinite(tensor).all()):
             raise AdapterError(f"adapter {adapter.name!r}: {key} contains NaN or Inf")
-    adapter.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    # assign=True adopts the tensors as they are: the adapter may have been built on the meta device.
+    adapter.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
     return adapter.eval().requires_grad_(False)
 
 
@@ -130,6 +133,20 @@ def read_adapter_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise AdapterError(f"cannot read adapter file {path.name}: {exc}") from exc
     return meta, tensors
+
+
+def adapter_from_bytes(data: bytes) -> Adapter:
+    """A native adapter from the bytes of its file (as the store returns them), validated."""
+    if len(data) < 8:
+        raise AdapterError("adapter bytes are shorter than a safetensors header")
+    header_len = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        tensors = safetensors_load(data)
+    except (ValueError, SafetensorError) as exc:
+        raise AdapterError(f"cannot parse adapter bytes: {exc}") from exc
+    meta = header.get("__metadata__") or {}
+    return load_tensors_into(adapter_from_metadata(meta), tensors)
 
 
 def load_adapter(path: Path) -> Adapter:
