@@ -2,6 +2,7 @@
 
     root/adapters/<id>/adapter.json        owner, visibility
     root/adapters/<id>/CURRENT             current version number
+    root/adapters/<id>/LAST                highest version number ever issued (never reused)
     root/adapters/<id>/v000003.safetensors tensor bytes (immutable)
     root/adapters/<id>/v000003.json        record (sha256, size, summary); a version exists iff this exists
     root/tmp/                              uploads in progress; cleared on open
@@ -132,7 +133,9 @@ class LocalStore:
                 raise PublishConflict(
                     f"adapter {adapter_id!r} is at version {current or 0}, not {expected_version}; re-read it and retry"
                 )
-            version = max(self._version_numbers(folder, include_orphans=True), default=0) + 1
+            # Numbers are never reused, even after deletes: `ID@N` always means the same bytes.
+            version = max([self._read_int(folder, "LAST") or 0, *self._version_numbers(folder, True)]) + 1
+            self._write_int(folder, "LAST", version)
             if meta is None:
                 meta = {"id": adapter_id, "owner": owner, "visibility": visibility, "created_at": time.time()}
                 _write_json_atomic(folder / "adapter.json", meta)
@@ -276,20 +279,26 @@ class LocalStore:
             raise StoreUnavailable(f"cannot read {folder.name}/adapter.json: {exc}") from exc
 
     def _current(self, folder: Path) -> int | None:
+        return self._read_int(folder, "CURRENT")
+
+    def _set_current(self, folder: Path, version: int) -> None:
+        self._write_int(folder, "CURRENT", version)
+
+    def _read_int(self, folder: Path, name: str) -> int | None:
         try:
-            return int((folder / "CURRENT").read_text())
+            return int((folder / name).read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise StoreUnavailable(f"cannot read {folder.name}/CURRENT: {exc}") from exc
+            raise StoreUnavailable(f"cannot read {folder.name}/{name}: {exc}") from exc
 
-    def _set_current(self, folder: Path, version: int) -> None:
-        tmp = folder / f".CURRENT.{uuid.uuid4().hex}.tmp"
+    def _write_int(self, folder: Path, name: str, value: int) -> None:
+        tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
         with tmp.open("w") as f:
-            f.write(str(version))
+            f.write(str(value))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, folder / "CURRENT")
+        os.replace(tmp, folder / name)
 
     def _version_numbers(self, folder: Path, include_orphans: bool = False) -> list[int]:
         suffixes = (".json", ".safetensors") if include_orphans else (".json",)

@@ -120,5 +120,5 @@ def fingerprint(model: Backbone) -> str:
         flat = tensor.detach().reshape(-1).float().cpu()
         step = max(1, flat.numel() // 256)
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(flat[::step].numpy().round(6).tobytes())
+        digest.update(flat[::step].numpy().tobytes())
     return "w2v2-" + digest.hexdigest()[:24]

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from server.engine.adapter_format import MMS_RENAMES, save_adapter
 from server.engine.adapters import Adapter, AdapterInfo, Vocabulary
 from server.engine.backbone import Backbone
-from server.engine.checkpoint import POS_CONV, PREFIX, fingerprint
+from server.engine.checkpoint import POS_CONV, PREFIX, fingerprint, load_backbone
 from server.engine.config import BackboneConfig, PreprocessConfig
 
 PRESETS: dict[str, BackboneConfig] = {
@@ -134,7 +134,6 @@ def write_random_model(
     generator = torch.Generator().manual_seed(seed)
     backbone = Backbone(config)
     randomize_(backbone, generator)
-    fp = fingerprint(backbone)
 
     head_adapter = random_adapter(
         config,
@@ -144,13 +143,15 @@ def write_random_model(
         list(range(config.num_hidden_layers)) if config.adapter_attn_dim else [],
         26,
         seed + 1,
-        fp,
+        "",
     )
     tensors = hf_backbone_tensors(backbone)
     tensors.update(mms_tensors(head_adapter))
     save_file(tensors, str(out / "model.safetensors"))
     (out / "config.json").write_text(json.dumps({**config.to_hf_dict(), "vocab_size": len(head_adapter.vocab)}))
     (out / "preprocessor_config.json").write_text(json.dumps(PreprocessConfig().to_hf_dict()))
+    # The fingerprint is defined by what the loader builds from the files (weight norm folded back).
+    fp = fingerprint(load_backbone(out, config)[0])
 
     vocab_json: dict = {"eng": hf_vocab(head_adapter.vocab)}
     if config.adapter_attn_dim:  # MMS layout: nested vocab and adapter.<lang>.safetensors files

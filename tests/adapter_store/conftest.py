@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from adapter_store import LocalStore
+from adapter_store.validate import AdapterSpec
+from server.engine import Engine
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny-mms random model: (directory, engine, spec)."""
+    from server.engine.random_model import write_random_model
+
+    path = tmp_path_factory.mktemp("store-model")
+    write_random_model(path, "tiny-mms", num_adapters=4, seed=21)
+    engine = Engine.from_pretrained(path, device="cpu").engine
+    spec = AdapterSpec(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
+    return path, engine, spec
+
+
+@pytest.fixture
+def adapter_files(tiny_model):
+    return sorted((tiny_model[0] / "adapters").glob("*.safetensors"))
+
+
+@pytest.fixture
+def store(tmp_path, tiny_model):
+    return LocalStore(tmp_path / "store", tiny_model[2], max_bytes=4 * 1024 * 1024)
