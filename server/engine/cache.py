@@ -135,19 +135,23 @@ class AdapterCache:
         with self.lease(key).result(timeout=timeout) as adapter:
             yield adapter
 
-    def pin(self, key: str) -> Future[Lease]:
-        """Keep `key` resident until `unpin`; loads it if needed."""
-        future = self.lease(key)
+    def pin(self, key: str) -> Future[None]:
+        """Keep `key` resident until `unpin`; loads it if needed. The future resolves once it is resident."""
+        leased = self.lease(key)
+        with self._lock:
+            self._entries[key].pinned = True  # the lease's reference keeps the entry alive until here
+        result: Future[None] = Future()
 
-        def mark(done: Future[Lease]) -> None:
-            if done.exception() is None:
-                with self._lock:
-                    if key in self._entries:
-                        self._entries[key].pinned = True
+        def settle(done: Future[Lease]) -> None:
+            error = done.exception()
+            if error is not None:
+                result.set_exception(error)
+            else:
                 done.result().release()
+                result.set_result(None)
 
-        future.add_done_callback(mark)
-        return future
+        leased.add_done_callback(settle)
+        return result
 
     def unpin(self, key: str) -> None:
         with self._lock:
