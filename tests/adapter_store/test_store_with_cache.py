@@ -1,0 +1,51 @@
+"""Store + cache together: hot swap, delete while in use, a corrupt file failing only its own adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapter_store.loader import make_loader
+from adapter_store.local import AdapterCorrupt
+from server.engine import pad_batch
+from server.engine.cache import AdapterCache
+
+
+@pytest.fixture
+def cache(store, tiny_model):
+    engine = tiny_model[1]
+    return AdapterCache(make_loader(store), engine.prepare, engine.device, 10**8, 10**8)
+
+
+def test_hot_swap_and_delete_while_running(store, cache, adapter_files, tiny_model):
+    engine = tiny_model[1]
+    store.publish("fr", adapter_files[0], owner="acme")
+    audio = pad_batch([torch.randn(8000, generator=torch.Generator().manual_seed(0))])
+    running = cache.lease(store.get("fr").ref).result(timeout=30)  # admitted on fr@1
+    before = engine.forward(*audio, [running.adapter])[0]
+
+    store.publish("fr", adapter_files[1], owner="acme")  # hot swap: new requests resolve fr -> fr@2
+    assert store.get("fr").ref == "fr@2"
+    with cache.acquire(store.get("fr").ref, timeout=30) as newer:
+        assert newer.info.name != running.adapter.info.name
+
+    store.delete("fr")
+    cache.invalidate("fr@")
+    after = engine.forward(*audio, [running.adapter])[0]  # the admitted request still finishes on fr@1
+    assert torch.equal(before, after)
+    running.release()
+    assert cache.resident_keys() == []
+
+
+def test_corrupt_file_fails_only_that_adapter(store, cache, adapter_files):
+    store.publish("good", adapter_files[0], owner="acme")
+    bad = store.publish("bad", adapter_files[1], owner="acme")
+    path = store.adapters_dir / "bad" / "v000001.safetensors"
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(AdapterCorrupt):
+        cache.lease(bad.ref).result(timeout=30)
+    with cache.acquire("good@1", timeout=30) as adapter:
+        assert adapter.vocab.blank_id == 0
+    fixed = store.publish("bad", adapter_files[1], owner="acme")  # the next good version loads fine
+    with cache.acquire(fixed.ref, timeout=30):
+        pass
