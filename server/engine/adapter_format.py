@@ -118,8 +118,10 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
             )
         if not tensor.is_floating_point():
             raise AdapterError(f"adapter {adapter.name!r}: {key} has dtype {tensor.dtype}, expected a float dtype")
-        if not bool(torch.isfinite(tensor).all()):
-            raise AdapterError(f"adapter {adapter.name!r}: {key} contains NaN or Inf")
+    # One pass over all values (cheaper than a check per tensor); name the culprit only on failure.
+    if not bool(torch.isfinite(torch.cat([t.reshape(-1).float() for t in tensors.values()])).all()):
+        bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
+        raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
     # assign=True adopts the tensors as they are: the adapter may have been built on the meta device.
     adapter.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
     return adapter.eval().requires_grad_(False)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 KIND_SITES: dict[str, tuple[str, ...]] = {"mms": ("output",), "houlsby": ("attn", "ffn"), "head": ()}
@@ -66,18 +67,31 @@ class AdapterInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class Affine(nn.Module):
+    """`weight`/`bias` parameters without initialisation: adapters are always loaded or initialised explicitly,
+    and skipping nn.Linear's random init makes building an MMS-size adapter (240 bottlenecks) cheap."""
+
+    def __init__(self, out_features: int, in_features: int | None):
+        super().__init__()
+        shape = (out_features, in_features) if in_features is not None else (out_features,)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(out_features))
+
+
 class Bottleneck(nn.Module):
     """`x + up(relu(down(norm(x))))` over the last dimension; x: (..., H)."""
 
     def __init__(self, hidden: int, dim: int, with_norm: bool):
         super().__init__()
-        self.norm = nn.LayerNorm(hidden) if with_norm else None
-        self.down = nn.Linear(hidden, dim)
-        self.up = nn.Linear(dim, hidden)
+        self.norm = Affine(hidden, None) if with_norm else None
+        self.down = Affine(dim, hidden)
+        self.up = Affine(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x) if self.norm is not None else x
-        return x + self.up(torch.relu(self.down(y)))
+        y = x
+        if self.norm is not None:
+            y = F.layer_norm(x, self.norm.weight.shape, self.norm.weight, self.norm.bias)
+        return x + F.linear(torch.relu(F.linear(y, self.down.weight, self.down.bias)), self.up.weight, self.up.bias)
 
 
 class Adapter(nn.Module):
@@ -116,6 +130,18 @@ class Adapter(nn.Module):
                 block = self.layers[str(i)][site]  # type: ignore[index]
                 assert isinstance(block, Bottleneck)
                 self._blocks[(i, site)] = block
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> Adapter:
+        """Training start point: bottlenecks are the identity (up-projection zero), the head is small random."""
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias") or ".up." in name:
+                param.zero_()
+            else:
+                param.normal_(0.0, param.shape[-1] ** -0.5, generator=generator)
+        return self
 
     def block(self, layer: int, site: str) -> Bottleneck | None:
         return self._blocks.get((layer, site))

@@ -1,0 +1,102 @@
+"""Cold load of an MMS-size adapter, store -> device-resident, and host bytes per resident adapter.
+
+MMS geometry: hidden 1280, 48 layers, bottleneck 16, ~150-token head (about 2.3 M parameters). The backbone
+itself is not needed: the store validates against its spec (hidden size, layers, fingerprint).
+
+    python -m benchmarks.adapter_cold_load [--runs 50] [--dtype bfloat16] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adapter_store import LocalStore
+from adapter_store.loader import make_loader
+from adapter_store.validate import AdapterSpec
+from server.engine.adapter_format import check_fit, save_adapter
+from server.engine.cache import AdapterCache, adapter_bytes
+from server.engine.config import BackboneConfig
+from server.engine.engine import resolve_device, resolve_dtype
+from server.engine.random_model import random_adapter
+
+MMS = BackboneConfig(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120)
+FINGERPRINT = "w2v2-benchmark000000000000"
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    spec = AdapterSpec(MMS.hidden_size, MMS.num_hidden_layers, FINGERPRINT)
+
+    def prepare(adapter):
+        check_fit(adapter, spec.hidden_size, spec.num_layers, spec.fingerprint)
+        return adapter.to(device=device, dtype=dtype)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(Path(tmp) / "store", spec, max_bytes=64 * 1024 * 1024)
+        layers = list(range(MMS.num_hidden_layers))
+        for i in range(args.runs):
+            adapter = random_adapter(MMS, "mms", f"lang{i}", 16, layers, 150 - 4 - 5, i, FINGERPRINT)
+            path = Path(tmp) / "upload.safetensors"
+            save_adapter(adapter, path)
+            store.publish(f"lang{i}", path, owner="bench")
+        params = adapter.num_parameters()
+        file_bytes = path.stat().st_size
+
+        cache = AdapterCache(make_loader(store), prepare, device, 10**12, 10**12)
+        with cache.acquire("lang0@1"):  # warm-up: imports, allocator
+            pass
+        gc.collect()
+        rss_before = rss_bytes()
+        times = []
+        for i in range(1, args.runs):
+            gc.collect()
+            start = time.perf_counter()
+            with cache.acquire(f"lang{i}@1"):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) * 1000)
+        gc.collect()
+        rss_growth = rss_bytes() - rss_before
+        stats = cache.stats()
+        resident = stats.device_entries
+        tensor_bytes = adapter_bytes(adapter.to(dtype))
+        per_adapter = stats.device_bytes / resident
+
+    print(f"adapter: {params / 1e6:.2f} M params, file {file_bytes / 1e6:.1f} MB, device {device}, dtype {dtype}")
+    print("| metric | value |\n|---|---|")
+    print(f"| cold load p50 (store -> resident) | {statistics.median(times):.1f} ms |")
+    print(f"| cold load p95 | {percentile(times, 0.95):.1f} ms |")
+    print(f"| cache bytes per resident adapter / tensor bytes | {per_adapter / tensor_bytes:.3f} |")
+    print(
+        f"| process RSS growth per loaded adapter / tensor bytes | {rss_growth / (resident - 1) / tensor_bytes:.3f} |"
+    )
+    print(f"| resident adapters | {resident} |")
+    print(f"| cache-reported load seconds (mean) | {stats.load_seconds / stats.loads * 1000:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()
