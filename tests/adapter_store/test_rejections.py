@@ -8,21 +8,12 @@ import struct
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save
 
 from adapter_store import AdapterNotFound, AdapterRejected
+from tests.helpers import rebuild_safetensors
 
-
-def rebuild(src, edit_tensors=None, edit_meta=None) -> bytes:
-    with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_meta:
-        edit_meta(meta)
-    return save(tensors, metadata=meta)
+rebuild = rebuild_safetensors
 
 
 def raw_file(header: dict, data: bytes = b"") -> bytes:

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from server.engine import AdapterError, CheckpointError, Engine, InputError, load_adapter, pad_batch
+from tests.helpers import rebuild_safetensors
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +68,7 @@ def test_unprepared_adapter_is_rejected(loaded):
 
 
 def _rewrite(src, dst, edit_tensors=None, edit_meta=None):
-    with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    if edit_tensors:
-        edit_tensors(tensors)
-    if edit_meta:
-        edit_meta(meta)
-    save_file(tensors, str(dst), metadata=meta)
+    dst.write_bytes(rebuild_safetensors(src, edit_tensors, edit_meta))
     return dst
 
 
