@@ -2,6 +2,7 @@
 
 from adapter_store.base import AdapterRecord, AdapterStore, Page, parse_ref
 from adapter_store.errors import (
+    AdapterCorrupt,
     AdapterNotFound,
     AdapterRejected,
     PublishConflict,
@@ -12,6 +13,7 @@ from adapter_store.errors import (
 from adapter_store.local import LocalStore
 
 __all__ = [
+    "AdapterCorrupt",
     "AdapterNotFound",
     "AdapterRecord",
     "AdapterRejected",

@@ -21,5 +21,9 @@ class PublishConflict(StoreError):
     """The adapter's current version is not the one the publisher expected."""
 
 
+class AdapterCorrupt(StoreError):
+    """Stored bytes no longer match their checksum."""
+
+
 class StoreUnavailable(StoreError):
     """The storage backend cannot be read or written right now."""

@@ -31,10 +31,10 @@ from typing import BinaryIO
 
 from adapter_store.base import VISIBILITIES, AdapterRecord, Page, check_id, parse_ref
 from adapter_store.errors import (
+    AdapterCorrupt,
     AdapterNotFound,
     AdapterRejected,
     PublishConflict,
-    StoreError,
     StoreUnavailable,
     VersionNotFound,
 )
@@ -46,10 +46,6 @@ CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
-class AdapterCorrupt(StoreError):
-    """Stored bytes no longer match their checksum."""
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -58,13 +54,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, body: dict) -> None:
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Temp file beside `path` -> fsync -> rename: readers see the old content or the new, never a mix."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w") as f:
-        json.dump(body, f)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, body: dict) -> None:
+    _write_text_atomic(path, json.dumps(body))
+
+
+def _not_found(adapter_id: str) -> AdapterNotFound:
+    return AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
 
 
 def _version_file(version: int) -> str:
@@ -180,7 +185,7 @@ class LocalStore:
         meta = self._adapter_meta(folder)
         current = self._current(folder)
         if meta is None or current is None:
-            raise AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
+            raise _not_found(adapter_id)
         wanted = current if version is None else version
         return self._record(folder, meta, wanted, current)
 
@@ -188,7 +193,7 @@ class LocalStore:
         folder = self.adapters_dir / check_id(adapter_id)
         meta, current = self._adapter_meta(folder), self._current(folder)
         if meta is None or current is None:
-            raise AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
+            raise _not_found(adapter_id)
         records = []
         for v in self._version_numbers(folder):
             with contextlib.suppress(VersionNotFound):  # deleted meanwhile
@@ -232,7 +237,7 @@ class LocalStore:
         with self._locked(adapter_id, create=False) as folder:
             current = self._current(folder)
             if current is None:
-                raise AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
+                raise _not_found(adapter_id)
             remaining = self._version_numbers(folder)
             if version is not None:
                 if version not in remaining:
@@ -259,7 +264,7 @@ class LocalStore:
         if create:
             folder.mkdir(exist_ok=True)
         elif not folder.is_dir():
-            raise AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
+            raise _not_found(adapter_id)
         lock_path = self.tmp_dir / f"{adapter_id}.lock"  # outside the folder, so deletes can move it
         with lock_path.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -293,12 +298,7 @@ class LocalStore:
             raise StoreUnavailable(f"cannot read {folder.name}/{name}: {exc}") from exc
 
     def _write_int(self, folder: Path, name: str, value: int) -> None:
-        tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-        with tmp.open("w") as f:
-            f.write(str(value))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
+        _write_text_atomic(folder / name, str(value))
 
     def _version_numbers(self, folder: Path, include_orphans: bool = False) -> list[int]:
         suffixes = (".json", ".safetensors") if include_orphans else (".json",)

@@ -22,7 +22,7 @@ from adapter_store import LocalStore
 from adapter_store.loader import make_loader
 from adapter_store.validate import AdapterSpec
 from server.engine.adapter_format import check_fit, save_adapter
-from server.engine.cache import AdapterCache, adapter_bytes
+from server.engine.cache import AdapterCache
 from server.engine.config import BackboneConfig
 from server.engine.engine import resolve_device, resolve_dtype
 from server.engine.random_model import random_adapter
@@ -83,7 +83,7 @@ def main() -> None:
         rss_growth = rss_bytes() - rss_before
         stats = cache.stats()
         resident = stats.device_entries
-        tensor_bytes = adapter_bytes(adapter.to(dtype))
+        tensor_bytes = adapter.to(dtype).nbytes()
         per_adapter = stats.device_bytes / resident
 
     print(f"adapter: {params / 1e6:.2f} M params, file {file_bytes / 1e6:.1f} MB, device {device}, dtype {dtype}")

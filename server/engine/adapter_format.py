@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
@@ -127,27 +127,30 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
     return adapter.eval().requires_grad_(False)
 
 
+def parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Bytes of a safetensors file -> (`__metadata__`, tensors); `source` names it in errors."""
+    try:
+        if len(data) < 8:
+            raise ValueError("shorter than the 8-byte header length")
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        tensors = safetensors_load(data)
+    except (ValueError, SafetensorError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise AdapterError(f"cannot read {source}: {exc}") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta or {}, tensors
+
+
 def read_adapter_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise AdapterError(f"cannot read adapter file {path.name}: {exc}") from exc
-    return meta, tensors
+    return parse_safetensors(data, f"adapter file {path.name}")
 
 
 def adapter_from_bytes(data: bytes) -> Adapter:
     """A native adapter from the bytes of its file (as the store returns them), validated."""
-    if len(data) < 8:
-        raise AdapterError("adapter bytes are shorter than a safetensors header")
-    header_len = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-        tensors = safetensors_load(data)
-    except (ValueError, SafetensorError) as exc:
-        raise AdapterError(f"cannot parse adapter bytes: {exc}") from exc
-    meta = header.get("__metadata__") or {}
+    meta, tensors = parse_safetensors(data, "adapter bytes")
     return load_tensors_into(adapter_from_metadata(meta), tensors)
 
 

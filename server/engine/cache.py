@@ -50,6 +50,8 @@ class _Entry:
     key: str
     host: Adapter | None = None
     device: Adapter | None = None
+    host_bytes: int = 0  # measured once when the copy arrives, not on every eviction pass
+    device_bytes: int = 0
     loading: Future[tuple[Adapter, Adapter]] | None = None  # (device copy, host copy)
     refs: int = 0
     pinned: bool = False
@@ -74,10 +76,6 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def adapter_bytes(adapter: Adapter) -> int:
-    return sum(t.numel() * t.element_size() for t in adapter.state_dict().values())
 
 
 class AdapterCache:
@@ -180,8 +178,8 @@ class AdapterCache:
             host = [e for e in self._entries.values() if e.host is not None]
             return replace(
                 self._stats,
-                device_bytes=sum(adapter_bytes(e.device) for e in device if e.device is not None),
-                host_bytes=sum(adapter_bytes(e.host) for e in host if e.host is not None),
+                device_bytes=sum(e.device_bytes for e in device),
+                host_bytes=sum(e.host_bytes for e in host),
                 device_entries=len(device),
                 host_entries=len(host),
             )
@@ -218,8 +216,9 @@ class AdapterCache:
                     self._entries.pop(key, None)
             else:
                 device, host = done.result()
-                entry.device = device
+                entry.device, entry.device_bytes = device, device.nbytes()
                 entry.host = None if self.shared_memory else host
+                entry.host_bytes = 0 if entry.host is None else host.nbytes()
                 entry.last_used = next(self._tick)
                 self._evict()
         if error is not None:
@@ -247,20 +246,20 @@ class AdapterCache:
             (e for e in self._entries.values() if e.refs == 0 and not e.pinned and e.loading is None),
             key=lambda e: e.last_used,
         )
-        device_bytes = sum(adapter_bytes(e.device) for e in self._entries.values() if e.device is not None)
+        device_bytes = sum(e.device_bytes for e in self._entries.values() if e.device is not None)
         for entry in candidates:
             if device_bytes <= self.device_budget:
                 break
             if entry.device is not None:
-                device_bytes -= adapter_bytes(entry.device)
+                device_bytes -= entry.device_bytes
                 entry.device = None
                 self._count(device_evictions=1)
-        host_bytes = sum(adapter_bytes(e.host) for e in self._entries.values() if e.host is not None)
+        host_bytes = sum(e.host_bytes for e in self._entries.values() if e.host is not None)
         for entry in candidates:
             if host_bytes <= self.host_budget:
                 break
             if entry.host is not None and entry.device is None:
-                host_bytes -= adapter_bytes(entry.host)
+                host_bytes -= entry.host_bytes
                 entry.host = None
                 self._count(host_evictions=1)
         for entry in candidates:

@@ -23,6 +23,7 @@ from server.engine.checkpoint import fingerprint, load_backbone
 from server.engine.config import BackboneConfig, PreprocessConfig
 from server.engine.decode import Transcript, ctc_greedy_decode
 from server.engine.errors import AdapterError, CheckpointError, InputError
+from server.engine.frontend import time_mask
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,19 @@ def normalize(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
     waveforms: (B, L) float32; lengths: (B,) -> (B, L) float32.
     """
-    mask = (torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]).float()
+    mask = time_mask(lengths, waveforms.shape[1]).float()
     count = lengths.clamp(min=1).float()[:, None]
     mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
     var = ((waveforms - mean) * mask).square().sum(dim=1, keepdim=True) / count
     return (waveforms - mean) / torch.sqrt(var + 1e-7) * mask
+
+
+def default_language(vocab_json: dict) -> str:
+    """The head's language when none is given: "" for a flat vocab.json; for MMS' nested one, "eng" if present,
+    else its first language."""
+    if not all(isinstance(v, dict) for v in vocab_json.values()):
+        return ""
+    return "eng" if "eng" in vocab_json else next(iter(vocab_json))
 
 
 @dataclass
@@ -96,8 +105,7 @@ class Engine:
             if not vocab_file.is_file():
                 raise CheckpointError(f"{path} has an lm_head but no vocab.json")
             vocab_json = json.loads(vocab_file.read_text())
-            nested = all(isinstance(v, dict) for v in vocab_json.values())
-            lang = language or ("eng" if nested and "eng" in vocab_json else next(iter(vocab_json)) if nested else "")
+            lang = language or default_language(vocab_json)
             vocab = mms_vocab(vocab_json, lang)
             name = lang or path.name
             built = adapter_from_hf(name, lang, vocab, head, adapter_layers, config.hidden_size, engine.fingerprint)

@@ -73,10 +73,9 @@ def randomize_(module: torch.nn.Module, generator: torch.Generator, scale: float
     """Re-draw every parameter: linear/conv weights ~ U(±scale/sqrt(fan_in)), norm weights ~ 1 ± 0.2."""
     with torch.no_grad():
         for name, param in module.named_parameters():
-            owner = module.get_submodule(name.rsplit(".", 1)[0])
-            if isinstance(owner, torch.nn.LayerNorm | torch.nn.GroupNorm) or name.endswith(
-                "norm.weight" if name.endswith("weight") else "norm.bias"
-            ):
+            owner_name = name.rsplit(".", 1)[0]
+            owner = module.get_submodule(owner_name)
+            if isinstance(owner, torch.nn.LayerNorm | torch.nn.GroupNorm) or owner_name.endswith("norm"):
                 base = 1.0 if name.endswith("weight") else 0.0
                 param.copy_(base + 0.2 * torch.randn(param.shape, generator=generator))
             elif name.endswith("bias"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from server.engine import Adapter, AdapterInfo, Vocabulary, pad_batch
-from server.engine.cache import AdapterCache, adapter_bytes
+from server.engine.cache import AdapterCache
 
 VOCAB = Vocabulary(("<pad>", "|", "a", "b"), blank_id=0, word_delimiter_id=1)
 
@@ -21,7 +21,7 @@ def make_adapter(name: str, hidden: int = 8) -> Adapter:
     return Adapter(AdapterInfo(name=name, kind="head"), VOCAB, hidden).eval()
 
 
-SIZE = adapter_bytes(make_adapter("x"))  # bytes of one test adapter
+SIZE = make_adapter("x").nbytes()  # bytes of one test adapter
 
 
 class Loader:
