@@ -71,7 +71,7 @@ def test_a_disconnected_client_has_its_queued_work_dropped(live):
     blocker = threading.Thread(
         target=lambda: httpx.post(
             f"{live.url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=30
-        ),  # fmt: skip
+        ),
         daemon=True,
     )
     blocker.start()
