@@ -102,8 +102,14 @@ def free_port() -> int:
 
 def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
     port = free_port()
-    env = {**os.environ, "CHORUS_BACKBONE": str(model_dir), "CHORUS_STORE": str(tmp_path / "store"),
-           "CHORUS_DTYPE": "float32", "CHORUS_DEVICE": "cpu", "CHORUS_BATCH__MAX_ITEMS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "CHORUS_BACKBONE": str(model_dir),
+        "CHORUS_STORE": str(tmp_path / "store"),
+        "CHORUS_DTYPE": "float32",
+        "CHORUS_DEVICE": "cpu",
+        "CHORUS_BATCH__MAX_ITEMS": "1",
+    }
     command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
