@@ -47,6 +47,11 @@ PRESETS: dict[str, BackboneConfig] = {
         adapter_attn_dim=8,
     ),
     "base": BackboneConfig(),  # facebook/wav2vec2-base geometry
+    # wav2vec2-base geometry in the MMS layout (pre-LN, LayerNorm front end, 16-wide adapter slots): the
+    # swap-per-request benchmark runs transformers' `load_adapter` on it (353 k-parameter adapters).
+    "base-mms": BackboneConfig(
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, adapter_attn_dim=16
+    ),
     "large-mms": BackboneConfig(  # facebook/mms-1b-all geometry (about 1 B parameters, 4 GB in fp32)
         hidden_size=1280,
         num_hidden_layers=48,
