@@ -18,6 +18,16 @@ def _random_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    # One process: the inference thread owns the device; concurrency comes from batching, not from workers.
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
 # = sorted(server.engine.random_model.PRESETS) (a test checks); named here so `chorus` starts without torch.
 PRESET_NAMES = ("base", "large-mms", "tiny", "tiny-mms")
 
@@ -25,6 +35,14 @@ PRESET_NAMES = ("base", "large-mms", "tiny", "tiny-mms")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description="Chorus multi-tenant speech recognition")
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="run the HTTP server (settings from CHORUS_* environment variables or .env; see docs/server.md)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(func=_serve)
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     rnd = dev.add_parser("random-model", help="write a random-weight backbone (HF layout) and random adapters")
     rnd.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="model geometry (default: tiny)")

@@ -223,6 +223,10 @@ class AdapterCache:
                 self._evict()
         if error is not None:
             logger.warning("adapter %s failed to load: %s", key, error)
+        if not result.set_running_or_notify_cancel():  # the caller gave up waiting: hand its reference back
+            if error is None:
+                self._release(key)
+        elif error is not None:
             result.set_exception(error)
         else:
             result.set_result(Lease(self, key, device))

@@ -1,0 +1,35 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: backbone loaded and inference worker alive")
+async def readyz(request: Request) -> JSONResponse:
+    runtime = getattr(request.app.state, "chorus", None)
+    if runtime is None or not runtime.worker.is_alive():
+        return JSONResponse({"status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
+    engine = runtime.engine
+    return JSONResponse(
+        {
+            "status": "ready",
+            "backbone": engine.fingerprint,
+            "device": str(engine.device),
+            "dtype": str(engine.dtype).removeprefix("torch."),
+        }
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.chorus.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,81 @@
+"""Server settings: environment variables `CHORUS_*` (nested groups with `__`, e.g. `CHORUS_BATCH__MAX_ITEMS`)
+or a `.env` file. Every field is typed, bounded and documented; `docs/server.md` lists them all."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class BatchSettings(BaseModel):
+    """Dynamic batching. Unset fields take a per-device default (see `resolve_batch_limits`)."""
+
+    max_items: int | None = Field(None, ge=1, le=1024, description="most chunks in one forward pass")
+    max_audio_seconds: float | None = Field(
+        None, gt=0, le=36000, description="most padded audio seconds in one pass (items x longest item)"
+    )
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long the oldest item may wait for company")
+    chunk_seconds: float = Field(20.0, ge=2, le=120, description="long audio is cut into windows this long")
+    stride_seconds: float = Field(
+        2.0, ge=0, le=30, description="context on each side of a chunk that is computed but dropped"
+    )
+
+
+class LimitSettings(BaseModel):
+    max_audio_bytes: int = Field(25 * MiB, ge=1024, description="largest transcription upload (OpenAI: 25 MB)")
+    max_audio_seconds: float = Field(1800.0, gt=0, description="longest audio accepted, checked before decoding")
+    max_adapter_bytes: int = Field(512 * MiB, ge=1024, description="largest adapter upload")
+    max_queue_audio_seconds: float = Field(
+        900.0, gt=0, description="audio admitted but not yet run; beyond it requests get 503 + Retry-After"
+    )
+    request_timeout_seconds: float = Field(120.0, gt=0, description="deadline per request; past it 504")
+    max_inflight_per_tenant: int = Field(64, ge=1, description="concurrent transcriptions per tenant; beyond: 429")
+
+
+class CacheSettings(BaseModel):
+    device_budget_mb: int = Field(2048, ge=1, description="adapter bytes resident on the device")
+    host_budget_mb: int = Field(8192, ge=1, description="adapter bytes kept in host RAM (CPU: the only tier)")
+    loader_threads: int = Field(2, ge=1, le=64, description="threads reading adapters from the store")
+
+
+class AuthSettings(BaseModel):
+    """API keys. With no keys at all, auth is off and every caller is the admin tenant "default"."""
+
+    keys: dict[str, str] = Field(default_factory=dict, description="API key -> tenant name")
+    admin_keys: list[str] = Field(default_factory=list, description="keys allowed to change any adapter")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHORUS_", env_nested_delimiter="__", env_file=".env", extra="ignore")
+
+    backbone: Path | None = Field(
+        None, description="local HF wav2vec 2.0 directory; unset: the bundled demo model, else a tiny random one"
+    )
+    store: Path = Field(Path("data/store"), description="local adapter store directory")
+    data_dir: Path = Field(Path("data"), description="where first-start files (random backbone) are written")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA when present")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU (exact), float16 on CUDA"
+    )
+    default_adapter: str | None = Field(
+        None, description="adapter used when a request names `whisper-1` (OpenAI clients' default model)"
+    )
+    seed_store: bool = Field(True, description="on first start, publish the bundled demo adapters to the store")
+    max_adapter_label_values: int = Field(
+        50, ge=1, le=1000, description="distinct adapter label values in metrics; the rest count as 'other'"
+    )
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
