@@ -60,6 +60,8 @@ class FileResult:
     path: Path
     result: Transcription | str | None = None
     error: ChorusError | None = None
+    adapter: str | None = None
+    """The adapter version that served it (`ID@N`), whatever the response format."""
 
     @staticmethod
     def failed(path: Path, exc: ChorusError | OSError) -> FileResult:

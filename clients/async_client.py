@@ -143,12 +143,45 @@ class AsyncChorus:
         temperature: float | None = None,
         filename: str | None = None,
     ) -> Transcription | str:
+        response = await self._transcription(
+            audio,
+            adapter,
+            response_format=response_format,
+            word_timestamps=word_timestamps,
+            timestamp_granularities=timestamp_granularities,
+            language=language,
+            prompt=prompt,
+            temperature=temperature,
+            filename=filename,
+        )
+        return _core.transcription_result(response, response_format)
+
+    async def _transcription(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: str = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> httpx.Response:
         form = _core.transcription_form(
             adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
         )
         files = {"file": await asyncio.to_thread(_core.read_audio, audio, filename)}
-        response = await self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
-        return _core.transcription_result(response, response_format)
+        return await self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
+
+    async def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
+        try:
+            response = await self._transcription(path, adapter, **options)
+        except (ChorusError, OSError) as exc:
+            return FileResult.failed(path, exc)
+        result = _core.transcription_result(response, options.get("response_format", "json"))
+        return FileResult(path, result=result, adapter=response.headers.get("x-chorus-adapter"))
 
     async def transcribe_many(
         self,
@@ -169,9 +202,7 @@ class AsyncChorus:
             async def one(path: Path) -> FileResult:
                 async with limit:
                     try:
-                        return FileResult(path, result=await self.transcribe(path, adapter, **options))
-                    except (ChorusError, OSError) as exc:
-                        return FileResult.failed(path, exc)
+                        return await self._transcribe_file(path, adapter, options)
                     finally:
                         bar.update(1)
 

@@ -100,9 +100,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     mms.add_argument("file", type=Path, help="MMS adapter file, e.g. adapter.fra.safetensors")
     mms.add_argument("--vocab", type=Path, required=True, help="the model's vocab.json (nested by language)")
     mms.add_argument("--language", required=True, help="language code in vocab.json, e.g. fra")
-    where = mms.add_mutually_exclusive_group(required=True)
+    where = mms.add_mutually_exclusive_group()
     where.add_argument("--backbone", type=Path, help="local copy of the serving backbone (its fingerprint is used)")
-    where.add_argument("--fingerprint", help="the serving backbone's fingerprint (from any adapter on the server)")
+    where.add_argument("--fingerprint", help="the serving backbone's fingerprint (default: asked from /readyz)")
     _publish_options(mms, default_visibility="public")
     mms.set_defaults(func=client_command(_import_mms))
 
@@ -178,8 +178,8 @@ def _report_one(item: FileResult, args: argparse.Namespace) -> dict[str, Any]:
         err = item.error
         entry["error"] = {"message": err.message, "type": err.type, "code": err.code, "status": err.status}
         return entry
+    entry["adapter"] = item.adapter
     if isinstance(item.result, Transcription):
-        entry["adapter"] = item.result.adapter
         entry["result"] = item.result.model_dump(exclude_none=True, exclude={"adapter"})
     else:
         entry["result"] = item.result
@@ -256,7 +256,12 @@ def _upload(client: Chorus, args: argparse.Namespace, source: Path | None = None
 def _import_mms(client: Chorus, args: argparse.Namespace) -> int:
     from clients.mms import convert_mms
 
+    fingerprint = args.fingerprint
+    if args.backbone is None and fingerprint is None:
+        fingerprint = client.ready().get("backbone")  # the server names the backbone it serves
+        if not isinstance(fingerprint, str):
+            raise ValueError("the server did not report its backbone fingerprint; pass --backbone or --fingerprint")
     with tempfile.TemporaryDirectory() as tmp:
         native = Path(tmp) / f"{args.adapter_id}.safetensors"
-        convert_mms(args.file, args.vocab, args.language, native, backbone=args.backbone, fingerprint=args.fingerprint)
+        convert_mms(args.file, args.vocab, args.language, native, backbone=args.backbone, fingerprint=fingerprint)
         return _upload(client, args, source=native)

@@ -153,12 +153,45 @@ class Chorus:
         Returns `Transcription` for json, `VerboseTranscription` for verbose_json, and the body text for text,
         srt and vtt.
         """
+        response = self._transcription(
+            audio,
+            adapter,
+            response_format=response_format,
+            word_timestamps=word_timestamps,
+            timestamp_granularities=timestamp_granularities,
+            language=language,
+            prompt=prompt,
+            temperature=temperature,
+            filename=filename,
+        )
+        return _core.transcription_result(response, response_format)
+
+    def _transcription(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: str = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> httpx.Response:
         form = _core.transcription_form(
             adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
         )
         files = {"file": _core.read_audio(audio, filename)}
-        response = self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
-        return _core.transcription_result(response, response_format)
+        return self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
+
+    def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
+        try:
+            response = self._transcription(path, adapter, **options)
+        except (ChorusError, OSError) as exc:
+            return FileResult.failed(path, exc)
+        result = _core.transcription_result(response, options.get("response_format", "json"))
+        return FileResult(path, result=result, adapter=response.headers.get("x-chorus-adapter"))
 
     def transcribe_many(
         self,
@@ -178,16 +211,10 @@ class Chorus:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         paths = _core.audio_files(files)
 
-        def one(path: Path) -> FileResult:
-            try:
-                return FileResult(path, result=self.transcribe(path, adapter, **options))
-            except (ChorusError, OSError) as exc:
-                return FileResult.failed(path, exc)
-
         with progress_bar(len(paths), "transcribing", unit="file", enabled=progress) as bar:
 
             def tracked(path: Path) -> FileResult:
-                result = one(path)
+                result = self._transcribe_file(path, adapter, options)
                 bar.update(1)
                 return result
 
