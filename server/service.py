@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,12 +69,12 @@ class Transcriber:
         return record
 
     async def transcribe(
-        self, audio: Audio, record: AdapterRecord, tenant: Tenant, disconnected: Awaitable[None]
+        self, audio: Audio, record: AdapterRecord, tenant: Tenant, disconnected: Callable[[], Awaitable[None]]
     ) -> Result:
-        """Raises ApiError (429, 503, 504), a store error, or ClientGone when `disconnected` completes first."""
+        """Raises ApiError (429, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
         self._admit(audio, tenant)
-        gone = asyncio.ensure_future(disconnected)
+        gone = asyncio.ensure_future(disconnected())
         try:
             return await self._run(audio, record, deadline, gone)
         finally:

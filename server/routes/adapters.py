@@ -7,7 +7,7 @@ import asyncio
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
@@ -110,7 +110,7 @@ async def put_adapter(
         existing = None
     if existing is not None and not tenant.can_change(existing):
         raise ApiError(403, f"adapter ID {adapter_id!r} belongs to another tenant", "not_owner")
-    path = await _receive_upload(request, runtime.settings.store / "tmp")
+    path = await _receive_upload(request, runtime.settings.store / "tmp", runtime.settings.limits.max_adapter_bytes)
     try:
         record = await asyncio.to_thread(
             runtime.store.publish,
@@ -131,8 +131,9 @@ async def put_adapter(
     return adapter_json(runtime, record)
 
 
-async def _receive_upload(request: Request, scratch: Path) -> Path:
-    """Stream the body (raw or multipart `file`) to a temporary file; BodyLimit caps its size while it arrives."""
+async def _receive_upload(request: Request, scratch: Path, limit: int) -> Path:
+    """Stream the body (raw or multipart `file`) to a temporary file, at most `limit` bytes (BodyLimit already
+    caps the whole request, multipart framing included, while it arrives)."""
     scratch.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=".safetensors", dir=scratch)
     path = Path(name)
@@ -144,16 +145,22 @@ async def _receive_upload(request: Request, scratch: Path) -> Path:
                 if upload is None or isinstance(upload, str):
                     raise ApiError(400, "multipart upload needs a file field named 'file'", "missing_file", "file")
                 while chunk := await upload.read(1 << 20):
-                    out.write(chunk)
+                    _write_limited(out, chunk, limit)
             else:
                 async for chunk in request.stream():
-                    out.write(chunk)
+                    _write_limited(out, chunk, limit)
         if path.stat().st_size == 0:
             raise ApiError(400, "the upload is empty: send the adapter's safetensors bytes", "empty_upload")
         return path
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def _write_limited(out: BinaryIO, chunk: bytes, limit: int) -> None:
+    if out.tell() + len(chunk) > limit:
+        raise ApiError(413, f"adapter upload exceeds the limit of {limit} bytes", "file_too_large")
+    out.write(chunk)
 
 
 @router.delete("/v1/adapters/{ref}", summary="Delete an adapter (`ID`: every version) or one version (`ID@N`)")

@@ -52,7 +52,7 @@ async def create_transcription(
         decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
     )
     try:
-        result = await runtime.transcriber.transcribe(audio, record, tenant, _disconnected(request))
+        result = await runtime.transcriber.transcribe(audio, record, tenant, lambda: _disconnected(request))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     response = _render(result, response_format, set(timestamp_granularities or []), language, audio.seconds)

@@ -1,0 +1,119 @@
+"""Server fixtures: a tiny random model, settings pointing at temporary dirs, an in-process app (lifespan run by
+Starlette's TestClient) and a real uvicorn on 127.0.0.1 for clients that need a socket."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import uvicorn
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.settings import Settings
+
+RATE = 16000
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """Tiny post-LN random backbone with a head, plus 4 native adapters (houlsby, various sizes and layers)."""
+    from server.engine.random_model import write_random_model
+
+    path = tmp_path_factory.mktemp("server-model")
+    write_random_model(path, "tiny", num_adapters=4, seed=7)
+    return path
+
+
+def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:
+    """Settings for a test server: float32 (exact), the test model, its adapters seeded into a fresh store."""
+    values = dict(backbone=model_dir, store=tmp_path / "store", data_dir=tmp_path, device="cpu", dtype="float32")
+    nested = {key: overrides.pop(key) for key in ("batch", "limits", "cache", "auth") if key in overrides}
+    settings = Settings(**values, **overrides, _env_file=None)
+    for group, fields in nested.items():
+        setattr(settings, group, getattr(settings, group).model_copy(update=fields))
+    return settings
+
+
+@contextmanager
+def running_app(settings: Settings, seed_adapters: list[Path] | None = None) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for path in seed_adapters or []:
+            response = client.put(f"/v1/adapters/{path.stem}?visibility=public", content=path.read_bytes())
+            assert response.status_code == 201, response.text
+        yield client
+
+
+@pytest.fixture
+def adapter_files(model_dir) -> list[Path]:
+    return sorted((model_dir / "adapters").glob("*.safetensors"))
+
+
+@pytest.fixture
+def client(tmp_path, model_dir, adapter_files) -> Iterator[TestClient]:
+    with running_app(make_settings(tmp_path, model_dir), adapter_files) as client:
+        yield client
+
+
+def tone(seconds: float, rate: int = RATE, seed: int = 0, channels: int = 1) -> np.ndarray:
+    """Noisy chirp-like test signal, (L,) or (L, C) float32 in [-1, 1]."""
+    gen = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    base = 0.3 * np.sin(2 * np.pi * (150 + 200 * gen.random()) * t * (1 + t / max(seconds, 1e-3)))
+    signal = (base + 0.1 * gen.standard_normal(len(t))).astype(np.float32)
+    if channels > 1:
+        signal = np.stack([signal * (0.5 + 0.5 * c / channels) for c in range(channels)], axis=1)
+    return signal
+
+
+def encode(samples: np.ndarray, rate: int = RATE, format: str = "WAV", subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=format, subtype=subtype)
+    return buffer.getvalue()
+
+
+def wav(seconds: float, seed: int = 0, rate: int = RATE) -> bytes:
+    return encode(tone(seconds, rate, seed), rate)
+
+
+def transcribe(client, audio: bytes, model: str, **fields):
+    data = {"model": model, **fields}
+    return client.post("/v1/audio/transcriptions", files={"file": ("audio.wav", audio, "audio/wav")}, data=data)
+
+
+class UvicornThread:
+    """A real uvicorn server on 127.0.0.1 (random free port) in a background thread."""
+
+    def __init__(self, settings: Settings):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> UvicornThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

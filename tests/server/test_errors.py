@@ -1,0 +1,149 @@
+"""Every error status provoked for real, always in OpenAI's envelope, and the server unharmed afterwards."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from server.engine import Engine
+from tests.server.conftest import encode, make_settings, running_app, tone, transcribe, wav
+
+
+def error_of(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in response.text
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_bad_requests_get_400(client):
+    missing_file = client.post("/v1/audio/transcriptions", data={"model": "eng-0"})
+    assert error_of(missing_file, 400)["param"] == "file"
+    missing_model = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav(1.0))})
+    assert error_of(missing_model, 400)["param"] == "model"
+    error_of(transcribe(client, b"", "eng-0"), 400, "empty_audio")
+    error_of(transcribe(client, encode(np.zeros(1, np.float32)), "eng-0"), 400, "audio_too_short")
+    nan = tone(1.0)
+    nan[100] = np.nan
+    error_of(transcribe(client, encode(nan, subtype="FLOAT"), "eng-0"), 400, "invalid_audio")
+    error_of(transcribe(client, wav(1.0), "Bad Id!"), 422, None)
+    error_of(transcribe(client, wav(1.0), "eng-0", response_format="mp4"), 422, "invalid_parameter")
+    error_of(transcribe(client, wav(1.0), "eng-0", temperature="7"), 422, "invalid_parameter")
+
+
+def test_unknown_adapter_or_version_is_404_with_a_hint(client):
+    error = error_of(transcribe(client, wav(1.0), "klingon"), 404, "adapter_not_found")
+    assert "GET /v1/adapters" in error["message"]
+    error_of(transcribe(client, wav(1.0), "eng-0@9"), 404, "version_not_found")
+    error_of(client.get("/v1/adapters/klingon"), 404, "adapter_not_found")
+
+
+def test_undecodable_audio_is_415(client):
+    error_of(transcribe(client, b"RIFF....WAVEfmt garbage" * 50, "eng-0"), 415, "unsupported_audio")
+    error_of(transcribe(client, np.random.default_rng(0).bytes(5000), "eng-0"), 415, "unsupported_audio")
+
+
+def test_too_large_uploads_are_413_while_streaming(tmp_path, model_dir):
+    settings = make_settings(tmp_path, model_dir, limits={"max_audio_bytes": 50_000, "max_audio_seconds": 2.0})
+    with running_app(settings) as client:
+        big = wav(5.0)  # 160 kB > 50 kB + form allowance
+        error_of(transcribe(client, big, "default"), 413, "file_too_large")
+
+        def chunks():  # no Content-Length: the limit is enforced while the body arrives
+            for start in range(0, len(big), 8192):
+                yield big[start : start + 8192]
+
+        streamed = client.post("/v1/audio/transcriptions?x=1", content=chunks(),
+                               headers={"content-type": "multipart/form-data; boundary=xyz"})  # fmt: skip
+        error_of(streamed, 413, "file_too_large")
+        long_but_small = encode(tone(3.0, rate=4000), 4000, "FLAC")  # 3 s < 50 kB, over the 2 s limit
+        error = error_of(transcribe(client, long_but_small, "default"), 413, "audio_too_long")
+        assert "3.0 s" in error["message"]
+        assert transcribe(client, wav(1.0), "default").status_code == 200
+
+
+def gate_forward(client) -> tuple[threading.Event, list[int]]:
+    """Make the inference thread wait at the next forward until the returned event is set."""
+    runtime = client.app.state.chorus
+    gate, calls = threading.Event(), []
+    real = Engine.forward
+
+    def gated(waveforms, lengths, adapters):
+        gate.wait(30)
+        calls.append(len(adapters))
+        return real(runtime.engine, waveforms, lengths, adapters)
+
+    runtime.engine.forward = gated
+    return gate, calls
+
+
+def in_background(fn, *args, **kwargs) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args, **kwargs)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def wait_until(predicate, seconds: float = 10.0) -> None:
+    event = threading.Event()
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        event.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_full_queue_is_503_with_retry_after(tmp_path, model_dir):
+    settings = make_settings(tmp_path, model_dir, limits={"max_queue_audio_seconds": 5.0}, batch={"max_items": 1})
+    with running_app(settings) as client:
+        gate, _ = gate_forward(client)
+        worker = client.app.state.chorus.worker
+        running, running_out = in_background(transcribe, client, wav(3.0), "default")
+        wait_until(lambda: worker.queued_items == 0 and client.app.state.chorus.metrics.in_flight._value.get() == 1)
+        queued, queued_out = in_background(transcribe, client, wav(3.0, seed=1), "default")
+        wait_until(lambda: worker.queued_items == 1)
+        refused = transcribe(client, wav(3.0, seed=2), "default")
+        error_of(refused, 503, "queue_full")
+        assert int(refused.headers["retry-after"]) >= 1
+        gate.set()
+        running.join(30)
+        queued.join(30)
+        assert running_out[0].status_code == 200 and queued_out[0].status_code == 200
+
+
+def test_tenant_concurrency_limit_is_429(tmp_path, model_dir):
+    settings = make_settings(tmp_path, model_dir, limits={"max_inflight_per_tenant": 1})
+    with running_app(settings) as client:
+        gate, _ = gate_forward(client)
+        first, first_out = in_background(transcribe, client, wav(1.0), "default")
+        wait_until(lambda: client.app.state.chorus.transcriber._inflight["default"] == 1)
+        error_of(transcribe(client, wav(1.0), "default"), 429, "rate_limit_exceeded")
+        gate.set()
+        first.join(30)
+        assert first_out[0].status_code == 200
+
+
+def test_deadline_is_504_and_the_queued_work_is_dropped(tmp_path, model_dir):
+    settings = make_settings(tmp_path, model_dir, limits={"request_timeout_seconds": 0.5}, batch={"max_items": 1})
+    with running_app(settings) as client:
+        gate, calls = gate_forward(client)
+        blocker, blocker_out = in_background(transcribe, client, wav(1.0), "default")
+        wait_until(lambda: client.app.state.chorus.worker.queued_items == 0 and
+                   client.app.state.chorus.transcriber._inflight["default"] == 1)  # fmt: skip
+        late = transcribe(client, wav(1.0, seed=5), "default")  # waits behind the blocked batch
+        error_of(late, 504, "deadline_exceeded")
+        gate.set()
+        blocker.join(30)
+        assert blocker_out[0].status_code == 504  # it too outlived 0.5 s while the gate was shut
+        wait_until(lambda: client.app.state.chorus.worker.queued_items == 0)
+        assert calls == [1]  # only the batch that was already running; the late request never ran
+        assert transcribe(client, wav(0.5), "default").status_code == 200
+
+
+def test_unknown_routes_and_methods_are_enveloped(client):
+    error_of(client.post("/v1/nothing"), 404)
+    error_of(client.delete("/v1/audio/transcriptions"), 405)
