@@ -37,7 +37,8 @@ RUN pip install --no-deps . && rm -rf build *.egg-info
 USER chorus
 # The adapter store (and a generated random backbone when none is configured) live on the data volume.
 WORKDIR /data
-ENV CHORUS_STORE=/data/store
+ENV CHORUS_STORE=/data/store \
+    CHORUS_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8000
 

@@ -174,7 +174,7 @@ def test_every_error_class_a_healthy_server_can_produce(server, model_dir, audio
             alice.upload_adapter(garbage, "err-garbage")
         assert (invalid.value.status, invalid.value.code) == (422, "invalid_adapter")
         huge = tmp_path / "huge.safetensors"
-        huge.write_bytes(b"\0" * (3 * MAX_ADAPTER_BYTES))
+        huge.write_bytes(b"\0" * (MAX_ADAPTER_BYTES + 1))
         with pytest.raises(InvalidRequestError) as too_large:
             alice.upload_adapter(huge, "err-huge")
         assert (too_large.value.status, too_large.value.code) == (413, "file_too_large")
