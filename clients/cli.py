@@ -3,7 +3,8 @@
 Registered into the one `chorus` parser by `server/cli.py` through `add_commands`. Nothing here imports torch
 except `adapters import-mms`, which converts the MMS file locally before uploading it.
 
-Exit codes (documented in docs/clients.md; scripts rely on them):
+Exit codes are part of the interface (scripts branch on them): `EXIT_CODES` below, docs/clients.md, and the
+epilog of every command's `--help`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ EXIT_CODES = {
     EXIT_AUTH: "missing/unknown API key or not allowed (401/403)",
     EXIT_UNAVAILABLE: "server unreachable, overloaded, rate limited, timed out or failing (429/5xx, after retries)",
 }
-__doc__ += "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
 
 SUFFIXES = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt"}
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,35 @@ def test_dockerignore_keeps_the_context_small():
     for kind, value in dockerfile_instructions():
         if kind == "COPY":
             assert value.split()[0] not in ignored
+
+
+def test_the_image_source_layer_installs_and_imports_on_its_own(tmp_path):
+    """Build context = exactly what the Dockerfile copies; install it as the image does; import every module from it."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for kind, value in dockerfile_instructions():
+        if kind == "COPY":
+            source = value.split()[0]
+            copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
+            copy(ROOT / source, context / source)
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run([*install, "--target", str(site), str(context)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    check = (
+        "import importlib, pkgutil, sys\n"
+        "for top in ('server', 'adapter_store', 'clients'):\n"
+        "    package = importlib.import_module(top)\n"
+        f"    assert package.__file__.startswith({str(site)!r}), package.__file__\n"
+        "    for module in pkgutil.walk_packages(package.__path__, top + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "from server.app import create_app\n"
+        "create_app()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cli = subprocess.run(
+        [sys.executable, str(site / "bin" / "chorus"), "--help"], env=env, capture_output=True, text=True
+    )
+    assert cli.returncode == 0 and "transcribe" in cli.stdout
