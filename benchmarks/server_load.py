@@ -72,7 +72,9 @@ def direct(engine: Engine, adapter: Any, audio: np.ndarray, runs: int) -> float:
     return statistics.median(times)
 
 
-def run(preset: str, clip: float, requests: int, concurrency: list[int], dtype: str, device: str) -> dict[str, Any]:
+def run(
+    preset: str, clip: float, requests: int, concurrency: list[int], dtype: str, device: str, pair_runs: int = 15
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(scratch) / "model"
         paths = write_random_model(model, preset, num_adapters=4, seed=0)
@@ -94,14 +96,15 @@ def run(preset: str, clip: float, requests: int, concurrency: list[int], dtype: 
             adapter = engine.prepare(load_adapter(paths[0]))
             asyncio.run(load(server.url, wav, names, 2, 1))  # warm-up: adapters resident, kernels primed
             direct(engine, adapter, audio, 2)
-            # Interleave direct and HTTP measurements so drift on a shared machine hits both alike.
-            http_c1, engine_c1 = [], []
-            for _ in range(3):
-                engine_c1.append(direct(engine, adapter, audio, 3))
-                http_c1.append(asyncio.run(load(server.url, wav, names[:1], 3, 1))["p50"])
-            results["direct_seconds"] = statistics.median(engine_c1)
-            results["http_c1_seconds"] = statistics.median(http_c1)
-            results["overhead"] = results["http_c1_seconds"] / results["direct_seconds"] - 1
+            # Pairs of (direct call, HTTP request) back to back; the median of the per-pair ratios is robust to
+            # the slow drift of a shared machine, which hits both halves of a pair alike.
+            pairs = [
+                (direct(engine, adapter, audio, 1), asyncio.run(load(server.url, wav, names[:1], 1, 1))["p50"])
+                for _ in range(pair_runs)
+            ]
+            results["direct_seconds"] = statistics.median(d for d, _ in pairs)
+            results["http_c1_seconds"] = statistics.median(h for _, h in pairs)
+            results["overhead"] = statistics.median(h / d for d, h in pairs) - 1
             for c in concurrency:
                 level = asyncio.run(load(server.url, wav, names, requests, c))
                 level["audio_per_second"] = requests * clip / level["wall"]
@@ -117,9 +120,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pairs", type=int, default=15, help="direct/HTTP pairs for the overhead ratio")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = run(args.preset, args.clip, args.requests, args.concurrency, args.dtype, args.device)
+    results = run(args.preset, args.clip, args.requests, args.concurrency, args.dtype, args.device, args.pairs)
     print(f"{args.preset} {args.dtype}, {args.clip:.0f} s clip")
     print(
         f"direct engine {results['direct_seconds'] * 1000:.1f} ms, HTTP c=1 {results['http_c1_seconds'] * 1000:.1f}"
