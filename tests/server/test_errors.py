@@ -57,8 +57,11 @@ def test_too_large_uploads_are_413_while_streaming(tmp_path, model_dir):
             for start in range(0, len(big), 8192):
                 yield big[start : start + 8192]
 
-        streamed = client.post("/v1/audio/transcriptions?x=1", content=chunks(),
-                               headers={"content-type": "multipart/form-data; boundary=xyz"})  # fmt: skip
+        streamed = client.post(
+            "/v1/audio/transcriptions?x=1",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=xyz"},
+        )
         error_of(streamed, 413, "file_too_large")
         long_but_small = encode(tone(3.0, rate=4000), 4000, "FLAC")  # 3 s < 50 kB, over the 2 s limit
         error = error_of(transcribe(client, long_but_small, "default"), 413, "audio_too_long")
@@ -132,8 +135,12 @@ def test_deadline_is_504_and_the_queued_work_is_dropped(tmp_path, model_dir):
     with running_app(settings) as client:
         gate, calls = gate_forward(client)
         blocker, blocker_out = in_background(transcribe, client, wav(1.0), "default")
-        wait_until(lambda: client.app.state.chorus.worker.queued_items == 0 and
-                   client.app.state.chorus.transcriber._inflight["default"] == 1)  # fmt: skip
+        wait_until(
+            lambda: (
+                client.app.state.chorus.worker.queued_items == 0
+                and client.app.state.chorus.transcriber._inflight["default"] == 1
+            )
+        )
         late = transcribe(client, wav(1.0, seed=5), "default")  # waits behind the blocked batch
         error_of(late, 504, "deadline_exceeded")
         gate.set()

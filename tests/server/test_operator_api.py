@@ -28,7 +28,11 @@ def test_upload_versions_get_and_delete(client, adapter_files):
     assert transcribe(client, wav(1.0), "team-asr@1").headers["x-chorus-adapter"] == "team-asr@1"
 
     assert client.delete("/v1/adapters/team-asr@2").json() == {
-        "id": "team-asr", "object": "adapter.deleted", "deleted": True, "version": 2}  # fmt: skip
+        "id": "team-asr",
+        "object": "adapter.deleted",
+        "deleted": True,
+        "version": 2,
+    }
     assert transcribe(client, wav(1.0), "team-asr").headers["x-chorus-adapter"] == "team-asr@1"
     assert client.delete("/v1/adapters/team-asr").status_code == 200
     error_of(transcribe(client, wav(1.0), "team-asr"), 404, "adapter_not_found")
@@ -111,10 +115,17 @@ def test_health_readiness_and_metrics(client):
     assert 'chorus_requests_total{adapter="",status="404"} 1.0' in text
     assert "chorus_audio_seconds_total 2.0" in text
     assert 'chorus_adapter_loads_total{result="ok"}' in text
-    for name in ("chorus_request_duration_seconds_bucket", "chorus_queue_wait_seconds_bucket",
-                 "chorus_inference_duration_seconds_bucket", "chorus_batch_size_bucket",
-                 "chorus_batch_audio_seconds_bucket", "chorus_queue_depth", "chorus_requests_in_flight",
-                 "chorus_adapter_resident_bytes", "chorus_adapter_cache_misses_total"):  # fmt: skip
+    for name in (
+        "chorus_request_duration_seconds_bucket",
+        "chorus_queue_wait_seconds_bucket",
+        "chorus_inference_duration_seconds_bucket",
+        "chorus_batch_size_bucket",
+        "chorus_batch_audio_seconds_bucket",
+        "chorus_queue_depth",
+        "chorus_requests_in_flight",
+        "chorus_adapter_resident_bytes",
+        "chorus_adapter_cache_misses_total",
+    ):
         assert name in text
 
 
@@ -130,6 +141,14 @@ def test_adapter_label_cardinality_is_bounded(tmp_path, model_dir, adapter_files
 def test_openapi_documents_the_api(tmp_path, model_dir, key):
     with running_app(make_settings(tmp_path, model_dir)) as client:
         paths = client.get("/openapi.json").json()["paths"]
-        for path in ("/v1/audio/transcriptions", "/v1/models", "/v1/adapters", "/v1/adapters/{ref}",
-                     "/v1/adapters/{adapter_id}/pin", "/healthz", "/readyz", "/metrics"):  # fmt: skip
+        for path in (
+            "/v1/audio/transcriptions",
+            "/v1/models",
+            "/v1/adapters",
+            "/v1/adapters/{ref}",
+            "/v1/adapters/{adapter_id}/pin",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ):
             assert path in paths

@@ -10,8 +10,17 @@ from server.engine import Engine, load_adapter
 from tests.server.conftest import RATE, encode, tone, transcribe, wav
 
 SEGMENT_FIELDS = {
-    "id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio", "no_speech_prob"
-}  # fmt: skip
+    "id",
+    "seek",
+    "start",
+    "end",
+    "text",
+    "tokens",
+    "temperature",
+    "avg_logprob",
+    "compression_ratio",
+    "no_speech_prob",
+}
 
 
 def test_json_is_the_default_and_names_the_version_used(client):
@@ -49,8 +58,9 @@ def test_verbose_json_has_every_field_the_sdk_types(client):
 
 
 def test_granularities_choose_what_verbose_json_returns(client):
-    only_words = transcribe(client, wav(2.0), "eng-0", response_format="verbose_json", **{
-        "timestamp_granularities[]": "word"}).json()  # fmt: skip
+    only_words = transcribe(
+        client, wav(2.0), "eng-0", response_format="verbose_json", **{"timestamp_granularities[]": "word"}
+    ).json()
     assert "words" in only_words and "segments" not in only_words
     default = transcribe(client, wav(2.0), "eng-0", response_format="verbose_json").json()
     assert "segments" in default and "words" not in default

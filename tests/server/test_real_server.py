@@ -1,0 +1,147 @@
+"""Against a real uvicorn on 127.0.0.1: the official openai SDK unchanged, client disconnects, SIGTERM drain."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.background import BackgroundServer
+from server.engine import Engine
+from tests.server.conftest import make_settings, wav
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture
+def live(tmp_path, model_dir, adapter_files):
+    settings = make_settings(tmp_path, model_dir)
+    with BackgroundServer(settings) as server:
+        for path in adapter_files:
+            httpx.put(f"{server.url}/v1/adapters/{path.stem}?visibility=public", content=path.read_bytes())
+        yield server
+
+
+def test_openai_sdk_works_unchanged(live, tmp_path):
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused")
+    audio = tmp_path / "clip.wav"
+    audio.write_bytes(wav(3.0, seed=4))
+    assert {"default", "eng-0", "fra-1"} <= {m.id for m in client.models.list()}
+
+    with audio.open("rb") as f:
+        plain = client.audio.transcriptions.create(model="eng-0", file=f)
+    assert isinstance(plain.text, str) and plain.text
+    with audio.open("rb") as f:
+        verbose = client.audio.transcriptions.create(
+            model="eng-0", file=f, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+        )
+    assert verbose.text == plain.text and verbose.duration == pytest.approx(3.0)
+    assert verbose.words and verbose.words[0].end > verbose.words[0].start
+    assert verbose.segments and verbose.segments[0].avg_logprob <= 0
+    with audio.open("rb") as f:
+        srt = client.audio.transcriptions.create(model="eng-0", file=f, response_format="srt")
+    assert "-->" in str(srt)
+    with audio.open("rb") as f, pytest.raises(openai.NotFoundError) as missing:
+        client.audio.transcriptions.create(model="klingon", file=f)
+    assert missing.value.code == "adapter_not_found"
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="eng-0", file=("x.wav", b"", "audio/wav"))
+
+
+def test_a_disconnected_client_has_its_queued_work_dropped(live):
+    runtime = live.app.state.chorus
+    gate, calls = threading.Event(), []
+    real = Engine.forward
+
+    def gated(waveforms, lengths, adapters):
+        gate.wait(30)
+        calls.append(len(adapters))
+        return real(runtime.engine, waveforms, lengths, adapters)
+
+    runtime.engine.forward = gated
+    files = {"file": ("a.wav", wav(2.0), "audio/wav")}
+    blocker = threading.Thread(
+        target=lambda: httpx.post(
+            f"{live.url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=30
+        ),
+        daemon=True,
+    )
+    blocker.start()
+    wait_for(lambda: runtime.metrics.in_flight._value.get() == 1 and runtime.worker.queued_items == 0)
+    with pytest.raises(httpx.ReadTimeout):  # this client gives up while its work waits behind the blocker
+        httpx.post(f"{live.url}/v1/audio/transcriptions", files=files, data={"model": "eng-0"}, timeout=0.5)
+    wait_for(lambda: runtime.metrics.in_flight._value.get() == 1)  # the server noticed and let it go
+    gate.set()
+    blocker.join(30)
+    wait_for(lambda: runtime.worker.queued_items == 0)
+    assert calls == [1], "the abandoned request never reached the backbone"
+    assert 'status="499"' in httpx.get(f"{live.url}/metrics").text
+
+
+def wait_for(predicate, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
+    port = free_port()
+    env = {
+        **os.environ,
+        "CHORUS_BACKBONE": str(model_dir),
+        "CHORUS_STORE": str(tmp_path / "store"),
+        "CHORUS_DTYPE": "float32",
+        "CHORUS_DEVICE": "cpu",
+        "CHORUS_BATCH__MAX_ITEMS": "1",
+    }
+    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ready(url), seconds=60)
+        results: list[int] = []
+        files = {"file": ("a.wav", wav(20.0), "audio/wav")}
+
+        def post() -> None:
+            response = httpx.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=60)
+            results.append(response.status_code)
+
+        clients = [threading.Thread(target=post) for _ in range(4)]
+        for c in clients:
+            c.start()
+        wait_for(lambda: "chorus_requests_in_flight 4.0" in httpx.get(f"{url}/metrics").text)
+        process.send_signal(signal.SIGTERM)
+        for c in clients:
+            c.join(60)
+        assert results == [200, 200, 200, 200]
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit status says "SIGTERM".
+        assert process.wait(60) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz")
+    finally:
+        process.kill()
+        stderr = process.stderr.read() if process.stderr else ""
+    assert "Chorus stopped" in stderr
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
