@@ -206,10 +206,15 @@ def test_the_image_source_layer_installs_and_imports_on_its_own(tmp_path):
             source = value.split()[0]
             copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
             copy(ROOT / source, context / source)
+    # Data files under server/demo_model must reach the installed package (the image serves the demo from it).
+    probe = context / "server" / "demo_model" / "backbone" / "packaging-probe.json"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("{}")
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     result = subprocess.run([*install, "--target", str(site), str(context)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (site / probe.relative_to(context)).is_file()
     check = (
         "import importlib, pkgutil, sys\n"
         "for top in ('server', 'adapter_store', 'clients'):\n"
