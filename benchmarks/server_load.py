@@ -1,6 +1,6 @@
 """Server path: a bounded load generator against a real Chorus on 127.0.0.1, next to direct engine calls.
 
-Measures, in one run and on the same backbone: throughput (audio seconds per wall second) and p50/p95 latency at
+Runs `chorus serve` in its own process, as deployed. Measures, in one run and on the same backbone: throughput (audio seconds per wall second) and p50/p95 latency at
 each concurrency, and the overhead of HTTP + decoding + queueing over calling the engine directly for one clip at
 concurrency 1 (target: at most 5%).
 
@@ -14,9 +14,15 @@ import argparse
 import asyncio
 import io
 import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +31,8 @@ import numpy as np
 import soundfile
 
 from benchmarks.adapter_cold_load import percentile
-from server.background import BackgroundServer
 from server.engine import Engine, load_adapter
 from server.engine.random_model import write_random_model
-from server.settings import Settings
 
 
 def clip_bytes(seconds: float, seed: int = 0) -> tuple[np.ndarray, bytes]:
@@ -83,46 +87,76 @@ def _sums(url: str) -> dict[str, float]:
     return sums
 
 
+@contextmanager
+def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterator[str]:
+    """`chorus serve` in its own process (as deployed), on a free port of 127.0.0.1; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "CHORUS_BACKBONE": str(model),
+        "CHORUS_STORE": str(store),
+        "CHORUS_DTYPE": dtype,
+        "CHORUS_DEVICE": device,
+        "CHORUS_DATA_DIR": str(store.parent),
+    }
+    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
 def run(
     preset: str, clip: float, requests: int, concurrency: list[int], dtype: str, device: str, pair_runs: int = 15
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(scratch) / "model"
         paths = write_random_model(model, preset, num_adapters=4, seed=0)
-        settings = Settings(
-            backbone=model,
-            store=Path(scratch) / "store",
-            data_dir=Path(scratch),
-            device=device,
-            dtype=dtype,
-            _env_file=None,
-        )
         audio, wav = clip_bytes(clip)
         results: dict[str, Any] = {"preset": preset, "clip_seconds": clip, "dtype": dtype, "levels": {}}
-        with BackgroundServer(settings) as server:
+        engine = Engine.from_pretrained(model, device=device, dtype=dtype).engine
+        adapter = engine.prepare(load_adapter(paths[0]))
+        with server_process(model, Path(scratch) / "store", dtype, device) as url, httpx.Client(timeout=300) as client:
             for path in paths:
-                httpx.put(f"{server.url}/v1/adapters/{path.stem}", content=path.read_bytes()).raise_for_status()
+                client.put(f"{url}/v1/adapters/{path.stem}", content=path.read_bytes()).raise_for_status()
             names = [p.stem for p in paths]
-            engine = server.app.state.chorus.engine  # the served engine, same weights and threads
-            adapter = engine.prepare(load_adapter(paths[0]))
-            asyncio.run(load(server.url, wav, names, 2, 1))  # warm-up: adapters resident, kernels primed
-            direct(engine, adapter, audio, 2)
+            files = {"file": ("clip.wav", wav, "audio/wav")}
+
+            def http_once() -> float:
+                started = time.perf_counter()
+                response = client.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": names[0]})
+                response.raise_for_status()
+                return time.perf_counter() - started
+
+            http_once(), direct(engine, adapter, audio, 1)  # warm-up: adapter resident, kernels primed
             # Pairs of (direct call, HTTP request) back to back; the median of the per-pair ratios is robust to
             # the slow drift of a shared machine, which hits both halves of a pair alike.
-            before = _sums(server.url)
-            pairs = [
-                (direct(engine, adapter, audio, 1), asyncio.run(load(server.url, wav, names[:1], 1, 1))["p50"])
-                for _ in range(pair_runs)
-            ]
+            before = _sums(url)
+            pairs = [(direct(engine, adapter, audio, 1), http_once()) for _ in range(pair_runs)]
             results["direct_seconds"] = statistics.median(d for d, _ in pairs)
             results["http_c1_seconds"] = statistics.median(h for _, h in pairs)
             results["overhead"] = statistics.median(h / d for d, h in pairs) - 1
             # The server's own view, immune to client-side noise: request time beyond the forward passes.
-            after = _sums(server.url)
+            after = _sums(url)
             request, inference = (after[k] - before[k] for k in ("request", "inference"))
             results["server_side_overhead"] = request / inference - 1
             for c in concurrency:
-                level = asyncio.run(load(server.url, wav, names, requests, c))
+                level = asyncio.run(load(url, wav, names, requests, c))
                 level["audio_per_second"] = requests * clip / level["wall"]
                 results["levels"][c] = level
     return results
