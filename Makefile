@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench clean serve
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +17,16 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
 	$(BIN)/pip install --quiet -e ".[test,lint]"
 	touch $@
+
+# Runtime only (plus PyAV for m4a/mp4/webm uploads): what `make serve` needs.
+$(VENV)/.installed-serve: $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e ".[av]"
+	touch $@
+
+# Starts Chorus on the embedded default (./data/store; the bundled demo model) at http://$(HOST):$(PORT).
+serve: $(VENV)/.installed-serve
+	$(BIN)/chorus serve --host $(HOST) --port $(PORT)
 
 install: $(VENV)/.installed
 

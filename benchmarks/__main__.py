@@ -16,13 +16,16 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 
-COMPARISONS = ("backbone_speed", "multi_tenant", "swap", "memory", "adapter_cold_load", "load_dip", "server_path")
+COMPARISONS = ("backbone_speed", "multi_tenant", "swap", "memory", "adapter_cold_load", "load_dip", "server_load")
 
 
 def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:
     cmd = [sys.executable, "-m", f"benchmarks.{name}", "--out", str(out), "--device", args.device]
     if name == "adapter_cold_load":
         return [*cmd, "--runs", "3" if args.quick else "40"]
+    if name == "server_load":  # its own flags (benchmarks/server_load.py)
+        quick = ["--preset", "tiny", "--clip", "1", "--requests", "4", "--concurrency", "1", "4", "--pairs", "2"]
+        return [sys.executable, "-m", "benchmarks.server_load", "--json", str(out), *(quick if args.quick else [])]
     return [*cmd, "--quick"] if args.quick else cmd
 
 

@@ -69,8 +69,8 @@ def how_we_compare(results: dict[str, Any]) -> str:
         parts.append(f"{row['tasks']} MMS-size tasks need {row['ratio']:.0f}× less memory than as separate models")
     if r := results.get("adapter_cold_load"):
         parts.append(f"an MMS-size adapter loads cold in {r['p50_ms']:.0f} ms (p50; {r['cpu_p50_ms']:.0f} ms of CPU)")
-    if r := results.get("server_path"):
-        parts.append(f"HTTP adds {r['overhead_c1']:+.0%} at one client")
+    if r := results.get("server_load"):
+        parts.append(f"HTTP adds {r['overhead']:+.0%} at one client")
     if not parts:
         return "## How we compare\n\nNo results yet: run `make bench`."
     return "## How we compare\n\n" + "; ".join(parts) + "."

@@ -39,14 +39,20 @@ def _too_long(seconds: float, max_seconds: float) -> ApiError:
 
 
 def _read_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    """(L,) mono float32 and its rate; mixed down block by block so multichannel audio never sits in memory whole."""
     with soundfile.SoundFile(io.BytesIO(data)) as f:
         if f.frames > 0 and f.samplerate > 0 and f.frames / f.samplerate > max_seconds:
             raise _too_long(f.frames / f.samplerate, max_seconds)
-        samples = f.read(dtype="float32", always_2d=True)  # (L, C)
+        blocks = [
+            block.mean(axis=1, dtype=np.float32)  # (block,)
+            for block in f.blocks(blocksize=max(1, f.samplerate) * 10, dtype="float32", always_2d=True)
+        ]
+        samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
         return samples, int(f.samplerate)
 
 
 def _read_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    """(L,) mono float32 and its rate, through FFmpeg's decoders (PyAV)."""
     import av  # optional dependency
 
     with av.open(io.BytesIO(data), mode="r") as container:
@@ -67,7 +73,7 @@ def _read_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
         for out in resampler.resample(None):
             pieces.append(out.to_ndarray().reshape(-1))
     samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    return samples[:, None].astype(np.float32), int(rate)
+    return samples.astype(np.float32, copy=False), int(rate)
 
 
 def _av_available() -> bool:
@@ -101,7 +107,7 @@ def decode_audio(data: bytes, rate: int, max_seconds: float) -> Audio:
             raise ApiError(
                 415, f"cannot decode the audio: {type(av_error).__name__}", "unsupported_audio", param="file"
             ) from None
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    mono = samples  # (L,) at source_rate
     if not np.isfinite(mono).all():
         raise ApiError(400, "the audio contains NaN or infinite samples", "invalid_audio", param="file")
     if source_rate != rate and len(mono):

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from clients.cli import add_commands as add_client_commands
+
 
 def _random_model(args: argparse.Namespace) -> int:
     from server.engine.random_model import write_random_model
@@ -26,9 +28,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from server.engine.random_model import PRESETS
+# = sorted(server.engine.random_model.PRESETS) (a test checks); named here so `chorus` starts without torch.
+PRESET_NAMES = ("base", "large-mms", "tiny", "tiny-mms")
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description="Chorus multi-tenant speech recognition")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
@@ -41,12 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     rnd = dev.add_parser("random-model", help="write a random-weight backbone (HF layout) and random adapters")
-    rnd.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model geometry (default: tiny)")
+    rnd.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="model geometry (default: tiny)")
     rnd.add_argument("--adapters", type=int, default=4, help="number of native adapters to write (default: 4)")
     rnd.add_argument("--layers", type=int, default=None, help="override the number of transformer layers")
     rnd.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     rnd.add_argument("--out", required=True, help="output directory")
     rnd.set_defaults(func=_random_model)
+    add_client_commands(commands)
     return parser
 
 

@@ -16,9 +16,14 @@ MiB = 1024 * 1024
 class BatchSettings(BaseModel):
     """Dynamic batching. Unset fields take a per-device default (see `resolve_batch_limits`)."""
 
-    max_items: int | None = Field(None, ge=1, le=1024, description="most chunks in one forward pass")
+    max_items: int | None = Field(
+        None, ge=1, le=1024, description="most audio windows in one forward pass (CPU default 4, GPU 64)"
+    )
     max_audio_seconds: float | None = Field(
-        None, gt=0, le=36000, description="most padded audio seconds in one pass (items x longest item)"
+        None,
+        gt=0,
+        le=36000,
+        description="most padded audio seconds in one pass, items x longest item (CPU default 60, GPU 1200)",
     )
     max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long the oldest item may wait for company")
     chunk_seconds: float = Field(20.0, ge=2, le=120, description="long audio is cut into windows this long")
@@ -61,7 +66,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="where first-start files (random backbone) are written")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA when present")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU (exact), float16 on CUDA"
+        "auto",
+        description="auto: bfloat16 where the hardware has it (AVX-512 BF16/AMX CPUs, CUDA sm80+), "
+        "else float32 on CPU, float16 on older GPUs",
     )
     default_adapter: str | None = Field(
         None, description="adapter used when a request names `whisper-1` (OpenAI clients' default model)"

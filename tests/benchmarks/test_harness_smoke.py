@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,16 @@ def test_run_all_writes_results_and_docs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "results" / "memory.json").is_file()
     assert "host bytes, 1000 tasks: full models / Chorus" in (tmp_path / "docs" / "benchmarks.md").read_text()
+
+
+def test_server_load_harness_runs(tmp_path):
+    out = tmp_path / "server_load.json"
+    command = [sys.executable, "-m", "benchmarks.server_load", "--preset", "tiny", "--clip", "1", "--requests", "4"]
+    command += ["--concurrency", "1", "2", "--pairs", "2", "--json", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "overhead" in result.stdout and "c=2" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["direct_seconds"] > 0 and report["http_c1_seconds"] > 0
+    assert set(report["levels"]) == {"1", "2"}
+    assert all(level["n"] == 4 and level["p95"] >= level["p50"] > 0 for level in report["levels"].values())

@@ -4,9 +4,6 @@ Starlette's TestClient) and a real uvicorn on 127.0.0.1 for clients that need a 
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import uvicorn
 from fastapi.testclient import TestClient
 
 from server.app import create_app
@@ -87,33 +83,3 @@ def wav(seconds: float, seed: int = 0, rate: int = RATE) -> bytes:
 def transcribe(client, audio: bytes, model: str, **fields):
     data = {"model": model, **fields}
     return client.post("/v1/audio/transcriptions", files={"file": ("audio.wav", audio, "audio/wav")}, data=data)
-
-
-class UvicornThread:
-    """A real uvicorn server on 127.0.0.1 (random free port) in a background thread."""
-
-    def __init__(self, settings: Settings):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> UvicornThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)

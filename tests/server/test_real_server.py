@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.background import BackgroundServer
 from server.engine import Engine
-from tests.server.conftest import UvicornThread, make_settings, wav
+from tests.server.conftest import make_settings, wav
 
 openai = pytest.importorskip("openai")
 
@@ -23,7 +24,7 @@ openai = pytest.importorskip("openai")
 @pytest.fixture
 def live(tmp_path, model_dir, adapter_files):
     settings = make_settings(tmp_path, model_dir)
-    with UvicornThread(settings) as server:
+    with BackgroundServer(settings) as server:
         for path in adapter_files:
             httpx.put(f"{server.url}/v1/adapters/{path.stem}?visibility=public", content=path.read_bytes())
         yield server
@@ -56,8 +57,7 @@ def test_openai_sdk_works_unchanged(live, tmp_path):
 
 
 def test_a_disconnected_client_has_its_queued_work_dropped(live):
-    runtime = live.server.config.app.state.chorus if hasattr(live.server.config.app, "state") else None
-    assert runtime is not None
+    runtime = live.app.state.chorus
     gate, calls = threading.Event(), []
     real = Engine.forward
 

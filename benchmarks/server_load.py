@@ -1,0 +1,192 @@
+"""Server path: a bounded load generator against a real Chorus on 127.0.0.1, next to direct engine calls.
+
+Runs `chorus serve` in its own process, as deployed. Measures, in one run and on the same backbone: throughput
+(audio seconds per wall second) and p50/p95 latency at each concurrency, and the overhead of HTTP + decoding + queueing over calling the engine directly for one clip at
+concurrency 1 (target: at most 5%).
+
+    python -m benchmarks.server_load [--preset base] [--clip 5] [--requests 24] [--concurrency 1 4 16]
+                                     [--dtype float32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile
+
+from benchmarks.adapter_cold_load import percentile
+from server.engine import Engine, load_adapter
+from server.engine.random_model import write_random_model
+
+
+def clip_bytes(seconds: float, seed: int = 0) -> tuple[np.ndarray, bytes]:
+    gen = np.random.default_rng(seed)
+    audio = (0.1 * gen.standard_normal(int(seconds * 16000))).astype(np.float32)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, 16000, format="WAV", subtype="PCM_16")
+    pcm = soundfile.read(io.BytesIO(buffer.getvalue()), dtype="float32")[0]
+    return pcm, buffer.getvalue()
+
+
+async def load(url: str, wav: bytes, adapters: list[str], requests: int, concurrency: int) -> dict[str, float]:
+    """`requests` POSTs, at most `concurrency` at a time, adapters round-robin."""
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+
+        async def one(i: int) -> None:
+            async with gate:
+                started = time.perf_counter()
+                files = {"file": ("clip.wav", wav, "audio/wav")}
+                response = await client.post(
+                    "/v1/audio/transcriptions", files=files, data={"model": adapters[i % len(adapters)]}
+                )
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        wall = time.perf_counter() - started
+    return {"wall": wall, "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "n": requests}
+
+
+def direct(engine: Engine, adapter: Any, audio: np.ndarray, runs: int) -> float:
+    """Median seconds of one engine.transcribe call (the in-process lower bound of a request)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        engine.transcribe([audio], [adapter])
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _sums(url: str) -> dict[str, float]:
+    """Cumulative request and inference seconds from the server's /metrics."""
+    names = {"chorus_request_duration_seconds_sum": "request", "chorus_inference_duration_seconds_sum": "inference"}
+    sums = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            sums[names[name]] = float(value)
+    return sums
+
+
+@contextmanager
+def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterator[str]:
+    """`chorus serve` in its own process (as deployed), on a free port of 127.0.0.1; yields its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "CHORUS_BACKBONE": str(model),
+        "CHORUS_STORE": str(store),
+        "CHORUS_DTYPE": dtype,
+        "CHORUS_DEVICE": device,
+        "CHORUS_DATA_DIR": str(store.parent),
+    }
+    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def run(
+    preset: str, clip: float, requests: int, concurrency: list[int], dtype: str, device: str, pair_runs: int = 15
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        model = Path(scratch) / "model"
+        paths = write_random_model(model, preset, num_adapters=4, seed=0)
+        audio, wav = clip_bytes(clip)
+        results: dict[str, Any] = {"preset": preset, "clip_seconds": clip, "dtype": dtype, "levels": {}}
+        engine = Engine.from_pretrained(model, device=device, dtype=dtype).engine
+        adapter = engine.prepare(load_adapter(paths[0]))
+        with server_process(model, Path(scratch) / "store", dtype, device) as url, httpx.Client(timeout=300) as client:
+            for path in paths:
+                client.put(f"{url}/v1/adapters/{path.stem}", content=path.read_bytes()).raise_for_status()
+            names = [p.stem for p in paths]
+            files = {"file": ("clip.wav", wav, "audio/wav")}
+
+            def http_once() -> float:
+                started = time.perf_counter()
+                response = client.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": names[0]})
+                response.raise_for_status()
+                return time.perf_counter() - started
+
+            http_once(), direct(engine, adapter, audio, 1)  # warm-up: adapter resident, kernels primed
+            # Pairs of (direct call, HTTP request) back to back; the median of the per-pair ratios is robust to
+            # the slow drift of a shared machine, which hits both halves of a pair alike.
+            before = _sums(url)
+            pairs = [(direct(engine, adapter, audio, 1), http_once()) for _ in range(pair_runs)]
+            results["direct_seconds"] = statistics.median(d for d, _ in pairs)
+            results["http_c1_seconds"] = statistics.median(h for _, h in pairs)
+            results["overhead"] = statistics.median(h / d for d, h in pairs) - 1
+            # The server's own view, immune to client-side noise: request time beyond the forward passes.
+            after = _sums(url)
+            request, inference = (after[k] - before[k] for k in ("request", "inference"))
+            results["server_side_overhead"] = request / inference - 1
+            for c in concurrency:
+                level = asyncio.run(load(url, wav, names, requests, c))
+                level["audio_per_second"] = requests * clip / level["wall"]
+                results["levels"][c] = level
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--clip", type=float, default=5.0)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pairs", type=int, default=15, help="direct/HTTP pairs for the overhead ratio")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = run(args.preset, args.clip, args.requests, args.concurrency, args.dtype, args.device, args.pairs)
+    print(f"{args.preset} {args.dtype}, {args.clip:.0f} s clip")
+    print(
+        f"direct engine {results['direct_seconds'] * 1000:.1f} ms, HTTP c=1 {results['http_c1_seconds'] * 1000:.1f}"
+        f" ms, overhead {results['overhead'] * 100:+.1f}% end to end (target <= +5%), "
+        f"{results['server_side_overhead'] * 100:+.1f}% inside the server"
+    )
+    for c, level in results["levels"].items():
+        print(
+            f"c={c:<3} {level['audio_per_second']:7.1f} audio s/s  p50 {level['p50']:.3f} s  p95 {level['p95']:.3f} s"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

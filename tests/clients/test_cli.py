@@ -1,0 +1,143 @@
+"""`chorus transcribe` / `chorus adapters ...` in-process against the scripted transport: output, files, exit codes.
+
+The same flows run as a subprocess against a real server in tests/clients/test_integration.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from clients import cli, errors
+from server.cli import PRESET_NAMES, main
+from tests.clients.fake_server import FakeServer, envelope
+
+
+@pytest.fixture
+def server(monkeypatch) -> FakeServer:
+    fake = FakeServer()
+    real = cli.Chorus
+
+    def client(url, api_key):
+        return real(url, api_key, transport=httpx.MockTransport(fake), sleep=lambda s: None)
+
+    monkeypatch.setattr(cli, "Chorus", client)
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.NotFoundError("x"), cli.EXIT_NOT_FOUND),
+        (FileNotFoundError("x"), cli.EXIT_NOT_FOUND),
+        (errors.InvalidRequestError("x"), cli.EXIT_REJECTED),
+        (errors.ConflictError("x"), cli.EXIT_REJECTED),
+        (ValueError("x"), cli.EXIT_REJECTED),
+        (errors.AuthenticationError("x"), cli.EXIT_AUTH),
+        (errors.PermissionDeniedError("x"), cli.EXIT_AUTH),
+        (errors.RateLimitError("x"), cli.EXIT_UNAVAILABLE),
+        (errors.OverloadedError("x"), cli.EXIT_UNAVAILABLE),
+        (errors.DeadlineExceededError("x"), cli.EXIT_UNAVAILABLE),
+        (errors.InternalServerError("x"), cli.EXIT_UNAVAILABLE),
+        (errors.APIConnectionError("x"), cli.EXIT_UNAVAILABLE),
+        (errors.ChorusError("x"), cli.EXIT_FAILURE),
+        (RuntimeError("x"), cli.EXIT_FAILURE),
+    ],
+)
+def test_exit_codes(exc, code):
+    assert cli.exit_code(exc) == code
+
+
+def test_transcribe_prints_text_and_writes_files(server, tmp_path, capsys):
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    assert main(["transcribe", str(tmp_path / "a.wav"), "--adapter", "fr"]) == 0
+    assert capsys.readouterr().out == "bonjour (text)\n"
+    out = tmp_path / "out"
+    assert main(["transcribe", str(tmp_path), "-a", "fr", "--format", "srt", "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.srt", "b.srt"]
+    assert (out / "a.srt").read_text() == "bonjour (srt)"
+    assert capsys.readouterr().out.splitlines()[1] == f"{tmp_path / 'b.wav'} -> {out / 'b.srt'}"
+    assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "fr", "--format", "verbose_json"]) == 0
+    assert json.loads(capsys.readouterr().out)["segments"][0]["text"] == "bonjour"
+
+
+def test_transcribe_json_report_and_partial_failure(server, tmp_path, capsys):
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    server.script = [envelope(404, "not_found_error", "adapter 'xx' not found", "adapter_not_found")]
+    code = main(["transcribe", str(tmp_path), "-a", "fr", "--format", "json", "--concurrency", "1", "--json"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_NOT_FOUND
+    report = json.loads(captured.out)
+    assert report[0]["error"]["code"] == "adapter_not_found" and report[0]["result"] is None
+    assert report[1]["result"] == {"text": "bonjour"} and report[1]["adapter"] == "fr@2"
+    assert "adapter 'xx' not found" in captured.err
+
+
+def test_transcribe_missing_file_and_bad_concurrency(server, tmp_path, capsys):
+    assert main(["transcribe", str(tmp_path / "nope.wav"), "-a", "fr"]) == cli.EXIT_NOT_FOUND
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "a.wav").write_bytes(b"x")
+    assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "fr", "--concurrency", "0"]) == cli.EXIT_REJECTED
+    assert main(["transcribe", str(tmp_path / "empty"), "-a", "fr"]) == cli.EXIT_NOT_FOUND
+    (tmp_path / "empty").mkdir()
+    assert main(["transcribe", str(tmp_path / "empty"), "-a", "fr"]) == cli.EXIT_NOT_FOUND
+    assert server.requests == []
+
+
+def test_adapter_commands(server, tmp_path, capsys):
+    assert main(["adapters", "list"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == list(cli.ADAPTER_COLUMNS) and [row.split()[0] for row in table[1:]] == ["fr", "de"]
+    assert main(["adapters", "list", "--json"]) == 0
+    assert [a["id"] for a in json.loads(capsys.readouterr().out)] == ["fr", "de"]
+    assert main(["adapters", "show", "fr@1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert main(["adapters", "show", "fr"]) == 0
+    assert "sha256: abab" in capsys.readouterr().out
+    source = tmp_path / "fr.safetensors"
+    source.write_bytes(b"abc")
+    assert main(["adapters", "upload", str(source), "--id", "fr", "--visibility", "public"]) == 0
+    assert capsys.readouterr().out.startswith("published fr@3")
+    assert server.requests[-1].url.params["visibility"] == "public"
+    assert main(["adapters", "pin", "fr"]) == 0 and "pinned fr@2" in capsys.readouterr().out
+    assert main(["adapters", "unpin", "fr"]) == 0
+    assert main(["adapters", "delete", "fr@1"]) == 0 and "deleted fr@1" in capsys.readouterr().out
+    assert main(["adapters", "delete", "zz"]) == cli.EXIT_NOT_FOUND
+    assert "no route DELETE /v1/adapters/zz" in capsys.readouterr().err
+    assert main(["adapters", "upload", str(tmp_path / "missing"), "--id", "fr"]) == cli.EXIT_NOT_FOUND
+
+
+def test_errors_map_to_exit_codes_through_main(server, capsys):
+    server.script = [envelope(401, "authentication_error", "missing API key")]
+    assert main(["adapters", "list", "--api-key", "bad"]) == cli.EXIT_AUTH
+    assert "missing API key (401)" in capsys.readouterr().err
+    server.script = [envelope(503, "overloaded_error", "busy")] * 4
+    assert main(["adapters", "show", "fr"]) == cli.EXIT_UNAVAILABLE
+
+
+def test_unreachable_server():
+    assert main(["adapters", "list", "--url", "http://127.0.0.1:9"]) == cli.EXIT_UNAVAILABLE
+
+
+def test_presets_named_in_the_cli_match_the_engine():
+    from server.engine.random_model import PRESETS
+
+    assert list(PRESET_NAMES) == sorted(PRESETS)
+
+
+def test_client_commands_start_without_torch():
+    code = "import sys; from server.cli import build_parser; build_parser(); sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_help_lists_exit_codes():
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "transcribe", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "exit codes" in result.stdout and "--adapter" in result.stdout

@@ -1,0 +1,234 @@
+"""What can be checked about the Docker image, the compose stack and the dashboard without a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.promql import concrete, metric_names
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "chorus.json"
+
+# The metrics the server contract promises (docs: server-contract / docs/deploy.md), by Prometheus type.
+CONTRACT_METRICS = {
+    "counter": {
+        "chorus_requests_total",
+        "chorus_audio_seconds_total",
+        "chorus_adapter_cache_hits_total",
+        "chorus_adapter_cache_misses_total",
+        "chorus_adapter_loads_total",
+        "chorus_adapter_load_seconds_total",
+        "chorus_adapter_evictions_total",
+    },
+    "histogram": {
+        "chorus_request_duration_seconds",
+        "chorus_queue_wait_seconds",
+        "chorus_inference_duration_seconds",
+        "chorus_batch_size",
+        "chorus_batch_audio_seconds",
+    },
+    "gauge": {
+        "chorus_queue_depth",
+        "chorus_queue_audio_seconds",
+        "chorus_requests_in_flight",
+        "chorus_adapter_resident_bytes",
+        "chorus_adapters_resident",
+        "chorus_device_memory_bytes",
+    },
+}
+
+
+def series_names(metrics: dict[str, set[str]]) -> set[str]:
+    """Names a query can use: histograms expose _bucket/_sum/_count, counters and gauges their own name."""
+    names = set(metrics["counter"]) | set(metrics["gauge"])
+    for base in metrics["histogram"]:
+        names |= {f"{base}_bucket", f"{base}_sum", f"{base}_count"}
+    return names
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_dashboard_queries_name_only_exported_metrics():
+    exported = series_names(CONTRACT_METRICS)
+    used: set[str] = set()
+    for title, expr in dashboard_exprs():
+        names = metric_names(expr)
+        assert names, f"panel {title!r}: no metric in {expr!r}"
+        assert names <= exported, f"panel {title!r} uses metrics the server does not export: {names - exported}"
+        used |= names
+    # Every series the issue asks for is on the dashboard.
+    for base in ("chorus_requests_total", "chorus_request_duration_seconds_bucket", "chorus_queue_depth"):
+        assert base in used
+    for base in ("chorus_batch_size", "chorus_audio_seconds_total", "chorus_adapter_cache_hits_total"):
+        assert any(name.startswith(base) for name in used)
+    for base in ("chorus_adapter_loads_total", "chorus_adapter_resident_bytes"):
+        assert base in used
+
+
+def test_dashboard_is_well_formed_for_provisioning():
+    dashboard = json.loads(DASHBOARD.read_text())
+    datasource = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"][0]
+    assert dashboard["uid"] and dashboard["title"] == "Chorus"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["uid"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) not installed")
+def test_dashboard_queries_parse_as_promql(tmp_path):
+    records = [{"record": f"chorus:panel_{i}", "expr": concrete(expr)} for i, (_, expr) in enumerate(dashboard_exprs())]
+    rules = {"groups": [{"name": "dashboard", "rules": records}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_wires_chorus_prometheus_and_grafana():
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    assert set(services) == {"chorus", "prometheus", "grafana"}
+    chorus = services["chorus"]
+    assert chorus["build"]["context"] == "."
+    assert "chorus-data:/data" in chorus["volumes"]
+    assert "8000:8000" in chorus["ports"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+            else:
+                assert source in compose["volumes"], f"{name} uses undeclared volume {source}"
+    assert "prometheus" in services["grafana"]["depends_on"] and "chorus" in services["prometheus"]["depends_on"]
+
+
+def test_prometheus_scrapes_the_chorus_service():
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    chorus = jobs["chorus"]
+    assert chorus.get("metrics_path", "/metrics") == "/metrics"
+    container_port = compose["services"]["chorus"]["ports"][0].split(":")[-1]
+    assert chorus["static_configs"][0]["targets"] == [f"chorus:{container_port}"]
+    mount = next(v for v in compose["services"]["prometheus"]["volumes"] if "prometheus.yml" in v)
+    assert mount.split(":")[1] in compose["services"]["prometheus"]["command"][0]
+
+
+def test_grafana_provisioning_points_at_the_mounted_dashboards():
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"] if v.startswith("./"))
+    provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "chorus.yml")["providers"][0]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    datasource = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090" and "9090:9090" in compose["services"]["prometheus"]["ports"]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_dockerfile_follows_the_packaging_rules():
+    steps = dockerfile_instructions()
+    kinds = [kind for kind, _ in steps]
+    args = {value.split("=")[0] for kind, value in steps if kind == "ARG"}
+    assert {"PYTHON_IMAGE", "TORCH_SPEC", "TORCH_INDEX"} <= args
+    assert re.search(r"python:3\.1\d-slim", dict(s for s in steps if s[0] == "ARG" and "PYTHON_IMAGE" in s[1])["ARG"])
+    # Dependencies install from pyproject alone, before any source is copied (a separate, cached layer).
+    copies = [i for i, (kind, _) in enumerate(steps) if kind == "COPY"]
+    assert steps[copies[0]][1] == "pyproject.toml ./"
+    dep_install = next(i for i, (kind, v) in enumerate(steps) if kind == "RUN" and "TORCH_INDEX" in v)
+    assert copies[0] < dep_install < copies[1]
+    for _, value in (steps[i] for i in copies):
+        source = value.split()[0]
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    user = kinds.index("USER")
+    assert steps[user][1] != "root" and user < kinds.index("CMD")
+    assert any(kind == "HEALTHCHECK" and "/healthz" in value for kind, value in steps)
+    assert any(kind == "VOLUME" and "/data" in value for kind, value in steps)
+    assert json.loads(dict(s for s in steps if s[0] == "ENTRYPOINT")["ENTRYPOINT"]) == ["chorus"]
+    assert json.loads(dict(s for s in steps if s[0] == "CMD")["CMD"])[0] == "serve"
+
+
+def test_dependency_layer_reads_the_requirements_from_pyproject():
+    # The Dockerfile's one-liner, run here: it must list exactly pyproject's runtime dependencies.
+    run = next(value for kind, value in dockerfile_instructions() if kind == "RUN" and "tomllib" in value)
+    code = re.search(r'python -c "(.+?)"\s*>', run)
+    assert code is not None
+    result = subprocess.run(["python3", "-c", code.group(1)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    import tomllib
+
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert result.returncode == 0 and result.stdout.split() == expected
+
+
+def test_dockerignore_keeps_the_context_small():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", "data", "tests"):
+        assert entry in ignored
+    for kind, value in dockerfile_instructions():
+        if kind == "COPY":
+            assert value.split()[0] not in ignored
+
+
+def test_the_image_source_layer_installs_and_imports_on_its_own(tmp_path):
+    """Build context = exactly what the Dockerfile copies; install it as the image does; import every module from it."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for kind, value in dockerfile_instructions():
+        if kind == "COPY":
+            source = value.split()[0]
+            copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
+            copy(ROOT / source, context / source)
+    # Data files under server/demo_model must reach the installed package (the image serves the demo from it).
+    probe = context / "server" / "demo_model" / "backbone" / "packaging-probe.json"
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("{}")
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    result = subprocess.run([*install, "--target", str(site), str(context)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (site / probe.relative_to(context)).is_file()
+    check = (
+        "import importlib, pkgutil, sys\n"
+        "for top in ('server', 'adapter_store', 'clients'):\n"
+        "    package = importlib.import_module(top)\n"
+        f"    assert package.__file__.startswith({str(site)!r}), package.__file__\n"
+        "    for module in pkgutil.walk_packages(package.__path__, top + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "from server.app import create_app\n"
+        "create_app()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cli = subprocess.run(
+        [sys.executable, str(site / "bin" / "chorus"), "--help"], env=env, capture_output=True, text=True
+    )
+    assert cli.returncode == 0 and "transcribe" in cli.stdout
