@@ -104,15 +104,10 @@ def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
                 verdict(dip >= 1 - max(noise, 0.02)),
             )
         )
-    if r := results.get("server_path"):
-        rows.append(
-            (
-                "HTTP overhead vs direct, c=1, 5 s clip",
-                f"{r['overhead_c1']:+.1%}",
-                "≤ 5%",
-                verdict(r["overhead_c1"] <= 0.05),
-            )
-        )
+    if r := results.get("server_load"):
+        overhead = r["overhead"]
+        rows.append(("HTTP overhead vs direct, c=1", f"{overhead:+.1%}", "≤ 5%", verdict(overhead <= 0.05)))
+        rows.append(("the same, measured inside the server", f"{r['server_side_overhead']:+.1%}", "", ""))
     return rows
 
 
@@ -146,17 +141,21 @@ def details(results: dict[str, Result]) -> str:
             f"### Multi-tenant ({r['dtype']}, B={r['batch']} × {r['clip_seconds']:.0f} s, "
             "houlsby r=16 on all layers)\n\n" + table(rows, ("distinct adapters", "× real time", "vs 1"))
         )
-    for name, title in (
-        ("swap", "Swap-per-request traffic (4 s clips, random language)"),
-        ("server_path", "Server path (5 s clips)"),
-    ):
-        if r := results.get(name):
-            rows = [
-                (system, c, f"{v['requests_per_s']:.2f}", f"{v['p50_s']:.2f} s", f"{v['p95_s']:.2f} s")
-                for system, levels in r["levels"].items()
-                for c, v in levels.items()
-            ]
-            parts.append(f"### {title}\n\n" + table(rows, ("system", "clients", "requests/s", "p50", "p95")))
+    if r := results.get("swap"):
+        rows = [
+            (system, c, f"{v['requests_per_s']:.2f}", f"{v['p50_s']:.2f} s", f"{v['p95_s']:.2f} s")
+            for system, levels in r["levels"].items()
+            for c, v in levels.items()
+        ]
+        title = "Swap-per-request traffic (4 s clips, random language)"
+        parts.append(f"### {title}\n\n" + table(rows, ("system", "clients", "requests/s", "p50", "p95")))
+    if r := results.get("server_load"):
+        rows = [
+            (c, f"{v['audio_per_second']:.1f}", f"{v['p50']:.2f} s", f"{v['p95']:.2f} s")
+            for c, v in r["levels"].items()
+        ]
+        title = f"Server path over HTTP ({r['dtype']}, {r['clip_seconds']:.0f} s clips, `benchmarks/server_load.py`)"
+        parts.append(f"### {title}\n\n" + table(rows, ("clients", "audio s/s", "p50", "p95")))
     if r := results.get("memory"):
         rows = [
             (
@@ -194,15 +193,12 @@ def plot(results: dict[str, Result], path: Path) -> bool:
     left.set(
         xlabel="distinct adapters in the traffic", ylabel="throughput (× real time)", title="Multi-tenant throughput"
     )
-    for name, keys in (
-        ("swap", ("transformers_swap", "chorus_float32", "chorus_bfloat16")),
-        ("server_path", ("http",)),
-    ):
-        for key in keys if name in results else ():
-            levels = results[name]["levels"][key]
-            right.plot(
-                [int(c) for c in levels], [v["p95_s"] for v in levels.values()], marker="o", label=f"{key} ({name})"
-            )
+    for key in ("transformers_swap", "chorus_float32", "chorus_bfloat16") if "swap" in results else ():
+        levels = results["swap"]["levels"][key]
+        right.plot([int(c) for c in levels], [v["p95_s"] for v in levels.values()], marker="o", label=f"{key} (4 s)")
+    if r := results.get("server_load"):
+        label = f"Chorus over HTTP ({r['dtype']}, {r['clip_seconds']:.0f} s)"
+        right.plot([int(c) for c in r["levels"]], [v["p95"] for v in r["levels"].values()], marker="s", label=label)
     right.set(xlabel="concurrent clients", ylabel="p95 latency (s)", title="Latency vs concurrency")
     for ax in (left, right):
         ax.grid(alpha=0.3)

@@ -1,8 +1,8 @@
 """Server path: a bounded load generator against a real Chorus on 127.0.0.1, next to direct engine calls.
 
 Runs `chorus serve` in its own process, as deployed. Measures, in one run and on the same backbone: throughput
-(audio seconds per wall second) and p50/p95 latency at each concurrency, and the overhead of HTTP + decoding + queueing over calling the engine directly for one clip at
-concurrency 1 (target: at most 5%).
+(audio seconds per wall second) and p50/p95 latency at each concurrency, and the overhead of HTTP + decoding +
+queueing over calling the engine directly for one clip at concurrency 1 (target: at most 5%).
 
     python -m benchmarks.server_load [--preset base] [--clip 5] [--requests 24] [--concurrency 1 4 16]
                                      [--dtype float32] [--json out.json]
