@@ -77,3 +77,26 @@ def test_blocks_follow_the_parameters_after_to(tmp_path):
     block = adapter.block(LAYERS[0], "output")
     assert block is not None and block.down_weight.dtype == torch.bfloat16
     assert block.down_weight.data_ptr() == adapter.stack("output", "down.weight").data_ptr()
+
+
+def test_same_shaped_adapters_mixed_in_a_batch_match_solo_runs(random_model_dir):
+    """Segments whose bottlenecks share a shape run as batched matmuls; each item still equals its solo run."""
+    from server.engine import Engine, pad_batch
+    from server.engine.random_model import random_adapter
+
+    variant, path = random_model_dir
+    engine = Engine.from_pretrained(path, device="cpu", dtype="float32").engine
+    kind = "mms" if variant == "tiny-mms" else "houlsby"
+    layers = list(range(engine.config.num_hidden_layers))
+    adapters = [
+        engine.prepare(random_adapter(engine.config, kind, f"a{i}", 4, layers, 6 + i, 50 + i, engine.fingerprint))
+        for i in range(3)
+    ]
+    gen = torch.Generator().manual_seed(1)
+    audios = [torch.randn(n, generator=gen) for n in (8000, 3000, 12000, 5000)]
+    order = [adapters[0], adapters[1], adapters[0], adapters[2]]
+    batched = engine.forward(*pad_batch(audios), order)
+    for audio, adapter, got in zip(audios, order, batched, strict=True):
+        solo = engine.forward(*pad_batch([audio]), [adapter])[0]
+        assert got.shape == solo.shape
+        assert (got - solo).abs().max().item() <= 1e-4
