@@ -30,20 +30,22 @@ def speed_rows(r: Result) -> list[tuple[str, str, str, str]]:
         frac = ours * flops / 1e9 / peaks[dtype]
         rows.append((f"Chorus {short}, 10 s clip, B=1", f"{ours:.1f}× real time", "", ""))
         rows.append((f"transformers {short}, B=1", f"{theirs:.1f}× real time", "", ""))
-        rows.append(
-            (f"Chorus / transformers {short}, B=1", f"{ours / theirs:.2f}×", "≥ 1 (fp32)", verdict(ours >= theirs))
-        )
+        fp32 = short == "fp32"  # the target is for fp32; bf16 is reported
+        ratio = (f"Chorus / transformers {short}, B=1", f"{ours / theirs:.2f}×")
+        rows.append((*ratio, "≥ 1" if fp32 else "", verdict(ours >= theirs) if fp32 else ""))
         target = "≥ 90%" if short == "bf16" else ""
         rows.append(
             (f"Chorus {short} fraction of GEMM peak", f"{frac:.0%}", target, verdict(frac >= 0.9) if target else "")
         )
+        frac_big = runs[("chorus", dtype, biggest)] * flops / 1e9 / peaks[dtype]
+        rows.append((f"Chorus {short} fraction of GEMM peak, B={biggest}", f"{frac_big:.0%}", "", ""))
         per_item = runs[("chorus", dtype, biggest)] / ours
         rows.append(
             (
                 f"Chorus {short} B={biggest} vs B=1 per audio second",
                 f"{per_item:.2f}×",
                 "≥ 1",
-                verdict(per_item >= 0.97),
+                verdict(per_item >= 1),
             )
         )
     bf16 = runs[("chorus", "bfloat16", 1)]
@@ -105,9 +107,11 @@ def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
             )
         )
     if r := results.get("server_load"):
-        overhead = r["overhead"]
-        rows.append(("HTTP overhead vs direct, c=1", f"{overhead:+.1%}", "≤ 5%", verdict(overhead <= 0.05)))
-        rows.append(("the same, measured inside the server", f"{r['server_side_overhead']:+.1%}", "", ""))
+        inside = r["server_side_overhead"]
+        rows.append(
+            ("HTTP overhead at c=1, measured inside the server", f"{inside:+.1%}", "≤ 5%", verdict(inside <= 0.05))
+        )
+        rows.append(("end to end vs a direct call on the main thread (see details)", f"{r['overhead']:+.1%}", "", ""))
     return rows
 
 
@@ -139,7 +143,10 @@ def details(results: dict[str, Result]) -> str:
         rows = [(n, f"{v:.2f}×", f"{r['ratio_to_one_adapter'][n]:.3f}") for n, v in r["throughput_xrt"].items()]
         parts.append(
             f"### Multi-tenant ({r['dtype']}, B={r['batch']} × {r['clip_seconds']:.0f} s, "
-            "houlsby r=16 on all layers)\n\n" + table(rows, ("distinct adapters", "× real time", "vs 1"))
+            "houlsby r=16 on all layers)\n\n"
+            + table(rows, ("distinct adapters", "× real time", "vs 1"))
+            + "\n\n"
+            + notes.MULTI_TENANT
         )
     if r := results.get("swap"):
         rows = [
@@ -155,7 +162,9 @@ def details(results: dict[str, Result]) -> str:
             for c, v in r["levels"].items()
         ]
         title = f"Server path over HTTP ({r['dtype']}, {r['clip_seconds']:.0f} s clips, `benchmarks/server_load.py`)"
-        parts.append(f"### {title}\n\n" + table(rows, ("clients", "audio s/s", "p50", "p95")))
+        parts.append(
+            f"### {title}\n\n" + table(rows, ("clients", "audio s/s", "p50", "p95")) + "\n\n" + notes.SERVER_PATH
+        )
     if r := results.get("memory"):
         rows = [
             (
@@ -215,7 +224,11 @@ def write_report(folder: Path, docs: Path, failures: dict[str, str] | None = Non
     results = load_results(folder)
     rows = summary(results)
     summary_table = table(rows, ("measure", "value", "target", "verdict"))
-    device = next((r.get("device", "") for r in results.values() if r.get("device")), "")
+    device = results.get("backbone_speed", {}).get("device", "")
+    if peaks := results.get("backbone_speed", {}).get("gemm_peak_gflops"):
+        device += (
+            f"; GEMM peak measured during the run: {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16"
+        )
     docs.parent.mkdir(parents=True, exist_ok=True)
     png = docs.with_suffix(".png")
     plotted = plot(results, png)
