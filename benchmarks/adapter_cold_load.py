@@ -109,14 +109,19 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-    print(f"adapter: {params / 1e6:.2f} M params, file {file_bytes / 1e6:.1f} MB, device {device}, dtype {dtype}")
+    print_table(result)
+
+
+def print_table(result: dict) -> None:
+    size = f"{result['params'] / 1e6:.2f} M params, file {result['file_bytes'] / 1e6:.1f} MB"
+    print(f"adapter: {size}, device {result['device']}, dtype {result['dtype']}")
     print("| metric | value |\n|---|---|")
     print(f"| cold load p50 (store -> resident) | {result['p50_ms']:.1f} ms |")
     print(f"| cold load p95 | {result['p95_ms']:.1f} ms |")
     print(f"| CPU time per cold load (p50, all threads) | {result['cpu_p50_ms']:.1f} ms |")
     print(f"| cache bytes per resident adapter / tensor bytes | {result['cache_bytes_ratio']:.3f} |")
     print(f"| process RSS growth per loaded adapter / tensor bytes | {result['rss_growth_ratio']:.3f} |")
-    print(f"| resident adapters | {resident} |")
+    print(f"| resident adapters | {result['resident']} |")
     print(f"| cache-reported load seconds (mean) | {result['loader_mean_ms']:.1f} ms |")
 
 

@@ -84,6 +84,13 @@ def chorus_server(worker: Worker, adapters: dict[str, Adapter], audio: np.ndarra
     return serve
 
 
+def throughput_ratio(levels: dict[str, dict], system: str) -> float:
+    """`system`'s throughput over transformers' swap-per-request at the same number of clients, median over the
+    levels (one noisy level cannot decide it)."""
+    ours, theirs = levels[system], levels["transformers_swap"]
+    return median([ours[c]["requests_per_s"] / theirs[c]["requests_per_s"] for c in ours])
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--requests", type=int, default=16, help="requests per concurrency level (default 16)")
@@ -112,7 +119,6 @@ def main() -> None:
         results[f"chorus_{dtype}"] = {str(c): closed_loop(serve, langs, c, requests) for c in CONCURRENCY}
         worker.stop()
     hf = results["transformers_swap"]["1"]["requests_per_s"]
-    best = {k: max(v["requests_per_s"] for v in levels.values()) for k, levels in results.items()}
     finish(
         "swap",
         args,
@@ -122,8 +128,8 @@ def main() -> None:
             "max_batch": args.max_batch,
             "levels": results,
             "swap_vs_no_swap": hf / results["transformers_no_swap"]["1"]["requests_per_s"],
-            "chorus_fp32_vs_transformers": best["chorus_float32"] / hf,
-            "chorus_bf16_vs_transformers": best["chorus_bfloat16"] / hf,
+            "chorus_fp32_vs_transformers": throughput_ratio(results, "chorus_float32"),
+            "chorus_bf16_vs_transformers": throughput_ratio(results, "chorus_bfloat16"),
         },
     )
 
