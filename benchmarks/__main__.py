@@ -16,7 +16,16 @@ from pathlib import Path
 
 from benchmarks.report import write_report
 
-COMPARISONS = ("backbone_speed", "multi_tenant", "swap", "memory", "adapter_cold_load", "load_dip", "server_load")
+COMPARISONS = (
+    "backbone_speed",
+    "precision",
+    "multi_tenant",
+    "swap",
+    "memory",
+    "adapter_cold_load",
+    "load_dip",
+    "server_load",
+)
 
 
 def command(name: str, args: argparse.Namespace, out: Path) -> list[str]:

@@ -57,6 +57,13 @@ def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     if r := results.get("backbone_speed"):
         rows += speed_rows(r)
+    if (r := results.get("precision")) and "skipped" not in r:
+        value = f"CER {r['cer_bf16_vs_fp32']:.2%}, {r['identical']}/{r['samples']} identical"
+        rows.append(
+            ("bf16 vs fp32 transcripts, demo model", value, "≤ 0.5 pt", verdict(r["cer_bf16_vs_fp32"] <= 0.005))
+        )
+    elif r:
+        rows.append(("bf16 vs fp32 transcripts, demo model", r["skipped"], "≤ 0.5 pt", ""))
     if r := results.get("multi_tenant"):
         for n, ratio in r["ratio_to_one_adapter"].items():
             if n != "1":
@@ -139,6 +146,10 @@ def details(results: dict[str, Result]) -> str:
             f"{peaks}. bf16 vs fp32 on the random model: frame argmax agreement {acc['argmax_agreement']:.1%}, "
             f"greedy-transcript CER {acc['cer']:.1%}."
         )
+    if (r := results.get("precision")) and "skipped" not in r:
+        rows = [(name, fp32, bf16) for name, (fp32, bf16) in r["differences"].items()]
+        title = f"bf16 vs fp32 on the demo model ({r['samples']} samples, `{r['demo']}`): the transcripts that differ"
+        parts.append(f"### {title}\n\n" + table(rows, ("sample", "fp32", "bf16")))
     if r := results.get("multi_tenant"):
         rows = [(n, f"{v:.2f}×", f"{r['ratio_to_one_adapter'][n]:.3f}") for n, v in r["throughput_xrt"].items()]
         parts.append(
