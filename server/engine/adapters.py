@@ -206,6 +206,12 @@ class Adapter(nn.Module):
         return self
 
     def block(self, layer: int, site: str) -> Bottleneck | None:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # Training: fresh views each time, so autograd reaches the stacks (cached views may predate it).
+            if layer not in self.layer_ids or site not in self.sites:
+                return None
+            row = self.layer_ids.index(layer)
+            return Bottleneck(**{part.replace(".", "_"): self.stack(site, part)[row] for part in self.parts})
         if self._blocks is None:
             self._rebuild_blocks()
             assert self._blocks is not None

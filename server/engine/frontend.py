@@ -89,8 +89,12 @@ class ConvLayer(nn.Module):
         self._blocks: tuple[tuple[object, ...], list[tuple[int, int, torch.Tensor]]] | None = None
 
     def gemm_blocks(self) -> list[tuple[int, int, torch.Tensor]]:
-        """The conv weight regrouped for `strided_conv`, rebuilt only when the weight changes (load, `.to()`)."""
+        """The conv weight regrouped for `strided_conv`, rebuilt only when the weight changes (load, `.to()`).
+
+        While the weight trains, the blocks are rebuilt from it on every call so that gradients reach it."""
         w = self.conv.weight
+        if w.requires_grad and torch.is_grad_enabled():
+            return tap_blocks(w, self.stride)
         key = (w.data_ptr(), w.dtype, w.device, w._version)
         if self._blocks is None or self._blocks[0] != key:
             self._blocks = (key, tap_blocks(w.detach(), self.stride))
@@ -111,7 +115,7 @@ class ConvLayer(nn.Module):
     def _group_normed_conv(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Conv + per-channel GroupNorm over time, folded into one GEMM (see module docstring). x: (T, C_in)."""
         assert isinstance(self.layer_norm, nn.GroupNorm)
-        w = self.conv.weight.detach().double().permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C, k·C_in)
+        w = self.conv.weight.double().permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C, k·C_in)
         windows = x.unfold(0, self.kernel, self.stride).transpose(1, 2).reshape(frames, -1)  # (T, k·C_in)
         wins = windows.double()
         mu = wins.mean(dim=0)  # (k·C_in,)

@@ -100,3 +100,26 @@ def test_same_shaped_adapters_mixed_in_a_batch_match_solo_runs(random_model_dir)
         solo = engine.forward(*pad_batch([audio]), [adapter])[0]
         assert got.shape == solo.shape
         assert (got - solo).abs().max().item() <= 1e-4
+
+
+def test_gradients_reach_conv_weights_and_adapter_stacks(random_model_dir):
+    """Training (the demo's trainer) needs autograd through the GEMM front end and the stacked adapters."""
+    from server.engine.adapters import Segment
+    from server.engine.checkpoint import load_backbone
+    from server.engine.config import BackboneConfig
+    from server.engine.random_model import random_adapter
+
+    variant, path = random_model_dir
+    config = BackboneConfig.from_dir(path)
+    backbone = load_backbone(path, config)[0].train().requires_grad_(True)
+    kind = "mms" if variant == "tiny-mms" else "houlsby"
+    adapter = random_adapter(config, kind, "a", 4, list(range(config.num_hidden_layers)), 6, 1, "")
+    adapter.block(0, adapter.sites[0])  # a cached lookup built before training starts must not be used for it
+    adapter.requires_grad_(True)
+    hidden, _ = backbone(torch.randn(2, 8000), torch.tensor([8000, 6000]), [Segment(0, 2, adapter)])
+    adapter.head(hidden).square().mean().backward()
+    for layer in backbone.feature_extractor.conv_layers:
+        assert layer.conv.weight.grad is not None and layer.conv.weight.grad.abs().sum() > 0
+    for site, part in adapter.stack_keys():
+        grad = adapter.stack(site, part).grad
+        assert grad is not None and grad.abs().sum() > 0, (site, part)
