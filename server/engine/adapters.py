@@ -218,6 +218,12 @@ class Adapter(nn.Module):
         return self._blocks.get((layer, site))
 
     @property
+    def layers(self) -> dict[str, nn.Module]:
+        """Layer index (str) -> the module holding that layer's bottleneck parameters: the adapter itself, since
+        they are stacked over layers (kept for code written against the former per-layer `ModuleDict`)."""
+        return {str(i): self for i in self.layer_ids}
+
+    @property
     def name(self) -> str:
         return self.info.name
 
