@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format clean serve
+.PHONY: install test lint format bench clean serve
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -36,6 +36,11 @@ test: install
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# Every comparison of docs/benchmarks.md in one run (tens of minutes on a 2-core CPU); rewrites that file and its plot.
+bench: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python -m benchmarks
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,4 +51,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench build *.egg-info

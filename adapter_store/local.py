@@ -216,16 +216,28 @@ class LocalStore:
 
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its sha256."""
+        data = self.read_unverified(record)
+        self.verify(record, data)
+        return bytes(data)
+
+    def read_unverified(self, record: AdapterRecord) -> bytearray:
+        """The version's bytes in a writable buffer, *not yet checked*: pair with `verify` (the cache loader hashes
+        on a second thread while it builds the adapter, and discards the adapter if the check fails)."""
         path = self.adapters_dir / record.id / f"{_version_file(record.version)}.safetensors"
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                f.readinto(data)
         except FileNotFoundError as exc:
             raise VersionNotFound(f"adapter {record.ref} was deleted") from exc
         except OSError as exc:
             raise StoreUnavailable(f"cannot read adapter {record.ref}: {exc}") from exc
+        return data
+
+    def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
+        """Raise `AdapterCorrupt` unless `data` matches the version's recorded sha256."""
         if hashlib.sha256(data).hexdigest() != record.sha256:
             raise AdapterCorrupt(f"adapter {record.ref} is corrupt on disk (checksum mismatch); publish it again")
-        return data
 
     # ---- delete --------------------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 # = sorted(server.engine.random_model.PRESETS) (a test checks); named here so `chorus` starts without torch.
-PRESET_NAMES = ("base", "large-mms", "tiny", "tiny-mms")
+PRESET_NAMES = ("base", "base-mms", "large-mms", "tiny", "tiny-mms")
 
 
 def build_parser() -> argparse.ArgumentParser:

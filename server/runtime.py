@@ -21,7 +21,7 @@ from adapter_store.validate import AdapterSpec
 from server.auth import OPEN_TENANT, Authenticator
 from server.batching import BatchLimits
 from server.engine import Adapter, Engine, save_adapter
-from server.engine.cache import AdapterCache
+from server.engine.cache import AdapterCache, single_threaded_torch
 from server.engine.engine import resolve_device
 from server.engine.random_model import write_random_model
 from server.metrics import Metrics
@@ -111,7 +111,9 @@ class Runtime:
         store = LocalStore(settings.store, spec, max_bytes=settings.limits.max_adapter_bytes)
         if settings.seed_store:
             seed_store(store, loaded.default_adapter, source)
-        loaders = ThreadPoolExecutor(settings.cache.loader_threads, thread_name_prefix="chorus-loader")
+        loaders = ThreadPoolExecutor(
+            settings.cache.loader_threads, thread_name_prefix="chorus-loader", initializer=single_threaded_torch
+        )
         cache = AdapterCache(
             make_loader(store),
             engine.prepare,

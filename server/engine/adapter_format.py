@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
 
 from server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
 from server.engine.checkpoint import split_checkpoint
 from server.engine.errors import AdapterError
+from server.engine.tensor_file import parse_safetensors
 
 FORMAT = "chorus-adapter"
 FORMAT_VERSION = "1"
@@ -48,7 +48,7 @@ def adapter_metadata(adapter: Adapter) -> dict[str, str]:
 
 
 def save_adapter(adapter: Adapter, path: Path, dtype: torch.dtype = torch.float32) -> None:
-    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in adapter.state_dict().items()}
+    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in adapter.tensors().items()}
     save_file(tensors, str(path), metadata=adapter_metadata(adapter))
 
 
@@ -103,52 +103,54 @@ def check_fit(adapter: Adapter, hidden_size: int, num_layers: int, fingerprint: 
         )
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in a float32 CPU tensor. A sum is finite iff every value is (NaN and Inf propagate), unless
+    finite values overflow it, then the exact check decides. numpy: single-threaded, so a load on the loader
+    thread never waits on the intra-op thread pool that the inference thread keeps busy."""
+    values = t.numpy()
+    return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
+
+
 def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Adapter:
-    """Strictly load tensors, naming every missing/unexpected key, wrong shape and non-finite value."""
-    expected = adapter.state_dict()
+    """Strictly load tensors (file names), naming every missing/unexpected key, wrong shape and non-finite value.
+
+    Each site's per-layer tensors are stacked once into float32 (the only copy); the adapter adopts the stacks.
+    """
+    expected = adapter.expected_shapes()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise AdapterError(f"adapter {adapter.name!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
     for key, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
+        if tuple(tensor.shape) != expected[key]:
             raise AdapterError(
-                f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[key].shape)}"
+                f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, expected {expected[key]}"
             )
         if not tensor.is_floating_point():
             raise AdapterError(f"adapter {adapter.name!r}: {key} has dtype {tensor.dtype}, expected a float dtype")
-    # One pass over all values (cheaper than a check per tensor); name the culprit only on failure.
-    if not bool(torch.isfinite(torch.cat([t.reshape(-1).float() for t in tensors.values()])).all()):
+    stacks = {
+        (site, part): torch.stack([tensors[f"layers.{i}.{site}.{part}"] for i in adapter.layer_ids]).float()
+        for site, part in adapter.stack_keys()
+    }  # each (layers, *part shape)
+    head_weight = tensors["head.weight"].to(torch.float32, copy=True)
+    head_bias = tensors["head.bias"].to(torch.float32, copy=True)
+    if not all(all_finite(t) for t in [*stacks.values(), head_weight, head_bias]):
         bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
         raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
-    # assign=True adopts the tensors as they are: the adapter may have been built on the meta device.
-    adapter.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
-    return adapter.eval().requires_grad_(False)
-
-
-def parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Bytes of a safetensors file -> (`__metadata__`, tensors); `source` names it in errors."""
-    try:
-        if len(data) < 8:
-            raise ValueError("shorter than the 8-byte header length")
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        tensors = safetensors_load(data)
-    except (ValueError, SafetensorError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise AdapterError(f"cannot read {source}: {exc}") from exc
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return meta or {}, tensors
+    return adapter.adopt(stacks, head_weight, head_bias).eval().requires_grad_(False)
 
 
 def read_adapter_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:  # straight into a writable buffer: the tensors view it without a copy
+            data = bytearray(path.stat().st_size)
+            f.readinto(data)
     except OSError as exc:
         raise AdapterError(f"cannot read adapter file {path.name}: {exc}") from exc
     return parse_safetensors(data, f"adapter file {path.name}")
 
 
-def adapter_from_bytes(data: bytes) -> Adapter:
+def adapter_from_bytes(data: bytes | bytearray) -> Adapter:
     """A native adapter from the bytes of its file (as the store returns them), validated."""
     meta, tensors = parse_safetensors(data, "adapter bytes")
     return load_tensors_into(adapter_from_metadata(meta), tensors)

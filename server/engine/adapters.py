@@ -11,7 +11,7 @@ Kinds and where their bottlenecks sit inside transformer layer `i` (each bottlen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -67,35 +67,47 @@ class AdapterInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-class Affine(nn.Module):
-    """`weight`/`bias` parameters without initialisation: adapters are always loaded or initialised explicitly,
-    and skipping nn.Linear's random init makes building an MMS-size adapter (240 bottlenecks) cheap."""
-
-    def __init__(self, out_features: int, in_features: int | None):
-        super().__init__()
-        shape = (out_features, in_features) if in_features is not None else (out_features,)
-        self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.empty(out_features))
+PARTS = ("norm.weight", "norm.bias", "down.weight", "down.bias", "up.weight", "up.bias")
 
 
-class Bottleneck(nn.Module):
-    """`x + up(relu(down(norm(x))))` over the last dimension; x: (..., H)."""
+def part_shape(part: str, hidden: int, dim: int) -> tuple[int, ...]:
+    """Shape of one bottleneck tensor (`down.weight`, ...) for hidden size H and bottleneck size r."""
+    return {
+        "norm.weight": (hidden,),
+        "norm.bias": (hidden,),
+        "down.weight": (dim, hidden),
+        "down.bias": (dim,),
+        "up.weight": (hidden, dim),
+        "up.bias": (hidden,),
+    }[part]
 
-    def __init__(self, hidden: int, dim: int, with_norm: bool):
-        super().__init__()
-        self.norm = Affine(hidden, None) if with_norm else None
-        self.down = Affine(dim, hidden)
-        self.up = Affine(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class Bottleneck:
+    """`x + up(relu(down(norm(x))))` over the last dimension; x: (..., H). Holds views into the adapter's stacks."""
+
+    down_weight: torch.Tensor  # (r, H)
+    down_bias: torch.Tensor  # (r,)
+    up_weight: torch.Tensor  # (H, r)
+    up_bias: torch.Tensor  # (H,)
+    norm_weight: torch.Tensor | None = None  # (H,), MMS only
+    norm_bias: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         y = x
-        if self.norm is not None:
-            y = F.layer_norm(x, self.norm.weight.shape, self.norm.weight, self.norm.bias)
-        return x + F.linear(torch.relu(F.linear(y, self.down.weight, self.down.bias)), self.up.weight, self.up.bias)
+        if self.norm_weight is not None:
+            y = F.layer_norm(x, self.norm_weight.shape, self.norm_weight, self.norm_bias)
+        delta = F.linear(torch.relu(F.linear(y, self.down_weight, self.down_bias)), self.up_weight, self.up_bias)
+        return torch.add(x, delta, out=out) if out is not None else x + delta
 
 
 class Adapter(nn.Module):
-    """One tenant's adapter: bottlenecks keyed `"{layer}.{site}"`, a CTC head and its vocabulary."""
+    """One tenant's adapter: per-site bottleneck tensors stacked over its layers, a CTC head, its vocabulary.
+
+    Each (site, part) is one parameter `{site}_{part}` of shape (layers, *part shape), e.g. `attn_down_weight:
+    (L, r, H)`: an MMS-size adapter (48 layers) is 13 tensors, not a tree of 240 modules, so building one costs
+    microseconds. `tensors()` gives the per-layer view under the file's names (`layers.{i}.{site}.{part}`).
+    """
 
     def __init__(
         self,
@@ -115,26 +127,76 @@ class Adapter(nn.Module):
         self.hidden_size = hidden_size
         self.bottleneck_dim = bottleneck_dim if info.kind != "head" else 0
         self.layer_ids = tuple(sorted(layers)) if info.kind != "head" else ()
-        sites = KIND_SITES[info.kind]
-        self.layers = nn.ModuleDict(
-            {
-                str(i): nn.ModuleDict({s: Bottleneck(hidden_size, bottleneck_dim, info.kind == "mms") for s in sites})
-                for i in self.layer_ids
-            }
-        )
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise ValueError(f"adapter layers must be distinct, got {list(layers)}")
+        self.sites = KIND_SITES[info.kind]
+        self.parts = PARTS if info.kind == "mms" else PARTS[2:]
+        for site, part in self.stack_keys():
+            shape = (len(self.layer_ids), *part_shape(part, hidden_size, self.bottleneck_dim))
+            self.register_parameter(stack_name(site, part), nn.Parameter(torch.empty(shape), requires_grad=False))
         self.head = nn.Linear(hidden_size, len(vocab))
-        # Plain lookup table over the registered submodules (`.to()` moves parameters in place, so it stays valid).
-        self._blocks: dict[tuple[int, str], Bottleneck] = {}
-        for i in self.layer_ids:
-            for site in sites:
-                block = self.layers[str(i)][site]  # type: ignore[index]
-                assert isinstance(block, Bottleneck)
-                self._blocks[(i, site)] = block
+        self._blocks: dict[tuple[int, str], Bottleneck] | None = None  # built on first use, see `block`
+
+    def stack_keys(self) -> list[tuple[str, str]]:
+        return [(site, part) for site in self.sites for part in self.parts]
+
+    def stack(self, site: str, part: str) -> torch.Tensor:
+        """(layers, *part shape) tensor of one site and part."""
+        return getattr(self, stack_name(site, part))
+
+    def _rebuild_blocks(self) -> None:
+        """The (layer, site) -> Bottleneck lookup; views go stale whenever the parameters are replaced."""
+        blocks = {}
+        for site in self.sites:
+            rows = {part.replace(".", "_"): self.stack(site, part).unbind(0) for part in self.parts}
+            for row, layer in enumerate(self.layer_ids):
+                blocks[(layer, site)] = Bottleneck(**{part: views[row] for part, views in rows.items()})
+        self._blocks = blocks
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Adapter:
+        """`.to()`, `.float()`, ... replace the parameters; rebuild the views."""
+        result = super()._apply(fn, recurse)
+        self._rebuild_blocks()
+        return result
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor under its file name: `layers.{i}.{site}.{part}` (views into the stacks) and `head.*`."""
+        out = {
+            f"layers.{layer}.{site}.{part}": self.stack(site, part)[row]
+            for site, part in self.stack_keys()
+            for row, layer in enumerate(self.layer_ids)
+        }
+        out["head.weight"], out["head.bias"] = self.head.weight, self.head.bias
+        return out
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """File tensor name -> shape, for validation without building anything."""
+        shapes = {
+            f"layers.{layer}.{site}.{part}": part_shape(part, self.hidden_size, self.bottleneck_dim)
+            for site, part in self.stack_keys()
+            for layer in self.layer_ids
+        }
+        shapes["head.weight"], shapes["head.bias"] = (len(self.vocab), self.hidden_size), (len(self.vocab),)
+        return shapes
+
+    def adopt(self, stacks: dict[tuple[str, str], torch.Tensor], head_weight: torch.Tensor, head_bias: torch.Tensor):
+        """Take ownership of already-stacked tensors (no copy); shapes must match exactly."""
+        for (site, part), tensor in stacks.items():
+            expected = self.stack(site, part).shape
+            if tensor.shape != expected:
+                raise ValueError(
+                    f"{stack_name(site, part)} has shape {tuple(tensor.shape)}, expected {tuple(expected)}"
+                )
+            setattr(self, stack_name(site, part), nn.Parameter(tensor, requires_grad=False))
+        self.head.weight = nn.Parameter(head_weight, requires_grad=False)
+        self.head.bias = nn.Parameter(head_bias, requires_grad=False)
+        self._blocks = None
+        return self
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> Adapter:
         """Training start point: bottlenecks are the identity (up-projection zero), the head is small random."""
-        for name, param in self.named_parameters():
+        for name, param in self.tensors().items():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)
             elif name.endswith("bias") or ".up." in name:
@@ -144,6 +206,9 @@ class Adapter(nn.Module):
         return self
 
     def block(self, layer: int, site: str) -> Bottleneck | None:
+        if self._blocks is None:
+            self._rebuild_blocks()
+            assert self._blocks is not None
         return self._blocks.get((layer, site))
 
     @property
@@ -155,6 +220,10 @@ class Adapter(nn.Module):
 
     def nbytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.parameters())
+
+
+def stack_name(site: str, part: str) -> str:
+    return f"{site}_{part.replace('.', '_')}"
 
 
 @dataclass(frozen=True)
@@ -189,8 +258,33 @@ def apply_site(h: torch.Tensor, segments: Sequence[Segment], layer: int, site: s
         block = blocks[0]
         assert block is not None
         return block(h)
-    pieces = []
+    if all(b is not None and b.down_weight.shape == blocks[0].down_weight.shape for b in blocks):  # type: ignore[union-attr]
+        return gathered(h, segments, [b for b in blocks if b is not None])
+    out = torch.empty_like(h)  # each segment writes its rows in place: no list of pieces, no torch.cat
     for seg, block in zip(segments, blocks, strict=True):
         part = h[seg.start : seg.stop]
-        pieces.append(block(part) if block is not None else part)
-    return torch.cat(pieces, dim=0)
+        if block is None:
+            out[seg.start : seg.stop] = part
+        else:
+            block(part, out=out[seg.start : seg.stop])
+    return out
+
+
+def gathered(h: torch.Tensor, segments: Sequence[Segment], blocks: Sequence[Bottleneck]) -> torch.Tensor:
+    """All segments' bottlenecks (one shape, every segment has one) as batched matmuls over per-item weights.
+
+    A handful of ops per site whatever the number of distinct adapters, instead of a handful per segment: on a
+    busy CPU every small op is a parallel region that waits for both cores. h: (B, T, H) -> (B, T, H).
+    """
+    per_item = [block for seg, block in zip(segments, blocks, strict=True) for _ in range(seg.stop - seg.start)]
+    down_w = torch.stack([b.down_weight for b in per_item])  # (B, r, H)
+    down_b = torch.stack([b.down_bias for b in per_item])[:, None, :]  # (B, 1, r)
+    up_w = torch.stack([b.up_weight for b in per_item])  # (B, H, r)
+    up_b = torch.stack([b.up_bias for b in per_item])[:, None, :]  # (B, 1, H)
+    y = h
+    if blocks[0].norm_weight is not None:
+        norm_w = torch.stack([b.norm_weight for b in per_item])[:, None, :]  # type: ignore[misc]  # (B, 1, H)
+        norm_b = torch.stack([b.norm_bias for b in per_item])[:, None, :]  # type: ignore[misc]
+        y = torch.addcmul(norm_b, F.layer_norm(h, h.shape[-1:]), norm_w)
+    z = torch.baddbmm(down_b, y, down_w.transpose(1, 2)).relu_()  # (B, T, r)
+    return torch.baddbmm(up_b, z, up_w.transpose(1, 2)).add_(h)  # (B, T, H)

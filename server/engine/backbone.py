@@ -10,7 +10,7 @@ from torch import nn
 from server.engine.adapters import Segment
 from server.engine.config import BackboneConfig
 from server.engine.encoder import Encoder
-from server.engine.frontend import FeatureEncoder, FeatureProjection, conv_output_lengths, time_mask
+from server.engine.frontend import FeatureEncoder, FeatureProjection, time_mask
 
 
 class Backbone(nn.Module):
@@ -23,15 +23,13 @@ class Backbone(nn.Module):
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """(B,) samples -> (B,) output frames."""
-        for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride, strict=True):
-            lengths = conv_output_lengths(lengths, kernel, stride)
-        return lengths
+        return self.feature_extractor.frame_lengths(lengths)
 
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor, segments: Sequence[Segment]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,)."""
-        features, frames = self.feature_extractor(waveforms, lengths)  # (B, C, T)
+        features, frames = self.feature_extractor(waveforms, lengths)  # (B, T, C)
         h = self.feature_projection(features)  # (B, T, H)
         h = self.encoder(h, time_mask(frames, h.shape[1]), segments)
         return h, frames

@@ -47,6 +47,11 @@ PRESETS: dict[str, BackboneConfig] = {
         adapter_attn_dim=8,
     ),
     "base": BackboneConfig(),  # facebook/wav2vec2-base geometry
+    # wav2vec2-base geometry in the MMS layout (pre-LN, LayerNorm front end, 16-wide adapter slots): the
+    # swap-per-request benchmark runs transformers' `load_adapter` on it (353 k-parameter adapters).
+    "base-mms": BackboneConfig(
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, adapter_attn_dim=16
+    ),
     "large-mms": BackboneConfig(  # facebook/mms-1b-all geometry (about 1 B parameters, 4 GB in fp32)
         hidden_size=1280,
         num_hidden_layers=48,
@@ -86,13 +91,27 @@ def randomize_(module: torch.nn.Module, generator: torch.Generator, scale: float
                 param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
 
 
+def randomize_tensors_(tensors: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    """Adapter tensors by file name (views): norms ~ 1 ± 0.2, biases ~ N(0, 0.1²), matrices ~ U(±1/sqrt(fan_in))."""
+    with torch.no_grad():
+        for name, param in tensors.items():
+            if ".norm." in name:
+                base = 1.0 if name.endswith("weight") else 0.0
+                param.copy_(base + 0.2 * torch.randn(param.shape, generator=generator))
+            elif name.endswith("bias"):
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                bound = 1.0 / param[0].numel() ** 0.5
+                param.copy_((torch.rand(param.shape, generator=generator) * 2 - 1) * bound)
+
+
 def random_adapter(
     config: BackboneConfig, kind: str, name: str, dim: int, layers: list[int], vocab_size: int, seed: int, fp: str
 ) -> Adapter:
     generator = torch.Generator().manual_seed(seed)
     info = AdapterInfo(name=name, kind=kind, language=name.split("-")[0], backbone_fingerprint=fp)
     adapter = Adapter(info, random_vocab(generator, vocab_size), config.hidden_size, dim, layers)
-    randomize_(adapter, generator)
+    randomize_tensors_(adapter.tensors(), generator)
     return adapter
 
 
@@ -110,7 +129,7 @@ def mms_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
     """Native MMS-kind adapter -> HF/MMS key names (`wav2vec2.encoder.layers.N.adapter_layer.*`, `lm_head.*`)."""
     back = {v: k for k, v in MMS_RENAMES.items()}
     out: dict[str, torch.Tensor] = {}
-    for key, value in adapter.state_dict().items():
+    for key, value in adapter.tensors().items():
         if key.startswith("head."):
             out["lm_head." + key.removeprefix("head.")] = value.contiguous()
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +23,44 @@ def test_adapter_cold_load_harness_runs():
     assert "2.22 M params" in result.stdout
     for row in ("cold load p50", "cold load p95", "RSS growth per loaded adapter", "resident adapters | 3"):
         assert row in result.stdout
+
+
+QUICK = Path(__file__).parent / "quick_results"  # `python -m benchmarks --quick --results ...` output
+
+
+def test_report_is_well_formed(tmp_path):
+    from benchmarks.__main__ import COMPARISONS
+    from benchmarks.report import write_report
+
+    docs = tmp_path / "benchmarks.md"
+    summary = write_report(QUICK, docs)
+    text = docs.read_text()
+    assert sorted(p.stem for p in QUICK.glob("*.json")) == sorted(COMPARISONS)
+    assert text.startswith("# Benchmarks\n\n## How we compare\n\n")
+    for heading in ("## Summary", "## Where the targets are missed", "## Details", "### Adapter cold load"):
+        assert heading in text
+    rows = summary.splitlines()
+    assert rows[0] == "| measure | value | target | verdict |" and len(rows) > 20
+    assert all(row.count("|") == 5 for row in rows)
+    assert "**missed**" not in text or "Where the targets are missed, and why\n\nNone" not in text
+    if importlib.util.find_spec("matplotlib") is None:  # the plot needs the bench extra; CI installs test only
+        assert "(no plot: matplotlib missing" in text
+    else:
+        assert (tmp_path / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_all_writes_results_and_docs(tmp_path):
+    paths = ["--results", str(tmp_path / "results"), "--docs", str(tmp_path / "docs" / "benchmarks.md")]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "memory", *paths],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "results" / "memory.json").is_file()
+    assert "host bytes, 1000 tasks: full models / Chorus" in (tmp_path / "docs" / "benchmarks.md").read_text()
 
 
 def test_server_load_harness_runs(tmp_path):

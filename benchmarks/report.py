@@ -1,0 +1,253 @@
+"""Render benchmark results (one JSON per comparison) into a table, `docs/benchmarks.md` and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks import notes
+
+Result = dict[str, Any]
+
+
+def load_results(folder: Path) -> dict[str, Result]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def speed_rows(r: Result) -> list[tuple[str, str, str, str]]:
+    """(measure, value, target, verdict) rows of comparisons 1 and 2."""
+    runs = {(x["system"], x["dtype"], x["batch"]): x["xrt"] for x in r["runs"]}
+    flops, peaks = r["flops_per_audio_second"], r["gemm_peak_gflops"]
+    biggest = max(x["batch"] for x in r["runs"])
+    rows = []
+    for dtype, short in (("bfloat16", "bf16"), ("float32", "fp32")):
+        ours, theirs = runs[("chorus", dtype, 1)], runs[("transformers", dtype, 1)]
+        frac = ours * flops / 1e9 / peaks[dtype]
+        rows.append((f"Chorus {short}, 10 s clip, B=1", f"{ours:.1f}× real time", "", ""))
+        rows.append((f"transformers {short}, B=1", f"{theirs:.1f}× real time", "", ""))
+        fp32 = short == "fp32"  # the target is for fp32; bf16 is reported
+        ratio = (f"Chorus / transformers {short}, B=1", f"{ours / theirs:.2f}×")
+        rows.append((*ratio, "≥ 1" if fp32 else "", verdict(ours >= theirs) if fp32 else ""))
+        target = "≥ 90%" if short == "bf16" else ""
+        rows.append(
+            (f"Chorus {short} fraction of GEMM peak", f"{frac:.0%}", target, verdict(frac >= 0.9) if target else "")
+        )
+        frac_big = runs[("chorus", dtype, biggest)] * flops / 1e9 / peaks[dtype]
+        rows.append((f"Chorus {short} fraction of GEMM peak, B={biggest}", f"{frac_big:.0%}", "", ""))
+        per_item = runs[("chorus", dtype, biggest)] / ours
+        rows.append(
+            (
+                f"Chorus {short} B={biggest} vs B=1 per audio second",
+                f"{per_item:.2f}×",
+                "≥ 1",
+                verdict(per_item >= 1),
+            )
+        )
+    bf16 = runs[("chorus", "bfloat16", 1)]
+    rows.insert(0, ("Chorus bf16 speed", f"{bf16:.1f}× real time", "≥ 26×", verdict(bf16 >= 26)))
+    return rows
+
+
+def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []
+    if r := results.get("backbone_speed"):
+        rows += speed_rows(r)
+    if r := results.get("multi_tenant"):
+        for n, ratio in r["ratio_to_one_adapter"].items():
+            if n != "1":
+                rows.append(
+                    (
+                        f"throughput, {n} distinct adapters / 1",
+                        f"{ratio:.3f}",
+                        "≥ 0.95 at 64",
+                        verdict(ratio >= 0.95) if n == "64" else "",
+                    )
+                )
+    if r := results.get("swap"):
+        rows.append(
+            (
+                "Chorus fp32 / transformers swap-per-request",
+                f"{r['chorus_fp32_vs_transformers']:.2f}×",
+                "≥ 1.3×",
+                verdict(r["chorus_fp32_vs_transformers"] >= 1.3),
+            )
+        )
+        rows.append(
+            (
+                "Chorus bf16 / transformers fp32 swap-per-request",
+                f"{r['chorus_bf16_vs_transformers']:.2f}×",
+                "≥ 2.5×",
+                verdict(r["chorus_bf16_vs_transformers"] >= 2.5),
+            )
+        )
+        for system in ("transformers_swap", "chorus_float32", "chorus_bfloat16"):
+            rows.append((f"p95 latency, 16 clients, {system}", f"{r['levels'][system]['16']['p95_s']:.2f} s", "", ""))
+    if r := results.get("memory"):
+        for row in r["rows"]:
+            rows.append((f"host bytes, {row['tasks']} tasks: full models / Chorus", f"{row['ratio']:.1f}×", "", ""))
+    if r := results.get("adapter_cold_load"):
+        rows.append(
+            ("adapter cold load p50 (MMS size)", f"{r['p50_ms']:.1f} ms", "≤ 10 ms", verdict(r["p50_ms"] <= 10))
+        )
+        rows.append(("adapter cold load p95", f"{r['p95_ms']:.1f} ms", "", ""))
+        rows.append(("CPU time per cold load", f"{r['cpu_p50_ms']:.1f} ms", "", ""))
+    if r := results.get("load_dip"):
+        dip, noise = r["throughput_ratio_busy_vs_quiet"], abs(1 - r["quiet_odd_vs_even"])
+        rows.append(
+            (
+                "throughput during 10 cold loads / quiet",
+                f"{dip:.3f} (noise ±{noise:.3f})",
+                "no dip beyond noise",
+                verdict(dip >= 1 - max(noise, 0.02)),
+            )
+        )
+    if r := results.get("server_load"):
+        inside = r["server_side_overhead"]
+        rows.append(
+            ("HTTP overhead at c=1, measured inside the server", f"{inside:+.1%}", "≤ 5%", verdict(inside <= 0.05))
+        )
+        rows.append(("end to end vs an in-process call (see details)", f"{r['overhead']:+.1%}", "", ""))
+    return rows
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def details(results: dict[str, Result]) -> str:
+    """Per-comparison raw tables."""
+    parts = []
+    if r := results.get("backbone_speed"):
+        rows = [
+            (x["system"], x["dtype"], str(x["batch"]), f"{x['seconds'] * 1000:.0f} ms", f"{x['xrt']:.1f}×")
+            for x in r["runs"]
+        ]
+        parts.append(
+            "### Backbone speed and batch curve (10 s clips)\n\n"
+            + table(rows, ("system", "dtype", "B", "median", "× real time"))
+        )
+        peaks = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["gemm_peak_gflops"].items())
+        acc = r["bf16_vs_fp32"]
+        parts.append(
+            f"Model: {r['flops_per_audio_second'] / 1e9:.1f} GFLOP per audio second. GEMM peak at the model's shapes: "
+            f"{peaks}. bf16 vs fp32 on the random model: frame argmax agreement {acc['argmax_agreement']:.1%}, "
+            f"greedy-transcript CER {acc['cer']:.1%}."
+        )
+    if r := results.get("multi_tenant"):
+        rows = [(n, f"{v:.2f}×", f"{r['ratio_to_one_adapter'][n]:.3f}") for n, v in r["throughput_xrt"].items()]
+        parts.append(
+            f"### Multi-tenant ({r['dtype']}, B={r['batch']} × {r['clip_seconds']:.0f} s, "
+            "houlsby r=16 on all layers)\n\n"
+            + table(rows, ("distinct adapters", "× real time", "vs 1"))
+            + "\n\n"
+            + notes.MULTI_TENANT
+        )
+    if r := results.get("swap"):
+        rows = [
+            (system, c, f"{v['requests_per_s']:.2f}", f"{v['p50_s']:.2f} s", f"{v['p95_s']:.2f} s")
+            for system, levels in r["levels"].items()
+            for c, v in levels.items()
+        ]
+        title = "Swap-per-request traffic (4 s clips, random language)"
+        parts.append(f"### {title}\n\n" + table(rows, ("system", "clients", "requests/s", "p50", "p95")))
+    if r := results.get("server_load"):
+        rows = [
+            (c, f"{v['audio_per_second']:.1f}", f"{v['p50']:.2f} s", f"{v['p95']:.2f} s")
+            for c, v in r["levels"].items()
+        ]
+        title = f"Server path over HTTP ({r['dtype']}, {r['clip_seconds']:.0f} s clips, `benchmarks/server_load.py`)"
+        parts.append(
+            f"### {title}\n\n" + table(rows, ("clients", "audio s/s", "p50", "p95")) + "\n\n" + notes.SERVER_PATH
+        )
+    if r := results.get("memory"):
+        rows = [
+            (
+                str(x["tasks"]),
+                f"{x['full_models_bytes'] / 1e9:.1f} GB",
+                f"{x['chorus_bytes'] / 1e9:.2f} GB",
+                f"{x['ratio']:.1f}×",
+            )
+            for x in r["rows"]
+        ]
+        parts.append(
+            f"### Memory (fp32; backbone {r['backbone_params'] / 1e6:.0f} M params, "
+            f"adapter {r['adapter_params'] / 1e6:.2f} M)\n\n"
+            + table(rows, ("tasks", "N full models", "backbone + N adapters", "ratio"))
+        )
+    if r := results.get("adapter_cold_load"):
+        rows = [(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in r.items() if k != "comparison"]
+        parts.append("### Adapter cold load\n\n" + table(rows, ("metric", "value")))
+    return "\n\n".join(parts)
+
+
+def plot(results: dict[str, Result], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if r := results.get("multi_tenant"):
+        counts = [int(n) for n in r["throughput_xrt"]]
+        left.plot(counts, list(r["throughput_xrt"].values()), marker="o", label=f"Chorus {r['dtype']}")
+        left.set_xscale("log")
+        left.set_ylim(bottom=0)  # from zero: the spread between points is the machine's noise, not a trend
+    left.set(
+        xlabel="distinct adapters in the traffic", ylabel="throughput (× real time)", title="Multi-tenant throughput"
+    )
+    for key in ("transformers_swap", "chorus_float32", "chorus_bfloat16") if "swap" in results else ():
+        levels = results["swap"]["levels"][key]
+        right.plot([int(c) for c in levels], [v["p95_s"] for v in levels.values()], marker="o", label=f"{key} (4 s)")
+    if r := results.get("server_load"):
+        label = f"Chorus over HTTP ({r['dtype']}, {r['clip_seconds']:.0f} s)"
+        right.plot([int(c) for c in r["levels"]], [v["p95"] for v in r["levels"].values()], marker="s", label=label)
+    right.set(xlabel="concurrent clients", ylabel="p95 latency (s)", title="Latency vs concurrency")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(folder: Path, docs: Path, failures: dict[str, str] | None = None) -> str:
+    """Write `docs` (markdown) and a PNG beside it; return the summary table for the terminal."""
+    results = load_results(folder)
+    rows = summary(results)
+    summary_table = table(rows, ("measure", "value", "target", "verdict"))
+    device = results.get("backbone_speed", {}).get("device", "")
+    if peaks := results.get("backbone_speed", {}).get("gemm_peak_gflops"):
+        device += (
+            f"; GEMM peak measured during the run: {peaks['float32']:.0f} GFLOP/s fp32, {peaks['bfloat16']:.0f} bf16"
+        )
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    png = docs.with_suffix(".png")
+    plotted = plot(results, png)
+    failed = "".join(
+        f"\n- `{name}` failed: `{err.strip().splitlines()[-1] if err.strip() else 'no output'}`"
+        for name, err in (failures or {}).items()
+    )
+    body = [
+        "# Benchmarks",
+        notes.how_we_compare(results),
+        notes.METHOD.format(device=device or "unknown device"),
+        "## Summary\n\n" + summary_table + (f"\n\nFailed in this run:{failed}" if failed else ""),
+        f"![throughput vs adapters, latency vs concurrency]({png.name})"
+        if plotted
+        else "(no plot: matplotlib missing; `pip install -e .[bench]`)",
+        "## Where the targets are missed, and why\n\n" + notes.misses(results),
+        "## Details\n\n" + details(results),
+        notes.ENGINE_CHANGES,
+    ]
+    docs.write_text("\n\n".join(body) + "\n")
+    return summary_table
