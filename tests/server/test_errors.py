@@ -70,7 +70,8 @@ def test_too_large_uploads_are_413_while_streaming(tmp_path, model_dir):
 
 
 def gate_forward(client) -> tuple[threading.Event, list[int]]:
-    """Make the inference thread wait at the next forward until the returned event is set."""
+    """Make the inference thread wait at the next forward until the returned event is set; the list records the
+    size of every batch that ran. `client`: anything with `.app` (TestClient, BackgroundServer)."""
     runtime = client.app.state.chorus
     gate, calls = threading.Event(), []
     real = Engine.forward

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from server.background import BackgroundServer
-from server.engine import Engine
 from tests.server.conftest import make_settings, wav
+from tests.server.test_errors import gate_forward
 
 openai = pytest.importorskip("openai")
 
@@ -58,15 +58,7 @@ def test_openai_sdk_works_unchanged(live, tmp_path):
 
 def test_a_disconnected_client_has_its_queued_work_dropped(live):
     runtime = live.app.state.chorus
-    gate, calls = threading.Event(), []
-    real = Engine.forward
-
-    def gated(waveforms, lengths, adapters):
-        gate.wait(30)
-        calls.append(len(adapters))
-        return real(runtime.engine, waveforms, lengths, adapters)
-
-    runtime.engine.forward = gated
+    gate, calls = gate_forward(live)
     files = {"file": ("a.wav", wav(2.0), "audio/wav")}
     blocker = threading.Thread(
         target=lambda: httpx.post(
