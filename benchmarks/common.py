@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +49,25 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(systems: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, list[float]]:
-    """Wall seconds of each system, `reps` rounds round-robin after one warm-up call each."""
+    """Wall seconds of each system, `reps` rounds round-robin after one warm-up call each.
+
+    Every call runs on one dedicated thread, as inference does in the server: on a busy machine the main
+    thread's OpenMP team was seen to run the same model up to ~2x slower (benchmarks/server_load.py)."""
     times: dict[str, list[float]] = {name: [] for name in systems}
-    for fn in systems.values():
+
+    def timed(fn: Callable[[], object]) -> float:
+        sync(device)
+        start = time.perf_counter()
         fn()
-    for _ in range(reps):
-        for name, fn in systems.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
+        sync(device)
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(1, thread_name_prefix="bench-inference") as runner:
+        for fn in systems.values():
+            runner.submit(timed, fn).result()
+        for _ in range(reps):
+            for name, fn in systems.items():
+                times[name].append(runner.submit(timed, fn).result())
     return times
 
 

@@ -12,18 +12,18 @@ measures a GPU with the same code; `--quick` checks the harness on tiny models i
 
 Numbers below: {device}, a CPU **shared with other work** while measuring, so absolute times drift by tens of
 percent between runs. Every comparison therefore times the systems it compares *side by side* in one process,
-round-robin, and reports medians; read the ratios, not the absolute values. Benchmarks are never timed tests."""
+round-robin, on one dedicated thread (as the server's inference thread), and reports medians; read the ratios,
+not the absolute values. Benchmarks are never timed tests."""
 
 MULTI_TENANT = """With B=8, 8 or more distinct adapters make almost every item its own segment, so 8, 64 and 512
-exercise the same code path; differences between them (and ratios above 1) are the machine's noise, which on
-this shared CPU reaches tens of percent between rounds. The first full run of this suite, before same-shaped
-bottlenecks were batched (per-segment ops), measured 0.67×, 0.43× and 0.79× for 8, 64 and 512 adapters."""
+exercise the same code path; their differences are the machine's noise. The first full run of this suite, before
+same-shaped bottlenecks were batched (one small op per segment and site), measured 0.67×, 0.43× and 0.79×."""
 
-SERVER_PATH = """The overhead target is judged by the server's own measure (request time beyond the forward
-passes, from its metrics). The end-to-end pairs (an HTTP request next to an in-process `engine.transcribe` of the
-same clip) came out negative in the recorded run: the in-process call took about twice as long as the same
-request through the server. The cause is not known yet (running the forward on the main thread or on a worker
-thread made no difference for the base model), so that ratio is reported but not used for the verdict."""
+SERVER_PATH = """The overhead is the median, over back-to-back pairs, of an HTTP request's time over an
+in-process `engine.transcribe` of the same clip, run on a thread of its own as the server's inference thread
+is; "inside the server" is the server's own measure (request time beyond the forward passes, from its metrics).
+Run on the main thread instead, the direct call was about 2× slower on this busy machine (its OpenMP team), which
+is why every benchmark here times inference on a dedicated thread."""
 
 ENGINE_CHANGES = """## What changed in the engine for these numbers
 
@@ -90,7 +90,7 @@ def how_we_compare(results: dict[str, Any]) -> str:
     if r := results.get("adapter_cold_load"):
         parts.append(f"an MMS-size adapter loads cold in {r['p50_ms']:.0f} ms (p50; {r['cpu_p50_ms']:.0f} ms of CPU)")
     if r := results.get("server_load"):
-        parts.append(f"the server adds {r['server_side_overhead']:+.1%} to a request's forward time at one client")
+        parts.append(f"serving over HTTP adds {r['overhead']:+.1%} to a direct call at one client")
     if not parts:
         return "## How we compare\n\nNo results yet: run `make bench`."
     return "## How we compare\n\n" + "; ".join(parts) + "."
