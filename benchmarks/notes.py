@@ -102,8 +102,8 @@ MISSES = {
     "keeps the forward below a lone GEMM: PyTorch's CPU flash-attention kernel runs T≈500, 12×64 heads at a "
     "fraction of GEMM throughput; GELU, LayerNorm, residual adds and bf16 rounding are memory-bound; and on a CPU "
     "shared with other jobs every one of the forward's ~400 parallel regions waits until both cores are free, "
-    "which a single long GEMM (the peak measurement) does not. Larger batches amortise the last two (see the "
-    "fraction at B=8 in the details). int8 and `torch.compile` were ruled out in the issue (accuracy, compile "
+    "which a single long GEMM (the peak measurement) does not; batching does not change the fraction on this CPU "
+    "(see the B=8 row). int8 and `torch.compile` were ruled out in the issue (accuracy, compile "
     "time); fp16 matmul is unusable on this CPU.",
     "precision": "**bf16 transcripts within 0.5 CER points of fp32.** bf16 keeps 8 bits of mantissa; on a small "
     "model whose greedy choices are close calls, a few characters flip. Accumulation is already fp32 inside the "
