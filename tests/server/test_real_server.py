@@ -107,21 +107,29 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _ready(url), seconds=60)
-        results: list[int] = []
-        files = {"file": ("a.wav", wav(20.0), "audio/wav")}
+        results: list[int | str] = []
+        files = {"file": ("a.wav", wav(120.0), "audio/wav")}  # 6 windows each, run one at a time
 
         def post() -> None:
-            response = httpx.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=60)
-            results.append(response.status_code)
+            try:
+                response = httpx.post(
+                    f"{url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=120
+                )
+                results.append(response.status_code)
+            except httpx.ConnectError:  # arrived after shutdown began: refused, which is correct
+                results.append("refused")
 
         clients = [threading.Thread(target=post) for _ in range(4)]
         for c in clients:
             c.start()
-        wait_for(lambda: "chorus_requests_in_flight 4.0" in httpx.get(f"{url}/metrics").text)
+        wait_for(lambda: _in_flight(url) >= 2, seconds=60)
+        admitted = _in_flight(url)
         process.send_signal(signal.SIGTERM)
         for c in clients:
-            c.join(60)
-        assert results == [200, 200, 200, 200]
+            c.join(120)
+        # Every request the server had admitted finishes with 200; nothing is cut off or fails.
+        assert set(results) <= {200, "refused"} and len(results) == 4
+        assert results.count(200) >= admitted >= 2
         # uvicorn re-raises the signal after its graceful shutdown, so the exit status says "SIGTERM".
         assert process.wait(60) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
@@ -130,6 +138,13 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         process.kill()
         stderr = process.stderr.read() if process.stderr else ""
     assert "Chorus stopped" in stderr
+
+
+def _in_flight(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("chorus_requests_in_flight "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def _ready(url: str) -> bool:
