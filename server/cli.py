@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from server.training.cli import add_commands as add_training_commands
+
 
 def _random_model(args: argparse.Namespace) -> int:
     from server.engine.random_model import write_random_model
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     rnd.add_argument("--out", required=True, help="output directory")
     rnd.set_defaults(func=_random_model)
+    add_training_commands(commands, dev)
     return parser
 
 
