@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format clean
+.PHONY: install test lint format clean demo-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,25 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# The bundled demo model (server/demo_model/) from scratch: system packages, synthetic corpus (data/demo/, not in
+# git), backbone, four adapters, samples, CER report. About 2.5 h on 2 CPU cores; see docs/demo-model.md.
+DEMO_DATA ?= data/demo
+DEMO_DIR := server/demo_model
+DEMO_LANGS := fr de es it
+CHORUS := $(BIN)/chorus
+
+demo-model: install
+	tools/install-demo-deps.sh
+	$(CHORUS) dev make-corpus --out $(DEMO_DATA) --langs en --train-minutes 240 --valid-minutes 10 --test-minutes 10
+	$(CHORUS) dev make-corpus --out $(DEMO_DATA) --langs fr,de,es,it --train-minutes 60 --valid-minutes 8 --test-minutes 8
+	$(CHORUS) dev train-backbone --train $(DEMO_DATA)/en/train.jsonl --valid $(DEMO_DATA)/en/valid.jsonl \
+		--out $(DEMO_DIR)/backbone --run-dir $(DEMO_DATA)/runs/backbone --max-minutes 75 --threads 2
+	for lang in $(DEMO_LANGS); do \
+		$(CHORUS) train-adapter --backbone $(DEMO_DIR)/backbone --lang $$lang \
+			--train $(DEMO_DATA)/$$lang/train.jsonl --valid $(DEMO_DATA)/$$lang/valid.jsonl \
+			--test $(DEMO_DATA)/$$lang/test.jsonl --out $(DEMO_DIR)/adapters/$$lang.safetensors \
+			--run-dir $(DEMO_DATA)/runs/$$lang --max-minutes 12 --threads 2 || exit 1; \
+	done
+	$(CHORUS) dev demo-samples --data $(DEMO_DATA) --per-lang 3
+	$(CHORUS) dev demo-report --data $(DEMO_DATA)

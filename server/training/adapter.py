@@ -97,7 +97,11 @@ def train_adapter(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "%s: %d train / %d valid utterances, vocabulary of %d, %d trainable parameters (%.1f%% of the backbone)",
-        spec.name or spec.lang, len(train), len(valid), len(adapter.vocab), trainable,
+        spec.name or spec.lang,
+        len(train),
+        len(valid),
+        len(adapter.vocab),
+        trainable,
         100 * trainable / backbone_parameters,
     )
 

@@ -45,8 +45,9 @@ def _train_adapter(args: argparse.Namespace) -> int:
     out = Path(args.out)
     spec = AdapterSpec(args.lang, args.name or args.lang, args.bottleneck_dim, args.top_k)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
-    result = train_adapter(Path(args.backbone), Path(args.train), Path(args.valid), spec, out, _train_config(args),
-                           run_dir)
+    result = train_adapter(
+        Path(args.backbone), Path(args.train), Path(args.valid), spec, out, _train_config(args), run_dir
+    )
     summary: dict[str, Any] = {
         "adapter": str(out),
         "valid_cer": round(result.valid_cer, 4),
@@ -75,6 +76,20 @@ def _train_backbone(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
     best = train_backbone(Path(args.train), Path(args.valid), out, _train_config(args), run_dir, threads=args.threads)
     print(json.dumps({"backbone": str(out), "valid_cer": round(best, 4)}))
+    return 0
+
+
+def _demo_samples(args: argparse.Namespace) -> int:
+    from server.training.demo import DEMO_DIR, export_samples
+
+    print(export_samples(Path(args.data), args.langs.split(","), args.per_lang, DEMO_DIR / "samples"))
+    return 0
+
+
+def _demo_report(args: argparse.Namespace) -> int:
+    from server.training.demo import cer_report
+
+    print(json.dumps(cer_report(Path(args.data), args.langs.split(","), args.split), indent=1))
     return 0
 
 
@@ -116,3 +131,15 @@ def add_commands(commands: Any, dev: Any) -> None:
     tb.add_argument("--out", required=True, help="HF-layout output directory (best weights, fp16)")
     _add_loop_options(tb, steps=5000, lr=1.5e-3, warmup=250)
     tb.set_defaults(func=_train_backbone)
+
+    ds = dev.add_parser("demo-samples", help="copy test-split utterances into server/demo_model/samples/")
+    ds.add_argument("--data", required=True, help="corpus directory (make-corpus --out)")
+    ds.add_argument("--langs", default="en,fr,de,es,it", help="languages (default: en,fr,de,es,it)")
+    ds.add_argument("--per-lang", type=int, default=3, help="utterances per language (default: 3)")
+    ds.set_defaults(func=_demo_samples)
+
+    dr = dev.add_parser("demo-report", help="CER/WER of the bundled demo model on a corpus split")
+    dr.add_argument("--data", required=True, help="corpus directory (make-corpus --out)")
+    dr.add_argument("--langs", default="en,fr,de,es,it", help="languages (default: en,fr,de,es,it)")
+    dr.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split (default: test)")
+    dr.set_defaults(func=_demo_report)

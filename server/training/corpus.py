@@ -47,15 +47,19 @@ LANGUAGES: dict[str, Language] = {
 
 # espeak-ng 1.51 voice variants (`espeak-ng --voices=variant`), whispering ones left out. Listed here rather
 # than queried so that the split is known without espeak-ng installed.
+# fmt: off
 VARIANTS = (
-    "m1 m2 m3 m4 m5 m6 m7 m8 f1 f2 f3 f4 f5 croak klatt klatt2 klatt3 klatt4 klatt5 klatt6 adam Alex Alicia "
-    "Andrea Andy Annie antonio aunty belinda benjamin boris caleb david Demonic Denis Diogo ed edward edward2 "
-    "Gene Gene2 gustave announcer Henrique Hugo iven iven2 iven3 iven4 Jacky john kaukovalta Lee linda marcelo "
-    "Marco Mario max Michael michel miguel Mike Mr Nguyen pablo paul pedro quincy RicishayMax RicishayMax2 "
-    "RicishayMax3 rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 robosoft6 robosoft7 robosoft8 "
-    "steph steph2 steph3 Storm Tweaky UniRobot zac anika anikaRobot AnxiousAndy f2 grandpa norbert sandro "
-    "shelby travis victor grandma"
-).split()
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "croak", "klatt", "klatt2",
+    "klatt3", "klatt4", "klatt5", "klatt6", "adam", "Alex", "Alicia", "Andrea", "Andy", "Annie", "antonio", "aunty",
+    "belinda", "benjamin", "boris", "caleb", "david", "Demonic", "Denis", "Diogo", "ed", "edward", "edward2",
+    "Gene", "Gene2", "gustave", "announcer", "Henrique", "Hugo", "iven", "iven2", "iven3", "iven4", "Jacky", "john",
+    "kaukovalta", "Lee", "linda", "marcelo", "Marco", "Mario", "max", "Michael", "michel", "miguel", "Mike", "Mr",
+    "Nguyen", "pablo", "paul", "pedro", "quincy", "RicishayMax", "RicishayMax2", "RicishayMax3", "rob", "robert",
+    "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8", "steph",
+    "steph2", "steph3", "Storm", "Tweaky", "UniRobot", "zac", "anika", "anikaRobot", "AnxiousAndy", "grandpa",
+    "norbert", "sandro", "shelby", "travis", "victor", "grandma",
+)
+# fmt: on
 
 
 def split_of(item: str, salt: str, fractions: dict[str, float] = SPLIT_FRACTIONS) -> str:
@@ -126,7 +130,14 @@ def render(utt: Utterance) -> np.ndarray:
 
 
 def make_split(
-    out: Path, lang: str, split: str, words: Sequence[str], variants: Sequence[str], minutes: float, seed: int, workers: int
+    out: Path,
+    lang: str,
+    split: str,
+    words: Sequence[str],
+    variants: Sequence[str],
+    minutes: float,
+    seed: int,
+    workers: int,
 ) -> Path:
     """Synthesize utterances until `minutes` of audio; write WAVs and `<out>/<lang>/<split>.jsonl`."""
     manifest = out / lang / f"{split}.jsonl"
@@ -149,8 +160,17 @@ def make_split(
                 soundfile.write(out / lang / rel, audio, SAMPLE_RATE, subtype="PCM_16")
                 duration = audio.size / SAMPLE_RATE
                 total += duration
-                rows.append({"audio": rel, "text": utt.text, "lang": lang, "voice": utt.voice.name,
-                             "rate": utt.voice.rate, "pitch": utt.voice.pitch, "duration": round(duration, 3)})
+                rows.append(
+                    {
+                        "audio": rel,
+                        "text": utt.text,
+                        "lang": lang,
+                        "voice": utt.voice.name,
+                        "rate": utt.voice.rate,
+                        "pitch": utt.voice.pitch,
+                        "duration": round(duration, 3),
+                    }
+                )
             logger.info("%s/%s: %d utterances, %.1f of %.1f min", lang, split, len(rows), total / 60, minutes)
     tmp = manifest.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

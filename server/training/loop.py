@@ -54,7 +54,7 @@ def make_batches(lengths: Sequence[int], max_samples: int, rng: np.random.Genera
         current.append(i)
     if current:
         batches.append(current)
-    rng.shuffle(batches)  # type: ignore[arg-type]
+    rng.shuffle(batches)
     return batches
 
 
@@ -148,8 +148,13 @@ def train_ctc(
                     best = cer
                     export(cer)
             elif step % 25 == 0:
-                logger.info("step %d loss %.3f lr %.2e (%.1f min)", step, np.mean(losses[-25:]),
-                            learning_rate(step, config, minutes()), minutes())
+                logger.info(
+                    "step %d loss %.3f lr %.2e (%.1f min)",
+                    step,
+                    np.mean(losses[-25:]),
+                    learning_rate(step, config, minutes()),
+                    minutes(),
+                )
             if time.monotonic() - last_save > config.checkpoint_minutes * 60 or step == config.steps or out_of_time:
                 _save(run_dir / "state.pt", model, names, optimizer, step, best, minutes())
                 last_save = time.monotonic()
@@ -159,11 +164,22 @@ def train_ctc(
 
 
 def _save(
-    path: Path, model: CTCModel, names: list[str], optimizer: torch.optim.Optimizer, step: int, best: float, spent: float
+    path: Path,
+    model: CTCModel,
+    names: list[str],
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    best: float,
+    spent: float,
 ) -> None:
     state = dict(model.named_parameters())
-    body = {"step": step, "best": best, "minutes": spent, "weights": {n: state[n].detach() for n in names},
-            "optimizer": optimizer.state_dict()}
+    body = {
+        "step": step,
+        "best": best,
+        "minutes": spent,
+        "weights": {n: state[n].detach() for n in names},
+        "optimizer": optimizer.state_dict(),
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(body, tmp)
     tmp.replace(path)

@@ -54,7 +54,9 @@ class CTCModel(nn.Module):
     parameter (front end, positional conv, or transformer layer `i` including the adapter's bottlenecks there).
     """
 
-    def __init__(self, backbone: Backbone, head: nn.Linear, adapter: Adapter | None = None, masking: Masking | None = None):
+    def __init__(
+        self, backbone: Backbone, head: nn.Linear, adapter: Adapter | None = None, masking: Masking | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -34,12 +34,34 @@ def test_train_adapter_writes_an_adapter_the_engine_accepts(tmp_path: Path, caps
     write_random_model(tmp_path / "bb", "tiny", 0)
     manifest = write_manifest(tmp_path)
     out = tmp_path / "xx.safetensors"
-    args = ["train-adapter", "--backbone", str(tmp_path / "bb"), "--train", str(manifest), "--valid", str(manifest),
-            "--test", str(manifest), "--lang", "xx", "--out", str(out), "--steps", "3", "--eval-every", "2",
-            "--bottleneck-dim", "4", "--top-k", "1", "--batch-seconds", "1"]
+    args = [
+        "train-adapter",
+        "--backbone",
+        str(tmp_path / "bb"),
+        "--train",
+        str(manifest),
+        "--valid",
+        str(manifest),
+        "--test",
+        str(manifest),
+        "--lang",
+        "xx",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--eval-every",
+        "2",
+        "--bottleneck-dim",
+        "4",
+        "--top-k",
+        "1",
+        "--batch-seconds",
+        "1",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 <= summary["test_cer"] and summary["trainable_parameters"] > 0
+    assert summary["test_cer"] >= 0 and summary["trainable_parameters"] > 0
 
     loaded = Engine.from_pretrained(tmp_path / "bb", device="cpu")
     adapter = loaded.engine.prepare(load_adapter(out))  # checks hidden size, layers and fingerprint
