@@ -37,6 +37,7 @@ class AdapterSpec:
     bottleneck_dim: int = 64
     top_k: int | None = None  # adapters in the top K layers only; None: every layer
     full_finetune: bool = False
+    head_from_backbone: bool = True  # start head rows of shared tokens from the backbone's own CTC head
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,21 @@ def build_adapter(engine: Engine, spec: AdapterSpec, vocab_texts: list[str], see
     return adapter.reset_parameters(torch.Generator().manual_seed(seed))
 
 
+@torch.no_grad()
+def copy_shared_head_rows(adapter: Adapter, source: Adapter) -> int:
+    """Initialise the head rows of tokens the source head also has (letters shared with the backbone's language,
+    blank, delimiter) from the source head. Returns the number of rows copied."""
+    source_ids = {token: i for i, token in enumerate(source.vocab.tokens)}
+    copied = 0
+    for i, token in enumerate(adapter.vocab.tokens):
+        j = source_ids.get(token)
+        if j is not None:
+            adapter.head.weight[i] = source.head.weight[j].to(adapter.head.weight.dtype)
+            adapter.head.bias[i] = source.head.bias[j].to(adapter.head.bias.dtype)
+            copied += 1
+    return copied
+
+
 def train_adapter(
     backbone_dir: Path,
     train_manifest: Path,
@@ -83,10 +99,14 @@ def train_adapter(
 ) -> AdapterResult:
     """Train an adapter (or, with `spec.full_finetune`, the whole transformer) and write the best to `out`."""
     torch.manual_seed(config.seed)
-    engine = Engine.from_pretrained(backbone_dir, device="cpu", dtype="float32").engine
+    loaded = Engine.from_pretrained(backbone_dir, device="cpu", dtype="float32")
+    engine = loaded.engine
     train = load_examples(train_manifest)
     valid = load_examples(valid_manifest)
     adapter = build_adapter(engine, spec, [e.text for e in train], config.seed)
+    if spec.head_from_backbone and loaded.default_adapter is not None:
+        copied = copy_shared_head_rows(adapter, loaded.default_adapter)
+        logger.info("head: %d of %d rows start from the backbone's CTC head", copied, len(adapter.vocab))
     backbone = engine.backbone
     backbone_parameters = sum(p.numel() for p in backbone.parameters())
     if spec.full_finetune:

@@ -25,18 +25,18 @@ from server.training.model import CTCModel, Masking
 
 logger = logging.getLogger(__name__)
 
-# About 7 M parameters: a narrow front end with GroupNorm in its first conv only (on CPU most of a wav2vec 2.0
-# front end's cost is its wide early convs and per-layer norms at high frame rates; this one costs a quarter of
-# the transformer), standard strides (20 ms frames), and eight pre-LN transformer layers of width 256.
+# About 3 M parameters, sized for a CPU budget of well under one core-hour: a narrow front end with GroupNorm in its
+# first conv only (on CPU most of a wav2vec 2.0 front end's cost is its wide early convs and per-layer norms at
+# high frame rates), standard strides (20 ms frames), and six pre-LN transformer layers of width 192.
 DEMO_CONFIG = BackboneConfig(
-    hidden_size=256,
-    num_hidden_layers=8,
+    hidden_size=192,
+    num_hidden_layers=6,
     num_attention_heads=4,
-    intermediate_size=1024,
+    intermediate_size=768,
     feat_extract_norm="group",
     do_stable_layer_norm=True,
     conv_bias=True,
-    conv_dim=(32, 64, 128, 128, 256, 256, 256),
+    conv_dim=(32, 64, 96, 128, 192, 192, 192),
     num_conv_pos_embeddings=32,
     num_conv_pos_embedding_groups=16,
 )

@@ -43,7 +43,9 @@ def _train_adapter(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    spec = AdapterSpec(args.lang, args.name or args.lang, args.bottleneck_dim, args.top_k)
+    spec = AdapterSpec(
+        args.lang, args.name or args.lang, args.bottleneck_dim, args.top_k, head_from_backbone=not args.fresh_head
+    )
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
     result = train_adapter(
         Path(args.backbone), Path(args.train), Path(args.valid), spec, out, _train_config(args), run_dir
@@ -112,6 +114,11 @@ def add_commands(commands: Any, dev: Any) -> None:
     ta.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
     ta.add_argument("--bottleneck-dim", type=int, default=64, help="bottleneck size (default: 64)")
     ta.add_argument("--top-k", type=int, default=None, help="adapters in the top K layers only (default: all)")
+    ta.add_argument(
+        "--fresh-head",
+        action="store_true",
+        help="random CTC head; by default rows of tokens the backbone's own head has start from it",
+    )
     _add_loop_options(ta, steps=1500, lr=2e-3, warmup=100)
     ta.set_defaults(func=_train_adapter)
 
