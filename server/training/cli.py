@@ -44,7 +44,12 @@ def _train_adapter(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     spec = AdapterSpec(
-        args.lang, args.name or args.lang, args.bottleneck_dim, args.top_k, head_from_backbone=not args.fresh_head
+        args.lang,
+        args.name or args.lang,
+        args.bottleneck_dim,
+        args.top_k,
+        full_finetune=args.full_finetune,
+        head_from_backbone=not args.fresh_head,
     )
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
     result = train_adapter(
@@ -56,7 +61,9 @@ def _train_adapter(args: argparse.Namespace) -> int:
         "trainable_parameters": result.trainable_parameters,
         "trainable_percent_of_backbone": round(result.trainable_percent, 2),
     }
-    if args.test:
+    if args.test and args.full_finetune:
+        summary["test_cer"] = round(test_cer(out, Path(args.test)), 4)
+    elif args.test:
         summary["test_cer"] = round(test_cer(Path(args.backbone), Path(args.test), out), 4)
     print(json.dumps(summary))
     return 0
@@ -118,6 +125,11 @@ def add_commands(commands: Any, dev: Any) -> None:
         "--fresh-head",
         action="store_true",
         help="random CTC head; by default rows of tokens the backbone's own head has start from it",
+    )
+    ta.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="baseline: train the whole transformer and a new head instead; --out is then a model directory",
     )
     _add_loop_options(ta, steps=1500, lr=2e-3, warmup=100)
     ta.set_defaults(func=_train_adapter)

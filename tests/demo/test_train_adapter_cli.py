@@ -93,3 +93,36 @@ def test_training_forward_matches_the_engine(tmp_path: Path) -> None:
         logits, frames = model(waveforms, lengths)
     for row in range(2):
         torch.testing.assert_close(logits[row, : int(frames[row])], expected[row], atol=1e-5, rtol=1e-5)
+
+
+def test_full_finetune_writes_a_model_directory(tmp_path: Path, capsys) -> None:
+    write_random_model(tmp_path / "bb", "tiny", 0)
+    manifest = write_manifest(tmp_path)
+    out = tmp_path / "ft"
+    args = [
+        "train-adapter",
+        "--backbone",
+        str(tmp_path / "bb"),
+        "--train",
+        str(manifest),
+        "--valid",
+        str(manifest),
+        "--test",
+        str(manifest),
+        "--lang",
+        "xx",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--full-finetune",
+        "--batch-seconds",
+        "1",
+    ]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["trainable_percent_of_backbone"] > 50
+    loaded = Engine.from_pretrained(out, device="cpu")
+    assert loaded.default_adapter is not None and set("abcé") <= set(loaded.default_adapter.vocab.tokens)
