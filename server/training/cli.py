@@ -148,7 +148,7 @@ def add_commands(commands: Any, dev: Any) -> None:
     tb.add_argument("--train", required=True, help="training manifest (JSONL)")
     tb.add_argument("--valid", required=True, help="validation manifest (JSONL)")
     tb.add_argument("--out", required=True, help="HF-layout output directory (best weights, fp16)")
-    _add_loop_options(tb, steps=5000, lr=1.5e-3, warmup=250)
+    _add_loop_options(tb, steps=20000, lr=1.5e-3, warmup=150)
     tb.set_defaults(func=_train_backbone)
 
     ds = dev.add_parser("demo-samples", help="copy test-split utterances into server/demo_model/samples/")

@@ -23,10 +23,10 @@ class Masking:
     """Time masks: each frame starts a span of `time_span` masked frames with probability `time_prob`;
     channel masks: `channel_masks` spans of up to `channel_span` hidden channels per item."""
 
-    time_prob: float = 0.04
-    time_span: int = 8
-    channel_masks: int = 2
-    channel_span: int = 24
+    time_prob: float = 0.02
+    time_span: int = 6
+    channel_masks: int = 1
+    channel_span: int = 16
 
     def __call__(self, h: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """h: (B, T, H) -> (B, T, H) with masked positions zeroed."""
