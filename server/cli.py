@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from clients.cli import add_commands as add_client_commands
+from server.training.cli import add_commands as add_training_commands
 
 
 def _random_model(args: argparse.Namespace) -> int:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     rnd.add_argument("--out", required=True, help="output directory")
     rnd.set_defaults(func=_random_model)
     add_client_commands(commands)
+    add_training_commands(commands, dev)
     return parser
 
 
