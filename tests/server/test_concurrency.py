@@ -57,8 +57,7 @@ def _argmax_margins(model_dir, adapter_files, jobs) -> list[float]:
 def test_long_audio_is_windowed_and_stitched(tmp_path, model_dir, adapter_files):
     """90 s through 10 s windows with 2 s strides: the server's transcript is exactly the windows' logits stitched
     and decoded once, timestamps run monotonically over the whole file, and the text stays close to a single
-    pass over all 90 s (a random model is very context-sensitive, hence the loose bound; the demo-model tests
-    check real words)."""
+    pass over all 90 s (a random model is very context-sensitive, hence the loose bound)."""
     audio = np.concatenate([tone(30.0, seed=s) for s in (1, 2, 3)])
     decoded = soundfile.read(io.BytesIO(encode(audio)), dtype="float32")[0]
     engine = Engine.from_pretrained(model_dir, device="cpu").engine
