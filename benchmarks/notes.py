@@ -10,8 +10,9 @@ METHOD = """## How to run, and how to read the numbers
 and rewrites this file and `benchmarks.png`. `python -m benchmarks.<name> --help` runs one; `--device cuda`
 measures a GPU with the same code; `--quick` checks the harness on tiny models in seconds (CI runs that).
 
-Numbers below: {device}, a CPU **shared with other work** while measuring, so absolute times drift by tens of
-percent between runs. Every comparison therefore times the systems it compares *side by side* in one process,
+Numbers below: {device}. The backbone-speed and precision comparisons were last run on an otherwise idle
+machine; the others while the CPU was **shared with other work** (load 4–7 on 2 cores), so absolute times drift
+by tens of percent between runs. Every comparison therefore times the systems it compares *side by side* in one process,
 round-robin, on one dedicated thread (as the server's inference thread), and reports medians; read the ratios,
 not the absolute values. Benchmarks are never timed tests."""
 

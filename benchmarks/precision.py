@@ -20,6 +20,14 @@ from server.engine import Engine, load_adapter
 from server.runtime import DEMO_DIR
 
 
+def _shown(path: Path) -> str:
+    """The path as the report shows it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def transcripts(demo: Path, dtype: str, device: str, limit: int | None) -> dict[str, str]:
     loaded = Engine.from_pretrained(demo / "backbone", device=device, dtype=dtype)
     engine, texts = loaded.engine, {}
@@ -53,7 +61,7 @@ def main() -> None:
         "precision",
         args,
         {
-            "demo": str(args.demo),
+            "demo": _shown(args.demo),
             "samples": len(fp32),
             "identical": sum(fp32[k] == bf16[k] for k in fp32),
             "cer_bf16_vs_fp32": errors / max(1, ref_chars),
