@@ -25,7 +25,7 @@ from server.engine import Engine
 from server.engine.adapter_format import save_adapter
 from server.engine.cache import AdapterCache
 from server.engine.random_model import random_adapter
-from server.runtime import resolve_dtype
+from server.runtime import choose_dtype
 
 LOADS = 10
 
@@ -33,7 +33,7 @@ LOADS = 10
 def main() -> None:
     args = parser(__doc__).parse_args()
     device = device_of(args)
-    dtype = resolve_dtype("auto", device)
+    dtype = choose_dtype("auto", device)
     reps, batch, seconds, loads = (1, 2, 1.0, 2) if args.quick else (args.reps, 4, 4.0, LOADS)
     loaded = Engine.from_pretrained(model_dir(args.models, "tiny" if args.quick else "base"), str(device), dtype)
     engine, head = loaded.engine, loaded.default_adapter

@@ -15,7 +15,7 @@ import torch
 from benchmarks.common import clip, device_of, finish, interleaved, median, model_dir, parser
 from server.engine import Engine
 from server.engine.random_model import random_adapter
-from server.runtime import resolve_dtype
+from server.runtime import choose_dtype
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4 s)")
     args = p.parse_args()
     device = device_of(args)
-    dtype = resolve_dtype("auto", device)
+    dtype = choose_dtype("auto", device)
     path = model_dir(args.models, "tiny" if args.quick else "base")
     counts, reps, batch, seconds = (
         ((1, 4), 1, 2, 1.0) if args.quick else ((1, 8, 64, 512), args.reps, args.batch, args.seconds)

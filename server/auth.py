@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from adapter_store.base import AdapterRecord
+from adapter_store.base import AdapterRecord, AdapterStore
+from adapter_store.errors import AdapterNotFound
 from server.errors import ApiError
 from server.settings import AuthSettings
 
@@ -56,6 +57,14 @@ class Authenticator:
 
 def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
+
+
+def visible_record(store: AdapterStore, ref: str, tenant: Tenant) -> AdapterRecord:
+    """The stored version `ref` names, if `tenant` may see it; otherwise the same 404 as a missing adapter."""
+    record = store.get(ref)
+    if not tenant.can_see(record):
+        raise AdapterNotFound(f"adapter {record.id!r} not found; list adapters with GET /v1/adapters")
+    return record
 
 
 def current_tenant(request: Request) -> Tenant:

@@ -65,23 +65,25 @@ def error_response(error: ApiError) -> JSONResponse:
     )
 
 
+# Domain error -> (status, code); the first matching class wins.
+DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
+    (store_errors.AdapterNotFound, 404, "adapter_not_found"),
+    (store_errors.VersionNotFound, 404, "version_not_found"),
+    (store_errors.AdapterRejected, 422, "invalid_adapter"),
+    (store_errors.PublishConflict, 409, "version_conflict"),
+    (store_errors.AdapterCorrupt, 503, "adapter_corrupt"),
+    (store_errors.StoreUnavailable, 503, "store_unavailable"),
+    (engine_errors.InputError, 400, "invalid_audio"),
+    (engine_errors.AdapterError, 422, "invalid_adapter"),
+)
+
+
 def from_domain(exc: Exception) -> ApiError | None:
     """The HTTP meaning of an engine or store error (None: not a domain error)."""
-    table: list[tuple[type[Exception], int, str]] = [
-        (store_errors.AdapterNotFound, 404, "adapter_not_found"),
-        (store_errors.VersionNotFound, 404, "version_not_found"),
-        (store_errors.AdapterRejected, 422, "invalid_adapter"),
-        (store_errors.PublishConflict, 409, "version_conflict"),
-        (store_errors.AdapterCorrupt, 503, "adapter_corrupt"),
-        (store_errors.StoreUnavailable, 503, "store_unavailable"),
-        (engine_errors.InputError, 400, "invalid_audio"),
-        (engine_errors.AdapterError, 422, "invalid_adapter"),
-    ]
-    for cls, status, code in table:
+    for cls, status, code in DOMAIN_ERRORS:
         if isinstance(exc, cls):
-            message = str(exc)
             headers = {"Retry-After": "5"} if status == 503 else None
-            return ApiError(status, message, code, headers=headers)
+            return ApiError(status, str(exc), code, headers=headers)
     return None
 
 

@@ -112,8 +112,8 @@ class Metrics:
         self.requests.labels(status=str(status), adapter=self.adapter_label(adapter_id) if adapter_id else "").inc()
         self.request_seconds.observe(seconds)
 
-    def observe_batch(self, batch: Sequence[WorkItem], seconds: float, rate: int, started: float) -> None:
-        audio = sum(len(item) for item in batch) / rate
+    def observe_batch(self, batch: Sequence[WorkItem], seconds: float, audio: float, started: float) -> None:
+        """`seconds`: the forward pass; `audio`: seconds of audio in the batch; `started`: when it began."""
         self.batch_size.observe(len(batch))
         self.batch_audio.observe(audio)
         self.audio_seconds.inc(audio)

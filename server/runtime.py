@@ -66,7 +66,7 @@ def model_source(settings: Settings) -> ModelSource:
     return ModelSource(random_dir, sorted((random_dir / "adapters").glob("*.safetensors")), "default")
 
 
-def resolve_dtype(name: str, device: torch.device) -> str:
+def choose_dtype(name: str, device: torch.device) -> str:
     """`auto`: bfloat16 where the hardware has it (CPU with AVX-512 BF16/AMX, CUDA sm80+), float16 on older GPUs,
     float32 on other CPUs."""
     if name != "auto":
@@ -104,9 +104,7 @@ class Runtime:
     def start(cls, settings: Settings) -> Runtime:
         source = model_source(settings)
         device = resolve_device(settings.device)
-        loaded = Engine.from_pretrained(
-            source.backbone, device=str(device), dtype=resolve_dtype(settings.dtype, device)
-        )
+        loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
         engine = loaded.engine
         spec = AdapterSpec(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
         store = LocalStore(settings.store, spec, max_bytes=settings.limits.max_adapter_bytes)

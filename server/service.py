@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from adapter_store.base import AdapterRecord, AdapterStore
-from adapter_store.errors import AdapterNotFound
 from server.audio import Audio
-from server.auth import Tenant
+from server.auth import Tenant, visible_record
 from server.batching import WorkItem
 from server.chunking import plan_windows, stitch
 from server.engine import Engine, Transcript, ctc_greedy_decode
@@ -63,10 +62,7 @@ class Transcriber:
         """The adapter version a request means; hidden adapters look exactly like missing ones."""
         if ref == OPENAI_DEFAULT_MODEL and self.default_adapter:
             ref = self.default_adapter
-        record = self.store.get(ref)
-        if not tenant.can_see(record):
-            raise AdapterNotFound(f"adapter {ref.partition('@')[0]!r} not found; list adapters with GET /v1/adapters")
-        return record
+        return visible_record(self.store, ref, tenant)
 
     async def transcribe(
         self, audio: Audio, record: AdapterRecord, tenant: Tenant, disconnected: Callable[[], Awaitable[None]]

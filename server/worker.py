@@ -115,9 +115,8 @@ class Worker:
                     item.future.set_exception(exc)
             return
         elapsed = self.clock() - started
-        rate = self.engine.preprocess.sampling_rate
-        self.metrics.observe_batch(batch, elapsed, rate, started)
-        audio = sum(len(item) for item in batch) / rate
+        audio = sum(len(item) for item in batch) / self.engine.preprocess.sampling_rate
+        self.metrics.observe_batch(batch, elapsed, audio, started)
         self.speed = 0.8 * self.speed + 0.2 * audio / max(elapsed, 1e-6)
         for item, result in zip(batch, logits, strict=True):
             item.future.set_result(result)

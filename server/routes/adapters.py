@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from adapter_store.base import AdapterRecord, parse_ref
 from adapter_store.errors import AdapterNotFound
-from server.auth import Tenant, current_tenant
+from server.auth import Tenant, current_tenant, visible_record
 from server.errors import ApiError
 from server.runtime import Runtime
 
@@ -36,15 +36,8 @@ def adapter_json(runtime: Runtime, record: AdapterRecord) -> dict[str, Any]:
     }
 
 
-def _visible(runtime: Runtime, ref: str, tenant: Tenant) -> AdapterRecord:
-    record = runtime.store.get(ref)
-    if not tenant.can_see(record):
-        raise AdapterNotFound(f"adapter {record.id!r} not found; list adapters with GET /v1/adapters")
-    return record
-
-
 def _changeable(runtime: Runtime, ref: str, tenant: Tenant) -> AdapterRecord:
-    record = _visible(runtime, ref, tenant)
+    record = visible_record(runtime.store, ref, tenant)
     if not tenant.can_change(record):
         raise ApiError(403, f"adapter {record.id!r} belongs to another tenant", "not_owner")
     return record
@@ -83,7 +76,7 @@ async def list_adapters(
 @router.get("/v1/adapters/{ref}", summary="One adapter: `ID` (current version) or `ID@N`")
 async def get_adapter(request: Request, ref: str, tenant: TenantDep) -> dict[str, Any]:
     runtime = _runtime(request)
-    return adapter_json(runtime, await asyncio.to_thread(_visible, runtime, ref, tenant))
+    return adapter_json(runtime, await asyncio.to_thread(visible_record, runtime.store, ref, tenant))
 
 
 @router.put(
@@ -123,11 +116,8 @@ async def put_adapter(
         )
     finally:
         path.unlink(missing_ok=True)
-    old_pin = runtime.pinned.get(adapter_id)
-    if old_pin is not None:  # a pinned adapter stays pinned across versions
-        await asyncio.wrap_future(runtime.cache.pin(record.ref))
-        runtime.pinned[adapter_id] = record.ref
-        runtime.cache.unpin(old_pin)
+    if adapter_id in runtime.pinned:  # a pinned adapter stays pinned across versions
+        await _pin(runtime, record)
     return adapter_json(runtime, record)
 
 
@@ -182,12 +172,17 @@ async def delete_adapter(request: Request, ref: str, tenant: TenantDep) -> dict[
 async def pin_adapter(request: Request, adapter_id: str, tenant: TenantDep) -> dict[str, Any]:
     runtime = _runtime(request)
     record = await asyncio.to_thread(_changeable, runtime, adapter_id, tenant)
+    await _pin(runtime, record)
+    return adapter_json(runtime, record)
+
+
+async def _pin(runtime: Runtime, record: AdapterRecord) -> None:
+    """Make `record`'s version the adapter's pinned one (returns once resident), releasing any other version."""
     await asyncio.wrap_future(runtime.cache.pin(record.ref))
     old = runtime.pinned.get(record.id)
     runtime.pinned[record.id] = record.ref
     if old is not None and old != record.ref:
         runtime.cache.unpin(old)
-    return adapter_json(runtime, record)
 
 
 @router.post("/v1/adapters/{adapter_id}/unpin", summary="Let the adapter be evicted again")
