@@ -54,8 +54,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench build *.egg-info
 
 # The bundled demo model (server/demo_model/) from scratch: system packages, synthetic corpus (data/demo/, not in
-# git), backbone, four adapters trained side by side, samples, CER report. About 2 h on 2 CPU cores (corpus
-# 10 min, backbone 62 min, adapters 30 min, report 5 min); see docs/demo-model.md.
+# git), backbone, four adapters trained side by side, samples, CER report. About 3.5 h on 2 CPU cores (corpus
+# 20 min, backbone 145 min, adapters 40 min, report 5 min); see docs/demo-model.md.
 DEMO_DATA ?= data/demo
 DEMO_DIR := server/demo_model
 DEMO_LANGS := fr de es it
@@ -63,16 +63,16 @@ CHORUS := $(BIN)/chorus
 
 demo-model: install
 	tools/install-demo-deps.sh
-	$(CHORUS) dev make-corpus --out $(DEMO_DATA) --langs en --train-minutes 240 --valid-minutes 10 --test-minutes 10
+	$(CHORUS) dev make-corpus --out $(DEMO_DATA) --langs en --train-minutes 480 --valid-minutes 10 --test-minutes 10
 	$(CHORUS) dev make-corpus --out $(DEMO_DATA) --langs fr,de,es,it --train-minutes 60 --valid-minutes 8 --test-minutes 8
 	$(CHORUS) dev train-backbone --train $(DEMO_DATA)/en/train.jsonl --valid $(DEMO_DATA)/en/valid.jsonl \
 		--out $(DEMO_DIR)/backbone --run-dir $(DEMO_DATA)/runs/backbone --threads 2 \
-		--max-minutes 62 --batch-seconds 30 --eval-every 100
+		--max-minutes 145 --batch-seconds 30 --eval-every 100
 	for lang in $(DEMO_LANGS); do \
 		$(CHORUS) train-adapter --backbone $(DEMO_DIR)/backbone --lang $$lang \
 			--train $(DEMO_DATA)/$$lang/train.jsonl --valid $(DEMO_DATA)/$$lang/valid.jsonl \
 			--test $(DEMO_DATA)/$$lang/test.jsonl --out $(DEMO_DIR)/adapters/$$lang.safetensors \
-			--run-dir $(DEMO_DATA)/runs/adapter-$$lang --threads 1 --max-minutes 30 \
+			--run-dir $(DEMO_DATA)/runs/adapter-$$lang --threads 1 --max-minutes 40 --steps 4000 \
 			--lr 2e-3 --warmup 30 --batch-seconds 20 --eval-every 40 & \
 	done; wait
 	$(CHORUS) dev demo-samples --data $(DEMO_DATA) --per-lang 5

@@ -12,10 +12,11 @@ from server.training.demo import DEMO_DIR, adapter_path
 from server.training.manifest import error_rate, load_audio
 
 # Per-language CER bounds on the shipped samples (5 test-split utterances each). The project's targets are 0.05
-# (en) and 0.10 (adapters); the shipped model does not reach them. These bounds are its measured test-split CER
-# (MODEL_CARD.md: en 0.391, fr 0.516, de 0.333, es 0.283, it 0.233) plus about 0.1 for the few samples, so the
-# test catches a broken model or pipeline (random output scores about 1.0). Tighten them with a better model.
-MAX_CER = {"en": 0.50, "fr": 0.65, "de": 0.45, "es": 0.40, "it": 0.35}
+# (en) and 0.10 (adapters); the shipped model reaches the adapter target for Italian only. These bounds are its
+# measured test-split CER (MODEL_CARD.md: en 0.183, fr 0.353, de 0.183, es 0.155, it 0.093) plus about 0.1 for
+# the few samples, so the test catches a broken model or pipeline (random output scores about 1.0). Tighten them
+# with a better model.
+MAX_CER = {"en": 0.30, "fr": 0.45, "de": 0.30, "es": 0.25, "it": 0.20}
 MAX_BYTES = 40 * 1024 * 1024
 
 
