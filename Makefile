@@ -54,8 +54,8 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench build *.egg-info
 
 # The bundled demo model (server/demo_model/) from scratch: system packages, synthetic corpus (data/demo/, not in
-# git), backbone, four adapters trained side by side, samples, CER report. About 3.5 h on 2 CPU cores (corpus
-# 20 min, backbone 145 min, adapters 40 min, report 5 min); see docs/demo-model.md.
+# git), backbone, four adapters trained side by side, samples, CER report. About 3.7 h on 2 CPU cores (corpus
+# 30 min, backbone 145 min, adapters 40 min, report 5 min); see docs/demo-model.md.
 DEMO_DATA ?= data/demo
 DEMO_DIR := server/demo_model
 DEMO_LANGS := fr de es it
