@@ -17,6 +17,7 @@ from torch import nn
 
 from server.engine.adapters import Vocabulary
 from server.engine.backbone import Backbone
+from server.engine.checkpoint import load_backbone
 from server.engine.config import BackboneConfig, PreprocessConfig
 from server.engine.random_model import hf_backbone_tensors, hf_vocab
 from server.training.loop import TrainConfig, train_ctc
@@ -62,6 +63,25 @@ def write_hf_dir(
     tmp.rename(out)
 
 
+def load_initial(init: Path, vocab: Vocabulary) -> tuple[Backbone, nn.Linear]:
+    """Backbone and CTC head from an HF-layout directory (an earlier export) to continue training from.
+
+    The directory's vocabulary must be the one built from the training transcripts, so every head row keeps its
+    meaning."""
+    config = BackboneConfig.from_dir(init)
+    backbone, head_tensors, _ = load_backbone(init, config)
+    vocab_file = init / "vocab.json"
+    if not head_tensors or not vocab_file.is_file():
+        raise ValueError(f"{init} has no CTC head (lm_head + vocab.json) to continue from")
+    if json.loads(vocab_file.read_text()) != hf_vocab(vocab):
+        raise ValueError(f"{init}/vocab.json differs from the vocabulary of the training transcripts")
+    head = nn.Linear(config.hidden_size, len(vocab))
+    with torch.no_grad():
+        head.weight.copy_(head_tensors["weight"].float())
+        head.bias.copy_(head_tensors["bias"].float())
+    return backbone, head
+
+
 def train_backbone(
     train_manifest: Path,
     valid_manifest: Path,
@@ -70,8 +90,12 @@ def train_backbone(
     run_dir: Path,
     architecture: BackboneConfig = DEMO_CONFIG,
     threads: int | None = None,
+    init: Path | None = None,
 ) -> float:
-    """Train backbone + CTC head on a manifest; the best (validation CER) weights are written to `out`."""
+    """Train backbone + CTC head on a manifest; the best (validation CER) weights are written to `out`.
+
+    `init`: start from the weights of an HF-layout directory (e.g. the shipped demo backbone) instead of random
+    ones; its architecture replaces `architecture`. A run directory's saved state still takes precedence."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -79,8 +103,12 @@ def train_backbone(
     valid = load_examples(valid_manifest)
     vocab = build_vocab(e.text for e in train)
     logger.info("%d train / %d valid utterances, vocabulary of %d", len(train), len(valid), len(vocab))
-    backbone = Backbone(architecture)
-    head = nn.Linear(architecture.hidden_size, len(vocab))
+    if init is not None:
+        backbone, head = load_initial(init, vocab)
+        logger.info("starting from the weights in %s", init)
+    else:
+        backbone = Backbone(architecture)
+        head = nn.Linear(architecture.hidden_size, len(vocab))
     model = CTCModel(backbone, head, masking=Masking())
     logger.info("backbone: %.2f M parameters", sum(p.numel() for p in backbone.parameters()) / 1e6)
 

@@ -83,7 +83,10 @@ def _train_backbone(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
-    best = train_backbone(Path(args.train), Path(args.valid), out, _train_config(args), run_dir, threads=args.threads)
+    init = Path(args.init) if args.init else None
+    best = train_backbone(
+        Path(args.train), Path(args.valid), out, _train_config(args), run_dir, threads=args.threads, init=init
+    )
     print(json.dumps({"backbone": str(out), "valid_cer": round(best, 4)}))
     return 0
 
@@ -148,6 +151,11 @@ def add_commands(commands: Any, dev: Any) -> None:
     tb.add_argument("--train", required=True, help="training manifest (JSONL)")
     tb.add_argument("--valid", required=True, help="validation manifest (JSONL)")
     tb.add_argument("--out", required=True, help="HF-layout output directory (best weights, fp16)")
+    tb.add_argument(
+        "--init",
+        default=None,
+        help="continue from the weights of this HF-layout directory (an earlier --out, e.g. the shipped backbone)",
+    )
     _add_loop_options(tb, steps=20000, lr=1.5e-3, warmup=150)
     tb.set_defaults(func=_train_backbone)
 
