@@ -95,7 +95,8 @@ def train_backbone(
     """Train backbone + CTC head on a manifest; the best (validation CER) weights are written to `out`.
 
     `init`: start from the weights of an HF-layout directory (e.g. the shipped demo backbone) instead of random
-    ones; its architecture replaces `architecture`. A run directory's saved state still takes precedence."""
+    ones; its architecture replaces `architecture`, and those weights stay the export unless training beats them. A
+    run directory's saved state still takes precedence."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
@@ -117,4 +118,4 @@ def train_backbone(
         (run_dir / "best.json").write_text(json.dumps({"valid_cer": cer}))
         logger.info("wrote %s (valid CER %.4f)", out, cer)
 
-    return train_ctc(model, train, valid, vocab, config, run_dir, export)
+    return train_ctc(model, train, valid, vocab, config, run_dir, export, evaluate_first=init is not None)

@@ -111,9 +111,11 @@ def train_ctc(
     config: TrainConfig,
     run_dir: Path,
     export: Callable[[float], None],
+    evaluate_first: bool = False,
 ) -> float:
     """Train the parameters of `model` that require grad; call `export(cer)` whenever validation CER improves
-    (the model then holds the new best weights). Returns the best validation CER."""
+    (the model then holds the new best weights). Returns the best validation CER. `evaluate_first`: a fresh
+    run scores (and exports) its starting weights first, so continued training never exports worse ones."""
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -121,6 +123,10 @@ def train_ctc(
     step, best, spent = _resume(run_dir / "state.pt", model, names, optimizer)
     rng = np.random.default_rng([config.seed, step])
     valid = list(valid[: config.eval_limit])
+    if evaluate_first and step == 0:
+        best = evaluate(model, valid, vocab)
+        logger.info("starting weights: valid CER %.4f", best)
+        export(best)
     start = last_save = time.monotonic() - spent * 60
 
     def minutes() -> float:
