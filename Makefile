@@ -13,15 +13,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# Two distributions: the torch-free client (clients/, chorus-client) and the server that depends on it (chorus-asr).
+$(VENV)/.installed: $(BIN)/python pyproject.toml clients/pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e ".[test,lint]"
+	$(BIN)/pip install --quiet -e ./clients -e ".[test,lint]"
 	touch $@
 
 # Runtime only (plus PyAV for m4a/mp4/webm uploads): what `make serve` needs.
-$(VENV)/.installed-serve: $(BIN)/python pyproject.toml
+$(VENV)/.installed-serve: $(BIN)/python pyproject.toml clients/pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e ".[av]"
+	$(BIN)/pip install --quiet -e ./clients -e ".[av]"
 	touch $@
 
 # Starts Chorus on the embedded default (./data/store; the bundled demo model) at http://$(HOST):$(PORT).
@@ -53,13 +54,13 @@ format: install
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench build *.egg-info
 
-# The bundled demo model (server/demo_model/) from scratch: system packages, synthetic corpus (data/demo/, not in
+# The bundled demo model (server/chorus_server/demo_model/) from scratch: system packages, synthetic corpus (data/demo/, not in
 # git), backbone, four adapters trained side by side, samples, CER report. About 4.5 h on 2 CPU cores (corpus
 # 7 min, backbone 220 min, adapters 35 min, report 5 min). `make demo-model-more` instead continues the shipped
 # backbone for DEMO_MORE_MINUTES (how the shipped one was last trained) and retrains the adapters on it.
 # See docs/demo-model.md.
 DEMO_DATA ?= data/demo
-DEMO_DIR := server/demo_model
+DEMO_DIR := server/chorus_server/demo_model
 DEMO_LANGS := fr de es it
 DEMO_MORE_MINUTES ?= 75
 CHORUS := $(BIN)/chorus

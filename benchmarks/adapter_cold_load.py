@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from adapter_store import LocalStore
-from adapter_store.loader import make_loader
-from adapter_store.validate import AdapterSpec
-from server.engine.adapter_format import check_fit, save_adapter
-from server.engine.cache import AdapterCache
-from server.engine.config import BackboneConfig
-from server.engine.engine import resolve_device, resolve_dtype
-from server.engine.random_model import random_adapter
+from chorus_server.engine.adapter_format import check_fit, save_adapter
+from chorus_server.engine.cache import AdapterCache
+from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.engine import resolve_device, resolve_dtype
+from chorus_server.engine.random_model import random_adapter
+from chorus_store import LocalStore
+from chorus_store.loader import make_loader
+from chorus_store.validate import AdapterSpec
 
 MMS = BackboneConfig(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120)
 FINGERPRINT = "w2v2-benchmark000000000000"

@@ -20,10 +20,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import Wav2Vec2ForCTC
 
 from benchmarks.common import clip, device_of, finish, interleaved, median, model_dir, parser
-from server.engine import Engine
-from server.engine.adapters import Vocabulary
-from server.engine.decode import ctc_greedy_decode
-from server.engine.engine import resolve_dtype
+from chorus_server.engine import Engine
+from chorus_server.engine.adapters import Vocabulary
+from chorus_server.engine.decode import ctc_greedy_decode
+from chorus_server.engine.engine import resolve_dtype
 
 DTYPES = ("float32", "bfloat16")
 GEMM_REPEATS = 20  # per round, so the peak's sample spans a similar stretch of time as a model run

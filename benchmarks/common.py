@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from server.engine.engine import resolve_device
-from server.engine.random_model import write_random_model
+from chorus_server.engine.engine import resolve_device
+from chorus_server.engine.random_model import write_random_model
 
 SAMPLE_RATE = 16_000
 DEFAULT_MODELS = Path(".bench/models")

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from adapter_store import LocalStore
-from adapter_store.loader import make_loader
-from adapter_store.validate import AdapterSpec
 from benchmarks.adapter_cold_load import FINGERPRINT, MMS
 from benchmarks.common import clip, device_of, finish, median, model_dir, parser, sync
-from server.engine import Engine
-from server.engine.adapter_format import save_adapter
-from server.engine.cache import AdapterCache
-from server.engine.random_model import random_adapter
-from server.runtime import choose_dtype
+from chorus_server.engine import Engine
+from chorus_server.engine.adapter_format import save_adapter
+from chorus_server.engine.cache import AdapterCache
+from chorus_server.engine.random_model import random_adapter
+from chorus_server.runtime import choose_dtype
+from chorus_store import LocalStore
+from chorus_store.loader import make_loader
+from chorus_store.validate import AdapterSpec
 
 LOADS = 10
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import finish, parser
-from server.engine.adapters import Adapter, AdapterInfo, Vocabulary
-from server.engine.backbone import Backbone
-from server.engine.random_model import PRESETS
+from chorus_server.engine.adapters import Adapter, AdapterInfo, Vocabulary
+from chorus_server.engine.backbone import Backbone
+from chorus_server.engine.random_model import PRESETS
 
 COUNTS = (10, 100, 1000)
 VOCAB = 150  # MMS heads have about this many tokens

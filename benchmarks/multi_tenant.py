@@ -13,9 +13,9 @@ import random
 import torch
 
 from benchmarks.common import clip, device_of, finish, interleaved, median, model_dir, parser
-from server.engine import Engine
-from server.engine.random_model import random_adapter
-from server.runtime import choose_dtype
+from chorus_server.engine import Engine
+from chorus_server.engine.random_model import random_adapter
+from chorus_server.runtime import choose_dtype
 
 
 def main() -> None:

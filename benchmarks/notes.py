@@ -28,7 +28,7 @@ is why every benchmark here times inference on a dedicated thread."""
 
 ENGINE_CHANGES = """## What changed in the engine for these numbers
 
-- **Conv front end, channels-last and per item** (`server/engine/frontend.py`). Each item runs alone over its
+- **Conv front end, channels-last and per item** (`chorus_server/engine/frontend.py`). Each item runs alone over its
   own valid samples as `(T, C)` matrices; every strided conv is a sum of plain GEMMs over strided *views*
   (taps `j..j+s-1` of a stride-`s` conv are one contiguous `(n, s·C)` row block: no unfold copy, no layout
   reorders, no transposes). Padding never enters the front end, so work scales with real audio, and one
@@ -38,13 +38,13 @@ ENGINE_CHANGES = """## What changed in the engine for these numbers
   is `w_c·μ` and its variance `w_cΣw_cᵀ`, with `μ`, `Σ` the mean and covariance of the item's 10-sample windows
   (float64). Layer 0 becomes one GEMM with a per-item bias; the norm never touches the model's largest
   activation. Parity with transformers stays within 1e-4 (tests unchanged).
-- **Adapters as stacked tensors** (`server/engine/adapters.py`): per (site, part) one `(layers, …)` tensor, e.g.
+- **Adapters as stacked tensors** (`chorus_server/engine/adapters.py`): per (site, part) one `(layers, …)` tensor, e.g.
   `attn_down_weight: (L, r, H)`, instead of one `nn.Module` per bottleneck (243 for an MMS-size adapter). The
   file format is unchanged; `Adapter.tensors()` gives the per-layer views under the file's names.
 - **Mixed-adapter batches**: segments whose bottlenecks share a shape run as batched matmuls over per-item
   weights (`gathered` in `adapters.py`): a fixed handful of ops per site, whatever the number of distinct
   adapters; other mixes keep the per-segment path.
-- **Cold load** (`server/engine/tensor_file.py`, `adapter_store/loader.py`): zero-copy safetensors parse (one
+- **Cold load** (`chorus_server/engine/tensor_file.py`, `chorus_store/loader.py`): zero-copy safetensors parse (one
   copy in all: into the stacks), a single-threaded NaN/Inf check, sha256 verified on a second thread while the
   adapter builds (the adapter is discarded if it fails), and loader threads that run torch on one intra-op
   thread so a load never waits at a parallel-region barrier behind the inference thread."""

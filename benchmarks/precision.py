@@ -4,7 +4,7 @@ Each sample `samples/<lang>-<n>.wav` runs through its language's adapter (`adapt
 backbone's own head) in both precisions; the result is the character error rate of the bf16 transcript against
 the fp32 one (target: equal, or within 0.5 points). Skipped, and said so, when no demo model is present.
 
-    python -m benchmarks.precision [--demo server/demo_model] [--out result.json]
+    python -m benchmarks.precision [--demo server/chorus_server/demo_model] [--out result.json]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import soxr
 
 from benchmarks.backbone_speed import cer
 from benchmarks.common import device_of, finish, parser
-from server.engine import Engine, load_adapter
-from server.runtime import DEMO_DIR
+from chorus_server.engine import Engine, load_adapter
+from chorus_server.runtime import DEMO_DIR
 
 
 def _shown(path: Path) -> str:

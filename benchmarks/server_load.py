@@ -32,8 +32,8 @@ import numpy as np
 import soundfile
 
 from benchmarks.adapter_cold_load import percentile
-from server.engine import Engine, load_adapter
-from server.engine.random_model import write_random_model
+from chorus_server.engine import Engine, load_adapter
+from chorus_server.engine.random_model import write_random_model
 
 
 def clip_bytes(seconds: float, seed: int = 0) -> tuple[np.ndarray, bytes]:
@@ -106,7 +106,7 @@ def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterato
         "CHORUS_DEVICE": device,
         "CHORUS_DATA_DIR": str(store.parent),
     }
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", "chorus_server.cli", "serve", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

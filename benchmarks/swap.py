@@ -3,7 +3,7 @@ against Chorus's batching worker on the same traffic, with 1, 4 and 16 concurren
 
 Traffic: 4 s clips, a random language per request among the model's `adapter.<lang>.safetensors` (local
 files). transformers mutates one model per swap, so its requests run one at a time behind a lock; Chorus's
-clients submit to the worker the server uses (`server.worker.Worker`) and share batches. Closed loop: each
+clients submit to the worker the server uses (`chorus_server.worker.Worker`) and share batches. Closed loop: each
 client sends its next request when the previous one returns. Latency counts from submission to result.
 
     python -m benchmarks.swap [--requests 16] [--device cpu] [--out result.json]
@@ -23,11 +23,11 @@ import torch
 from transformers import Wav2Vec2ForCTC
 
 from benchmarks.common import clip, device_of, finish, median, model_dir, parser, percentile, sync
-from server.batching import BatchLimits, WorkItem
-from server.engine import Engine
-from server.engine.adapters import Adapter
-from server.metrics import Metrics
-from server.worker import Worker
+from chorus_server.batching import BatchLimits, WorkItem
+from chorus_server.engine import Engine
+from chorus_server.engine.adapters import Adapter
+from chorus_server.metrics import Metrics
+from chorus_server.worker import Worker
 
 CONCURRENCY = (1, 4, 16)
 

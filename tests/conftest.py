@@ -83,7 +83,7 @@ def hf_model_dir(request, tmp_path_factory) -> tuple[str, object, Path]:
 @pytest.fixture(scope="session", params=["tiny", "tiny-mms"])
 def random_model_dir(request, tmp_path_factory) -> tuple[str, Path]:
     """(preset, directory) written by `chorus dev random-model` with 6 native adapters."""
-    from server.engine.random_model import write_random_model
+    from chorus_server.engine.random_model import write_random_model
 
     path = tmp_path_factory.mktemp(f"random-{request.param}")
     write_random_model(path, request.param, num_adapters=6, seed=3)

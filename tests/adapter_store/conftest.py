@@ -2,15 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from adapter_store import LocalStore
-from adapter_store.validate import AdapterSpec
-from server.engine import Engine
+from chorus_server.engine import Engine
+from chorus_store import LocalStore
+from chorus_store.validate import AdapterSpec
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A tiny-mms random model: (directory, engine, spec)."""
-    from server.engine.random_model import write_random_model
+    from chorus_server.engine.random_model import write_random_model
 
     path = tmp_path_factory.mktemp("store-model")
     write_random_model(path, "tiny-mms", num_adapters=4, seed=21)

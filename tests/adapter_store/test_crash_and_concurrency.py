@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from adapter_store import AdapterNotFound, LocalStore
+from chorus_store import AdapterNotFound, LocalStore
 
 CHILD = textwrap.dedent(
     """
     import io, sys, time
     from pathlib import Path
-    import adapter_store.local as local
-    from adapter_store import LocalStore
-    from adapter_store.validate import AdapterSpec
+    import chorus_store.local as local
+    from chorus_store import LocalStore
+    from chorus_store.validate import AdapterSpec
 
     root, hidden, layers, fp, src, marker, mode, go = sys.argv[1:9]
     store = LocalStore(root, AdapterSpec(int(hidden), int(layers), fp))

@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from adapter_store import AdapterNotFound, AdapterRejected, LocalStore, PublishConflict, VersionNotFound, parse_ref
-from adapter_store.local import AdapterCorrupt
-from adapter_store.mms import import_mms
-from server.engine.adapter_format import adapter_from_bytes
+from chorus_server.engine.adapter_format import adapter_from_bytes
+from chorus_store import AdapterNotFound, AdapterRejected, LocalStore, PublishConflict, VersionNotFound, parse_ref
+from chorus_store.local import AdapterCorrupt
+from chorus_store.mms import import_mms
 
 
 def test_publish_versions_and_current(store, adapter_files):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from adapter_store import AdapterNotFound, AdapterRejected
+from chorus_store import AdapterNotFound, AdapterRejected
 from tests.helpers import rebuild_safetensors
 
 rebuild = rebuild_safetensors

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapter_store.loader import make_loader
-from adapter_store.local import AdapterCorrupt
-from server.engine import pad_batch
-from server.engine.cache import AdapterCache
+from chorus_server.engine import pad_batch
+from chorus_server.engine.cache import AdapterCache
+from chorus_store.loader import make_loader
+from chorus_store.local import AdapterCorrupt
 
 
 @pytest.fixture

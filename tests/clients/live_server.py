@@ -26,10 +26,10 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(env: dict[str, str], workdir: Path, startup_timeout: float = 120.0) -> Iterator[str]:
-    """Start `uvicorn --factory server.app:create_app` with `CHORUS_*` settings; yield its URL once ready."""
+    """Start `uvicorn --factory chorus_server.app:create_app` with `CHORUS_*` settings; yield its URL once ready."""
     port = free_port()
     log = (workdir / f"server-{port}.log").open("w")
-    command = [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "uvicorn", "--factory", "chorus_server.app:create_app", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
         [*command, "--port", str(port), "--log-level", "warning"],
         cwd=workdir,

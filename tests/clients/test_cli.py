@@ -12,8 +12,8 @@ import sys
 import httpx
 import pytest
 
-from clients import cli, errors
-from server.cli import PRESET_NAMES, main
+from chorus_client import cli, errors
+from chorus_client.cli import main
 from tests.clients.fake_server import FakeServer, envelope
 
 
@@ -125,19 +125,25 @@ def test_unreachable_server():
     assert main(["adapters", "list", "--url", "http://127.0.0.1:9"]) == cli.EXIT_UNAVAILABLE
 
 
-def test_presets_named_in_the_cli_match_the_engine():
-    from server.engine.random_model import PRESETS
-
-    assert list(PRESET_NAMES) == sorted(PRESETS)
-
-
-def test_client_commands_start_without_torch():
-    code = "import sys; from server.cli import build_parser; build_parser(); sys.exit('torch' in sys.modules)"
+def test_the_command_and_its_installed_plugins_start_without_torch():
+    code = (
+        "import sys; from chorus_client.cli import build_parser, installed_plugins\n"
+        "plugins = installed_plugins(); build_parser(plugins)\n"
+        "sys.exit(3 if not plugins else 'torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_server_commands_without_the_server_say_what_to_install(capsys):
+    for command in (["serve"], ["dev", "random-model", "--out", "x"], ["train-adapter", "--help"]):
+        assert main(command, plugins=[]) == cli.EXIT_USAGE
+        assert "needs the Chorus server" in capsys.readouterr().err
+    # Client commands still work: this one fails only because nothing listens on port 9.
+    assert main(["adapters", "list", "--url", "http://127.0.0.1:9"], plugins=[]) == cli.EXIT_UNAVAILABLE
 
 
 def test_help_lists_exit_codes():
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "transcribe", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "chorus_client.cli", "transcribe", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "exit codes" in result.stdout and "--adapter" in result.stdout

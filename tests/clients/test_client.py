@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from clients import (
+from chorus_client import (
     APIConnectionError,
     AsyncChorus,
     Chorus,

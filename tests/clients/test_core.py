@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from clients import _core
-from clients._core import RetryPolicy, parse_retry_after
+from chorus_client import _core
+from chorus_client._core import RetryPolicy, parse_retry_after
 
 
 def test_backoff_doubles_with_jitter_and_is_capped():

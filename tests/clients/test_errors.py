@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clients import errors
-from clients.errors import parse_error
+from chorus_client import errors
+from chorus_client.errors import parse_error
 
 
 def envelope(type_: object, message: object = "boom", code: object = None, param: object = None) -> dict:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients import (
+from chorus_client import (
     APIConnectionError,
     AsyncChorus,
     AuthenticationError,
@@ -36,7 +36,7 @@ from clients import (
     Transcription,
     VerboseTranscription,
 )
-from clients.cli import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_REJECTED
+from chorus_client.cli import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_REJECTED
 from tests.clients.live_server import ROOT, free_port, running_server, write_wav
 from tests.deploy.test_packaging import CONTRACT_METRICS, dashboard_exprs, metric_names, series_names
 
@@ -48,7 +48,7 @@ CUDA_ONLY = {"chorus_device_memory_bytes"}
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from server.engine.random_model import write_random_model
+    from chorus_server.engine.random_model import write_random_model
 
     path = tmp_path_factory.mktemp("tiny-mms")
     write_random_model(path, "tiny-mms", num_adapters=2, seed=1)
@@ -263,7 +263,7 @@ def test_async_client(server, model_dir, audio, tmp_path):
 
 
 def chorus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed `chorus` console script (server.cli:main), importing this checkout."""
+    """The installed `chorus` console script (chorus_server.cli:main), importing this checkout."""
     exe = shutil.which("chorus") or str(Path(sys.executable).parent / "chorus")
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, env=full_env)

@@ -162,9 +162,9 @@ def test_dockerfile_follows_the_packaging_rules():
     assert re.search(r"python:3\.1\d-slim", dict(s for s in steps if s[0] == "ARG" and "PYTHON_IMAGE" in s[1])["ARG"])
     # Dependencies install from pyproject alone, before any source is copied (a separate, cached layer).
     copies = [i for i, (kind, _) in enumerate(steps) if kind == "COPY"]
-    assert steps[copies[0]][1] == "pyproject.toml ./"
+    assert [steps[i][1] for i in copies[:2]] == ["pyproject.toml ./", "clients/pyproject.toml ./clients/"]
     dep_install = next(i for i, (kind, v) in enumerate(steps) if kind == "RUN" and "TORCH_INDEX" in v)
-    assert copies[0] < dep_install < copies[1]
+    assert copies[1] < dep_install < copies[2]
     for _, value in (steps[i] for i in copies):
         source = value.split()[0]
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
@@ -177,14 +177,17 @@ def test_dockerfile_follows_the_packaging_rules():
 
 
 def test_dependency_layer_reads_the_requirements_from_pyproject():
-    # The Dockerfile's one-liner, run here: it must list exactly pyproject's runtime dependencies.
+    # The Dockerfile's one-liner, run here: it must list exactly the two distributions' runtime dependencies.
     run = next(value for kind, value in dockerfile_instructions() if kind == "RUN" and "tomllib" in value)
     code = re.search(r'python -c "(.+?)"\s*>', run)
     assert code is not None
     result = subprocess.run(["python3", "-c", code.group(1)], cwd=ROOT, capture_output=True, text=True, timeout=30)
     import tomllib
 
-    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    client = tomllib.loads((ROOT / "clients" / "pyproject.toml").read_text())["project"]["dependencies"]
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "chorus-client==0.1.0" in server
+    expected = client + [d for d in server if not d.startswith("chorus-client")]
     assert result.returncode == 0 and result.stdout.split() == expected
 
 
@@ -204,25 +207,32 @@ def test_the_image_source_layer_installs_and_imports_on_its_own(tmp_path):
     for kind, value in dockerfile_instructions():
         if kind == "COPY":
             source = value.split()[0]
-            copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
-            copy(ROOT / source, context / source)
-    # Data files under server/demo_model must reach the installed package (the image serves the demo from it).
-    probe = context / "server" / "demo_model" / "backbone" / "packaging-probe.json"
+            (context / source).parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, context / source, dirs_exist_ok=True)
+            else:
+                shutil.copy(ROOT / source, context / source)
+    # Data files under chorus_server/demo_model must reach the installed package (the image serves the demo from it).
+    probe = context / "server" / "chorus_server" / "demo_model" / "backbone" / "packaging-probe.json"
     probe.parent.mkdir(parents=True, exist_ok=True)
     probe.write_text("{}")
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-    result = subprocess.run([*install, "--target", str(site), str(context)], capture_output=True, text=True)
+    sources = [str(context / "clients"), str(context)]
+    result = subprocess.run([*install, "--target", str(site), *sources], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (site / probe.relative_to(context)).is_file()
+    assert (site / "chorus_server" / "demo_model" / "backbone" / "packaging-probe.json").is_file()
+    # Only the project's own names at the top level of site-packages: nothing generic to collide with.
+    tops = {p.name for p in site.iterdir() if not p.name.endswith((".dist-info", ".egg-info"))} - {"bin"}
+    assert tops == {"chorus_client", "chorus_server", "chorus_store", "chorus_training"}
     check = (
         "import importlib, pkgutil, sys\n"
-        "for top in ('server', 'adapter_store', 'clients'):\n"
+        "for top in ('chorus_server', 'chorus_store', 'chorus_client', 'chorus_training'):\n"
         "    package = importlib.import_module(top)\n"
         f"    assert package.__file__.startswith({str(site)!r}), package.__file__\n"
         "    for module in pkgutil.walk_packages(package.__path__, top + '.'):\n"
         "        importlib.import_module(module.name)\n"
-        "from server.app import create_app\n"
+        "from chorus_server.app import create_app\n"
         "create_app()\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -232,3 +242,23 @@ def test_the_image_source_layer_installs_and_imports_on_its_own(tmp_path):
         [sys.executable, str(site / "bin" / "chorus"), "--help"], env=env, capture_output=True, text=True
     )
     assert cli.returncode == 0 and "transcribe" in cli.stdout
+
+
+def test_the_client_distribution_installs_without_torch_or_the_server(tmp_path):
+    """`pip install ./clients` as a fresh machine resolves it: no torch, no server, only chorus_client inside."""
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"]
+    result = subprocess.run([*command, "--report", str(report), str(ROOT / "clients")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "chorus-client" in names and {"httpx", "pydantic", "tqdm"} <= names
+    assert not names & {"torch", "chorus-asr", "numpy", "fastapi", "safetensors"}, names
+    wheel_dir = tmp_path / "wheel"
+    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir)]
+    result = subprocess.run([*build, str(ROOT / "clients")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import zipfile
+
+    (wheel,) = wheel_dir.glob("chorus_client-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"chorus_client", "chorus_client-0.1.0.dist-info"}

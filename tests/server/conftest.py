@@ -13,8 +13,8 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from server.settings import Settings
+from chorus_server.app import create_app
+from chorus_server.settings import Settings
 
 RATE = 16000
 
@@ -22,7 +22,7 @@ RATE = 16000
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     """Tiny post-LN random backbone with a head, plus 4 native adapters (houlsby, various sizes and layers)."""
-    from server.engine.random_model import write_random_model
+    from chorus_server.engine.random_model import write_random_model
 
     path = tmp_path_factory.mktemp("server-model")
     write_random_model(path, "tiny", num_adapters=4, seed=7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.batching import BatchLimits, WorkItem, collect_batch
+from chorus_server.batching import BatchLimits, WorkItem, collect_batch
 
 LIMITS = BatchLimits(max_items=3, max_samples=3000, max_wait=0.010)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from server.chunking import plan_windows, stitch
+from chorus_server.chunking import plan_windows, stitch
 
 HOP, FIELD = 320, 400
 

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import soundfile
 
-from server.chunking import plan_windows, stitch
-from server.engine import Engine, ctc_greedy_decode, load_adapter, pad_batch
+from chorus_server.chunking import plan_windows, stitch
+from chorus_server.engine import Engine, ctc_greedy_decode, load_adapter, pad_batch
 from tests.server.conftest import encode, make_settings, running_app, tone, transcribe
 
 

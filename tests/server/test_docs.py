@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from server.settings import Settings
+from chorus_server.settings import Settings
 
 DOCS = Path(__file__).parents[2] / "docs" / "server.md"
 

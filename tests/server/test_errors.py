@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from server.engine import Engine
+from chorus_server.engine import Engine
 from tests.server.conftest import encode, make_settings, running_app, tone, transcribe, wav
 
 

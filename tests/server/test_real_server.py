@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.background import BackgroundServer
+from chorus_server.background import BackgroundServer
 from tests.server.conftest import make_settings, wav
 from tests.server.test_errors import gate_forward
 
@@ -102,7 +102,7 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         "CHORUS_DEVICE": "cpu",
         "CHORUS_BATCH__MAX_ITEMS": "1",
     }
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "chorus_server.cli", "serve", "--port", str(port)]
     process = subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.engine import Engine, load_adapter
+from chorus_server.engine import Engine, load_adapter
 from tests.server.conftest import RATE, encode, tone, transcribe, wav
 
 SEGMENT_FIELDS = {

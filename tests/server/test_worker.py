@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from server.batching import BatchLimits, WorkItem
-from server.metrics import Metrics
-from server.worker import DeadlineExceeded, Worker
+from chorus_server.batching import BatchLimits, WorkItem
+from chorus_server.metrics import Metrics
+from chorus_server.worker import DeadlineExceeded, Worker
 
 POISON = 666.0
 

@@ -1,0 +1,282 @@
+"""`AsyncChorus`: the asyncio client, method for method the same as `Chorus`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import httpx
+
+from chorus_client import _core
+from chorus_client._core import AudioInput, FileResult, RetryPolicy
+from chorus_client.errors import APIConnectionError, ChorusError
+from chorus_client.models import (
+    Adapter,
+    AdapterPage,
+    Deleted,
+    Health,
+    ModelList,
+    ResponseFormat,
+    Transcription,
+    VerboseTranscription,
+)
+from chorus_client.progress import byte_bar, progress_bar
+
+
+class AsyncChorus:
+    """Asyncio client for a Chorus server; see `Chorus` for the behaviour. Use `async with` or `await aclose()`."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = _core.resolve_url(url)
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._jitter = jitter
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=_core.auth_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncChorus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        policy = retry or self.retry
+        attempt = 0
+        while True:
+            try:
+                if content is not None:
+                    kwargs["content"] = content()  # a fresh body stream for every attempt
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise APIConnectionError(
+                    f"cannot reach Chorus at {self.base_url}: {exc or type(exc).__name__}"
+                ) from exc
+            if response.is_success:
+                return response
+            error = _core.error_from_response(response)
+            if not policy.should_retry(response.status_code, attempt):
+                raise error
+            await self._sleep(policy.delay(attempt, error.retry_after, self._jitter()))
+            attempt += 1
+
+    # Application API
+
+    @overload
+    async def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: Literal["json"] = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> Transcription: ...
+    @overload
+    async def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: Literal["verbose_json"],
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> VerboseTranscription: ...
+    @overload
+    async def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: Literal["text", "srt", "vtt"] | str,
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> Transcription | str: ...
+    async def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: ResponseFormat | str = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> Transcription | str:
+        response = await self._transcription(
+            audio,
+            adapter,
+            response_format=response_format,
+            word_timestamps=word_timestamps,
+            timestamp_granularities=timestamp_granularities,
+            language=language,
+            prompt=prompt,
+            temperature=temperature,
+            filename=filename,
+        )
+        return _core.transcription_result(response, response_format)
+
+    async def _transcription(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: str = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> httpx.Response:
+        form = _core.transcription_form(
+            adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
+        )
+        files = {"file": await asyncio.to_thread(_core.read_audio, audio, filename)}
+        return await self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
+
+    async def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
+        try:
+            response = await self._transcription(path, adapter, **options)
+        except (ChorusError, OSError) as exc:
+            return FileResult.failed(path, exc)
+        result = _core.transcription_result(response, options.get("response_format", "json"))
+        return FileResult(path, result=result, adapter=response.headers.get("x-chorus-adapter"))
+
+    async def transcribe_many(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        adapter: str,
+        *,
+        concurrency: int = 4,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> list[FileResult]:
+        """Like `Chorus.transcribe_many`: bounded concurrency, input order, per-file errors."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        paths = _core.audio_files(files)
+        limit = asyncio.Semaphore(concurrency)
+        with progress_bar(len(paths), "transcribing", unit="file", enabled=progress) as bar:
+
+            async def one(path: Path) -> FileResult:
+                async with limit:
+                    try:
+                        return await self._transcribe_file(path, adapter, options)
+                    finally:
+                        bar.update(1)
+
+            return list(await asyncio.gather(*(one(p) for p in paths)))
+
+    async def transcribe_folder(self, folder: str | os.PathLike[str], adapter: str, **options: Any) -> list[FileResult]:
+        if not Path(folder).is_dir():
+            raise NotADirectoryError(f"not a directory: {folder}")
+        return await self.transcribe_many([folder], adapter, **options)
+
+    async def list_models(self) -> ModelList:
+        return ModelList.model_validate((await self._send("GET", "/v1/models")).json())
+
+    # Operator API
+
+    async def list_adapters(self, limit: int | None = None, after: str | None = None) -> AdapterPage:
+        params = {k: v for k, v in (("limit", limit), ("after", after)) if v is not None}
+        return AdapterPage.model_validate((await self._send("GET", "/v1/adapters", params=params)).json())
+
+    async def iter_adapters(self, page_size: int | None = None) -> AsyncIterator[Adapter]:
+        after: str | None = None
+        while True:
+            page = await self.list_adapters(limit=page_size, after=after)
+            for adapter in page.data:
+                yield adapter
+            if not page.next_cursor:
+                return
+            after = page.next_cursor
+
+    async def get_adapter(self, ref: str) -> Adapter:
+        return Adapter.model_validate((await self._send("GET", _core.adapter_path(ref))).json())
+
+    async def upload_adapter(
+        self,
+        path: str | os.PathLike[str],
+        adapter_id: str,
+        *,
+        visibility: str = "private",
+        expected_version: int | None = None,
+        allow_fingerprint_mismatch: bool = False,
+        progress: bool | None = None,
+    ) -> Adapter:
+        params = _core.upload_params(visibility, expected_version, allow_fingerprint_mismatch)
+        source = Path(path)
+        size = source.stat().st_size
+        with byte_bar(size, f"uploading {source.name}", enabled=progress) as bar:
+
+            async def body() -> AsyncIterator[bytes]:
+                bar.reset()
+                with source.open("rb") as f:
+                    while chunk := await asyncio.to_thread(f.read, _core.UPLOAD_CHUNK):
+                        bar.update(len(chunk))
+                        yield chunk
+
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            response = await self._send(
+                "PUT", _core.adapter_path(adapter_id), content=body, params=params, headers=headers
+            )
+        return Adapter.model_validate(response.json())
+
+    async def delete_adapter(self, ref: str) -> Deleted:
+        return Deleted.model_validate((await self._send("DELETE", _core.adapter_path(ref))).json())
+
+    async def pin(self, ref: str) -> Adapter:
+        return Adapter.model_validate((await self._send("POST", _core.adapter_path(ref, "/pin"))).json())
+
+    async def unpin(self, ref: str) -> Adapter:
+        return Adapter.model_validate((await self._send("POST", _core.adapter_path(ref, "/unpin"))).json())
+
+    # Health
+
+    async def health(self) -> Health:
+        return Health.model_validate((await self._send("GET", "/healthz", retry=_core.NO_RETRIES)).json())
+
+    async def ready(self) -> dict[str, Any]:
+        payload: dict[str, Any] = (await self._send("GET", "/readyz", retry=_core.NO_RETRIES)).json()
+        return payload

@@ -1,0 +1,309 @@
+"""The `chorus` command: `transcribe` and `adapters ...` against a local or remote server, plus whatever installed
+plugins add (the server distribution adds `serve`, `dev …` and `train-adapter` through the `chorus.commands`
+entry-point group). Nothing here imports torch; `adapters import-mms` converts the MMS file locally with the
+server package, and says so when only the client is installed.
+
+Exit codes are part of the interface (scripts branch on them): `EXIT_CODES` below, docs/clients.md, and the
+epilog of every command's `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from chorus_client import errors
+from chorus_client._core import FileResult
+from chorus_client.client import Chorus
+from chorus_client.models import Adapter, Transcription
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_REJECTED = 4
+EXIT_AUTH = 5
+EXIT_UNAVAILABLE = 6
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILURE: "unexpected failure",
+    EXIT_USAGE: "bad command line (argparse's convention)",
+    EXIT_NOT_FOUND: "adapter, version or local file not found (404)",
+    EXIT_REJECTED: "rejected: bad audio, parameters or adapter file, too large, version conflict (400/409/413/415/422)",
+    EXIT_AUTH: "missing/unknown API key or not allowed (401/403)",
+    EXIT_UNAVAILABLE: "server unreachable, overloaded, rate limited, timed out or failing (429/5xx, after retries)",
+}
+
+SUFFIXES = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt"}
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, errors.NotFoundError | FileNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, errors.InvalidRequestError | errors.ConflictError | ValueError):
+        return EXIT_REJECTED
+    if isinstance(exc, errors.AuthenticationError | errors.PermissionDeniedError):
+        return EXIT_AUTH
+    if isinstance(exc, errors.APIConnectionError | errors.APIError):
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILURE
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register `transcribe` and `adapters` on the `chorus` parser's subcommands."""
+    conn = argparse.ArgumentParser(add_help=False)
+    group = conn.add_argument_group("server")
+    group.add_argument("--url", help="server URL (default: $CHORUS_URL, else http://127.0.0.1:8000)")
+    group.add_argument("--api-key", help="API key (default: $CHORUS_API_KEY)")
+    group.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    epilog = "exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+    kw: dict[str, Any] = {"parents": [conn], "epilog": epilog}
+
+    tr = commands.add_parser("transcribe", help="transcribe audio files or folders", **kw)
+    tr.add_argument("files", nargs="+", metavar="FILE", help="audio files; folders expand to the audio inside")
+    tr.add_argument("--adapter", "-a", required=True, help="adapter ID or ID@N")
+    tr.add_argument("--format", choices=list(SUFFIXES), default="text", help="output format (default: text)")
+    tr.add_argument("--out", type=Path, help="write one file per input into this folder instead of stdout")
+    tr.add_argument("--word-timestamps", action="store_true", help="ask for word timings (json, verbose_json)")
+    tr.add_argument("--language", help="language hint (passed through)")
+    tr.add_argument("--concurrency", type=int, default=4, help="files in flight at once (default: 4)")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)")
+    tr.set_defaults(func=client_command(_transcribe))
+
+    adapters = commands.add_parser("adapters", help="list, inspect, upload and manage adapters")
+    sub = adapters.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")
+    ls = sub.add_parser("list", help="adapters visible to this key", **kw)
+    ls.add_argument("--page-size", type=int, help="adapters per request (default: the server's)")
+    ls.set_defaults(func=client_command(_list))
+    for name, helptext, func in (
+        ("show", "one adapter's current version (ID) or a given version (ID@N)", _show),
+        ("delete", "delete every version (ID) or one version (ID@N)", _delete),
+        ("pin", "keep an adapter resident; returns once it is loaded", _pin),
+        ("unpin", "let an adapter be evicted again", _unpin),
+    ):
+        cmd = sub.add_parser(name, help=helptext, **kw)
+        cmd.add_argument("ref", metavar="ID[@N]")
+        cmd.set_defaults(func=client_command(func))
+
+    up = sub.add_parser("upload", help="publish a native adapter file as the next version of ID", **kw)
+    up.add_argument("file", type=Path, help="adapter .safetensors file (Chorus native format)")
+    _publish_options(up)
+    up.set_defaults(func=client_command(_upload))
+
+    mms = sub.add_parser("import-mms", help="convert an MMS adapter.<lang>.safetensors locally, then upload it", **kw)
+    mms.add_argument("file", type=Path, help="MMS adapter file, e.g. adapter.fra.safetensors")
+    mms.add_argument("--vocab", type=Path, required=True, help="the model's vocab.json (nested by language)")
+    mms.add_argument("--language", required=True, help="language code in vocab.json, e.g. fra")
+    where = mms.add_mutually_exclusive_group()
+    where.add_argument("--backbone", type=Path, help="local copy of the serving backbone (its fingerprint is used)")
+    where.add_argument("--fingerprint", help="the serving backbone's fingerprint (default: asked from /readyz)")
+    _publish_options(mms, default_visibility="public")
+    mms.set_defaults(func=client_command(_import_mms))
+
+
+def _publish_options(cmd: argparse.ArgumentParser, default_visibility: str = "private") -> None:
+    cmd.add_argument("--id", required=True, dest="adapter_id", help="adapter ID to publish under")
+    cmd.add_argument("--visibility", choices=["private", "public"], default=default_visibility)
+    cmd.add_argument("--expected-version", type=int, help="publish only if the current version is N (0: new)")
+    cmd.add_argument("--allow-fingerprint-mismatch", action="store_true", help="accept another backbone's adapter")
+    cmd.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)")
+
+
+Command = Callable[[Chorus, argparse.Namespace], int]
+
+
+def client_command(func: Command) -> Callable[[argparse.Namespace], int]:
+    """`func(client, args)` as a `chorus` handler `handler(args) -> exit code`."""
+    return lambda args: run(args, func)
+
+
+def run(args: argparse.Namespace, func: Command) -> int:
+    """Run a client command and turn every failure into a message on stderr and a documented exit code."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the output
+    try:
+        with Chorus(args.url, args.api_key) as client:
+            return func(client, args)
+    except (errors.ChorusError, OSError, ValueError) as exc:
+        print(f"chorus: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
+def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be >= 1, got {args.concurrency}")
+    options: dict[str, Any] = {"response_format": args.format, "word_timestamps": args.word_timestamps}
+    if args.language:
+        options["language"] = args.language
+    missing = [f for f in args.files if not Path(f).exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file: {', '.join(missing)}")
+    results = client.transcribe_many(
+        args.files, args.adapter, concurrency=args.concurrency, progress=args.progress, **options
+    )
+    if not results:
+        raise FileNotFoundError(f"no audio files in {', '.join(args.files)}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    report = []
+    for item in results:
+        entry = _report_one(item, args)
+        report.append(entry)
+        if item.error is not None:
+            print(f"chorus: error: {item.path}: {item.error}", file=sys.stderr)
+        elif not args.json and not args.out:
+            if len(results) > 1:
+                print(f"==> {item.path} <==")
+            print(_body(item.result).rstrip("\n"))
+        elif not args.json:
+            print(f"{item.path} -> {entry['output']}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    failures = [item.error for item in results if item.error is not None]
+    return exit_code(failures[0]) if failures else EXIT_OK
+
+
+def _report_one(item: FileResult, args: argparse.Namespace) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file": str(item.path), "adapter": None, "output": None, "result": None, "error": None}
+    if item.error is not None:
+        err = item.error
+        entry["error"] = {"message": err.message, "type": err.type, "code": err.code, "status": err.status}
+        return entry
+    entry["adapter"] = item.adapter
+    if isinstance(item.result, Transcription):
+        entry["result"] = item.result.model_dump(exclude_none=True, exclude={"adapter"})
+    else:
+        entry["result"] = item.result
+    if args.out:
+        target = args.out / f"{item.path.stem}.{SUFFIXES[args.format]}"
+        target.write_text(_body(item.result))
+        entry["output"] = str(target)
+    return entry
+
+
+def _body(result: Transcription | str | None) -> str:
+    if isinstance(result, Transcription):
+        return result.model_dump_json(indent=2, exclude_none=True, exclude={"adapter"}) + "\n"
+    return result or ""
+
+
+ADAPTER_COLUMNS = ("id", "version", "kind", "language", "visibility", "owner", "size", "resident", "pinned")
+
+
+def _table(adapters: Sequence[Adapter]) -> str:
+    rows = [ADAPTER_COLUMNS] + [tuple(str(getattr(a, c)) for c in ADAPTER_COLUMNS) for a in adapters]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(ADAPTER_COLUMNS))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _list(client: Chorus, args: argparse.Namespace) -> int:
+    adapters = list(client.iter_adapters(page_size=args.page_size))
+    _emit(args, [a.model_dump() for a in adapters], _table(adapters) if adapters else "no adapters")
+    return EXIT_OK
+
+
+def _describe(adapter: Adapter) -> str:
+    return "\n".join(f"{key}: {value}" for key, value in adapter.model_dump().items())
+
+
+def _show(client: Chorus, args: argparse.Namespace) -> int:
+    adapter = client.get_adapter(args.ref)
+    _emit(args, adapter.model_dump(), _describe(adapter))
+    return EXIT_OK
+
+
+def _delete(client: Chorus, args: argparse.Namespace) -> int:
+    deleted = client.delete_adapter(args.ref)
+    what = f"{deleted.id}@{deleted.version}" if deleted.version else f"{deleted.id} (all versions)"
+    _emit(args, deleted.model_dump(), f"deleted {what}")
+    return EXIT_OK
+
+
+def _pin(client: Chorus, args: argparse.Namespace) -> int:
+    adapter = client.pin(args.ref)
+    _emit(args, adapter.model_dump(), f"pinned {adapter.ref} (resident: {adapter.resident})")
+    return EXIT_OK
+
+
+def _unpin(client: Chorus, args: argparse.Namespace) -> int:
+    adapter = client.unpin(args.ref)
+    _emit(args, adapter.model_dump(), f"unpinned {adapter.ref}")
+    return EXIT_OK
+
+
+def _upload(client: Chorus, args: argparse.Namespace, source: Path | None = None) -> int:
+    adapter = client.upload_adapter(
+        source or args.file,
+        args.adapter_id,
+        visibility=args.visibility,
+        expected_version=args.expected_version,
+        allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,
+        progress=args.progress,
+    )
+    _emit(args, adapter.model_dump(), f"published {adapter.ref} ({adapter.kind}, {adapter.size} bytes)")
+    return EXIT_OK
+
+
+def _import_mms(client: Chorus, args: argparse.Namespace) -> int:
+    try:
+        from chorus_server.engine.mms import convert_mms
+    except ImportError:
+        print(f"chorus: error: import-mms converts the file locally and {SERVER_NEEDED}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    fingerprint = args.fingerprint
+    if args.backbone is None and fingerprint is None:
+        fingerprint = client.ready().get("backbone")  # the server names the backbone it serves
+        if not isinstance(fingerprint, str):
+            raise ValueError("the server did not report its backbone fingerprint; pass --backbone or --fingerprint")
+    with tempfile.TemporaryDirectory() as tmp:
+        native = Path(tmp) / f"{args.adapter_id}.safetensors"
+        convert_mms(args.file, args.vocab, args.language, native, backbone=args.backbone, fingerprint=fingerprint)
+        return _upload(client, args, source=native)
+
+
+PLUGIN_GROUP = "chorus.commands"
+# Commands the server distribution registers; named here so a client-only install can say what is missing.
+SERVER_COMMANDS = ("serve", "dev", "train-adapter")
+SERVER_NEEDED = "needs the Chorus server (torch): pip install ./clients . from a Chorus checkout (chorus-asr)"
+Plugin = Callable[[argparse._SubParsersAction], None]
+
+
+def installed_plugins() -> list[Plugin]:
+    """`add_commands(subparsers)` functions registered under the `chorus.commands` entry-point group."""
+    return [entry.load() for entry in entry_points(group=PLUGIN_GROUP)]
+
+
+def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chorus", description="Chorus multi-tenant speech recognition")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_commands(commands)
+    for plugin in plugins:
+        plugin(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, plugins: Sequence[Plugin] | None = None) -> int:
+    """Entry point of `chorus`; `plugins=None` uses the installed ones."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins = installed_plugins() if plugins is None else plugins
+    if argv and argv[0] in SERVER_COMMANDS and not plugins:
+        print(f"chorus: error: `chorus {argv[0]}` {SERVER_NEEDED}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser(plugins).parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""`Chorus`: the synchronous client."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import httpx
+
+from chorus_client import _core
+from chorus_client._core import AudioInput, FileResult, RetryPolicy
+from chorus_client.errors import APIConnectionError, ChorusError
+from chorus_client.models import (
+    Adapter,
+    AdapterPage,
+    Deleted,
+    Health,
+    ModelList,
+    ResponseFormat,
+    Transcription,
+    VerboseTranscription,
+)
+from chorus_client.progress import byte_bar, progress_bar
+
+
+class Chorus:
+    """Client for a Chorus server. `url` defaults to `$CHORUS_URL`, `api_key` to `$CHORUS_API_KEY`.
+
+    Retries 429 and 503 answers per `retry` (honouring Retry-After); every other error raises at once as the
+    `chorus_client.errors` class named by the server's error type. Thread-safe; use as a context manager or `close()`.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = _core.resolve_url(url)
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._jitter = jitter
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=_core.auth_headers(api_key), timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Chorus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: Callable[[], Any] | None = None,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        policy = retry or self.retry
+        attempt = 0
+        while True:
+            try:
+                if content is not None:
+                    kwargs["content"] = content()  # a fresh body stream for every attempt
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise APIConnectionError(
+                    f"cannot reach Chorus at {self.base_url}: {exc or type(exc).__name__}"
+                ) from exc
+            if response.is_success:
+                return response
+            error = _core.error_from_response(response)
+            if not policy.should_retry(response.status_code, attempt):
+                raise error
+            self._sleep(policy.delay(attempt, error.retry_after, self._jitter()))
+            attempt += 1
+
+    # Application API
+
+    @overload
+    def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: Literal["json"] = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> Transcription: ...
+    @overload
+    def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: Literal["verbose_json"],
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> VerboseTranscription: ...
+    @overload
+    def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: Literal["text", "srt", "vtt"] | str,
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> Transcription | str: ...
+    def transcribe(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: ResponseFormat | str = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> Transcription | str:
+        """Transcribe a file path, bytes or binary file with adapter `ID` or `ID@N`.
+
+        Returns `Transcription` for json, `VerboseTranscription` for verbose_json, and the body text for text,
+        srt and vtt.
+        """
+        response = self._transcription(
+            audio,
+            adapter,
+            response_format=response_format,
+            word_timestamps=word_timestamps,
+            timestamp_granularities=timestamp_granularities,
+            language=language,
+            prompt=prompt,
+            temperature=temperature,
+            filename=filename,
+        )
+        return _core.transcription_result(response, response_format)
+
+    def _transcription(
+        self,
+        audio: AudioInput,
+        adapter: str,
+        *,
+        response_format: str = "json",
+        word_timestamps: bool = False,
+        timestamp_granularities: Sequence[str] | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        temperature: float | None = None,
+        filename: str | None = None,
+    ) -> httpx.Response:
+        form = _core.transcription_form(
+            adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
+        )
+        files = {"file": _core.read_audio(audio, filename)}
+        return self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
+
+    def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
+        try:
+            response = self._transcription(path, adapter, **options)
+        except (ChorusError, OSError) as exc:
+            return FileResult.failed(path, exc)
+        result = _core.transcription_result(response, options.get("response_format", "json"))
+        return FileResult(path, result=result, adapter=response.headers.get("x-chorus-adapter"))
+
+    def transcribe_many(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        adapter: str,
+        *,
+        concurrency: int = 4,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> list[FileResult]:
+        """Transcribe files (directories expand to the audio files inside) with at most `concurrency` in flight.
+
+        Results come back in input order; a file that fails carries its error instead of stopping the run.
+        `progress=None` draws a bar only on a terminal.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        paths = _core.audio_files(files)
+
+        with progress_bar(len(paths), "transcribing", unit="file", enabled=progress) as bar:
+
+            def tracked(path: Path) -> FileResult:
+                result = self._transcribe_file(path, adapter, options)
+                bar.update(1)
+                return result
+
+            with ThreadPoolExecutor(max_workers=min(concurrency, max(1, len(paths)))) as pool:
+                return list(pool.map(tracked, paths))
+
+    def transcribe_folder(self, folder: str | os.PathLike[str], adapter: str, **options: Any) -> list[FileResult]:
+        """`transcribe_many` over the audio files under `folder` (recursively)."""
+        if not Path(folder).is_dir():
+            raise NotADirectoryError(f"not a directory: {folder}")
+        return self.transcribe_many([folder], adapter, **options)
+
+    def list_models(self) -> ModelList:
+        return ModelList.model_validate(self._send("GET", "/v1/models").json())
+
+    # Operator API
+
+    def list_adapters(self, limit: int | None = None, after: str | None = None) -> AdapterPage:
+        params = {k: v for k, v in (("limit", limit), ("after", after)) if v is not None}
+        return AdapterPage.model_validate(self._send("GET", "/v1/adapters", params=params).json())
+
+    def iter_adapters(self, page_size: int | None = None) -> Iterator[Adapter]:
+        """Every adapter visible to this key, following the cursor page by page."""
+        after: str | None = None
+        while True:
+            page = self.list_adapters(limit=page_size, after=after)
+            yield from page.data
+            if not page.next_cursor:
+                return
+            after = page.next_cursor
+
+    def get_adapter(self, ref: str) -> Adapter:
+        """The current version of `ID`, or version N of `ID@N`."""
+        return Adapter.model_validate(self._send("GET", _core.adapter_path(ref)).json())
+
+    def upload_adapter(
+        self,
+        path: str | os.PathLike[str],
+        adapter_id: str,
+        *,
+        visibility: str = "private",
+        expected_version: int | None = None,
+        allow_fingerprint_mismatch: bool = False,
+        progress: bool | None = None,
+    ) -> Adapter:
+        """Publish a native adapter file as the next version of `adapter_id` (streamed, not read into memory)."""
+        params = _core.upload_params(visibility, expected_version, allow_fingerprint_mismatch)
+        source = Path(path)
+        size = source.stat().st_size
+        with byte_bar(size, f"uploading {source.name}", enabled=progress) as bar:
+
+            def body() -> Iterator[bytes]:
+                bar.reset()
+                with source.open("rb") as f:
+                    while chunk := f.read(_core.UPLOAD_CHUNK):
+                        bar.update(len(chunk))
+                        yield chunk
+
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            response = self._send("PUT", _core.adapter_path(adapter_id), content=body, params=params, headers=headers)
+        return Adapter.model_validate(response.json())
+
+    def delete_adapter(self, ref: str) -> Deleted:
+        """Delete every version of `ID`, or only version N of `ID@N`."""
+        return Deleted.model_validate(self._send("DELETE", _core.adapter_path(ref)).json())
+
+    def pin(self, ref: str) -> Adapter:
+        """Keep the adapter resident (never evicted); returns once it is resident."""
+        return Adapter.model_validate(self._send("POST", _core.adapter_path(ref, "/pin")).json())
+
+    def unpin(self, ref: str) -> Adapter:
+        return Adapter.model_validate(self._send("POST", _core.adapter_path(ref, "/unpin")).json())
+
+    # Health
+
+    def health(self) -> Health:
+        return Health.model_validate(self._send("GET", "/healthz", retry=_core.NO_RETRIES).json())
+
+    def ready(self) -> dict[str, Any]:
+        """`/readyz`'s body; raises `OverloadedError` (no retries) while the server is not ready."""
+        payload: dict[str, Any] = self._send("GET", "/readyz", retry=_core.NO_RETRIES).json()
+        return payload

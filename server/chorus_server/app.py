@@ -1,0 +1,68 @@
+"""The FastAPI application. `create_app()` is cheap; the backbone, store, cache and worker start in the lifespan.
+
+uvicorn --factory chorus_server.app:create_app        # or: chorus serve
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from chorus_server import __version__
+from chorus_server.body_limit import BodyLimit
+from chorus_server.errors import install_error_handlers
+from chorus_server.metrics import Metrics, RequestMetrics
+from chorus_server.routes import adapters, health, transcriptions
+from chorus_server.runtime import Runtime
+from chorus_server.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+SMALL_BODY = 64 * 1024  # every other endpoint takes at most a few form fields
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await asyncio.to_thread(Runtime.start, settings)
+        app.state.chorus = runtime
+        logger.info("Chorus ready (backbone %s on %s)", runtime.engine.fingerprint, runtime.engine.device)
+        try:
+            yield
+        finally:
+            # The server has stopped accepting and finished its requests; drain the worker, then release it.
+            await asyncio.to_thread(runtime.close)
+            logger.info("Chorus stopped")
+
+    app = FastAPI(
+        title="Chorus",
+        version=__version__,
+        summary="Multi-tenant speech recognition: one wav2vec 2.0 backbone, many adapters, batched together.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(transcriptions.router)
+    app.include_router(adapters.router)
+    app.include_router(health.router)
+
+    def limit_for(method: str, path: str) -> int:
+        if path == TRANSCRIPTIONS_PATH:
+            return settings.limits.max_audio_bytes + SMALL_BODY
+        if method == "PUT" and path.startswith("/v1/adapters/"):
+            return settings.limits.max_adapter_bytes + SMALL_BODY
+        return SMALL_BODY
+
+    def metrics() -> Metrics | None:
+        runtime = getattr(app.state, "chorus", None)
+        return runtime.metrics if runtime is not None else None
+
+    app.add_middleware(RequestMetrics, metrics=metrics, path=TRANSCRIPTIONS_PATH)
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    return app

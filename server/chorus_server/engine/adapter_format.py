@@ -1,0 +1,224 @@
+"""The native adapter file (one self-describing `.safetensors`) and conversions from HF / MMS layouts.
+
+Native tensor names: `layers.{i}.{site}.{norm|down|up}.{weight|bias}` and `head.{weight|bias}`.
+`__metadata__` (all strings): format, format_version, kind, name, language, task, vocab (JSON list),
+blank_id, word_delimiter_id, hidden_size, bottleneck_dim, layers (JSON list), backbone_fingerprint.
+See docs/adapter-format.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from chorus_server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
+from chorus_server.engine.checkpoint import split_checkpoint
+from chorus_server.engine.errors import AdapterError
+from chorus_server.engine.tensor_file import parse_safetensors
+
+FORMAT = "chorus-adapter"
+FORMAT_VERSION = "1"
+# MMS / HF `adapter_layer` parameter names -> native bottleneck names (site "output").
+MMS_RENAMES = {"norm": "norm", "linear_1": "down", "linear_2": "up"}
+
+
+def adapter_metadata(adapter: Adapter) -> dict[str, str]:
+    info, vocab = adapter.info, adapter.vocab
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": info.kind,
+        "name": info.name,
+        "language": info.language,
+        "task": info.task,
+        "vocab": json.dumps(list(vocab.tokens), ensure_ascii=False),
+        "blank_id": str(vocab.blank_id),
+        "word_delimiter_id": "" if vocab.word_delimiter_id is None else str(vocab.word_delimiter_id),
+        "hidden_size": str(adapter.hidden_size),
+        "bottleneck_dim": str(adapter.bottleneck_dim),
+        "layers": json.dumps(list(adapter.layer_ids)),
+        "backbone_fingerprint": info.backbone_fingerprint,
+        **{f"x-{k}": v for k, v in info.extra.items()},
+    }
+
+
+def save_adapter(adapter: Adapter, path: Path, dtype: torch.dtype = torch.float32) -> None:
+    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in adapter.tensors().items()}
+    save_file(tensors, str(path), metadata=adapter_metadata(adapter))
+
+
+def _field(meta: dict[str, str], key: str) -> str:
+    if key not in meta:
+        raise AdapterError(f"adapter metadata is missing {key!r}")
+    return meta[key]
+
+
+def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
+    """An adapter with the shapes the metadata declares, on the meta device (no memory, no init cost)."""
+    if meta.get("format") != FORMAT:
+        raise AdapterError(f"not a Chorus adapter: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise AdapterError(f"unsupported adapter format_version {meta.get('format_version')!r}")
+    try:
+        tokens = json.loads(_field(meta, "vocab"))
+        layers = json.loads(_field(meta, "layers"))
+        delimiter = _field(meta, "word_delimiter_id")
+        vocab = Vocabulary(tuple(tokens), int(_field(meta, "blank_id")), int(delimiter) if delimiter else None)
+        info = AdapterInfo(
+            name=_field(meta, "name"),
+            kind=_field(meta, "kind"),
+            language=meta.get("language", ""),
+            task=meta.get("task", "transcribe"),
+            backbone_fingerprint=meta.get("backbone_fingerprint", ""),
+            extra={k[2:]: v for k, v in meta.items() if k.startswith("x-")},
+        )
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise AdapterError("adapter vocab must be a JSON list of strings")
+        if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
+            raise AdapterError("adapter layers must be a JSON list of integers")
+        with torch.device("meta"):
+            return Adapter(info, vocab, int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim")), layers)
+    except AdapterError:
+        raise
+    except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation
+        raise AdapterError(f"invalid adapter metadata: {exc}") from exc
+
+
+def check_fit(adapter: Adapter, hidden_size: int, num_layers: int, fingerprint: str | None) -> None:
+    """Reject an adapter that cannot run on this backbone. `fingerprint=None` skips the fingerprint check."""
+    if adapter.hidden_size != hidden_size:
+        raise AdapterError(f"adapter {adapter.name!r} has hidden size {adapter.hidden_size}, backbone {hidden_size}")
+    bad = [i for i in adapter.layer_ids if not 0 <= i < num_layers]
+    if bad:
+        raise AdapterError(f"adapter {adapter.name!r} names layers {bad} but the backbone has {num_layers}")
+    if fingerprint is not None and adapter.info.backbone_fingerprint != fingerprint:
+        raise AdapterError(
+            f"adapter {adapter.name!r} was trained for backbone {adapter.info.backbone_fingerprint or '(none)'}, "
+            f"this backbone is {fingerprint}"
+        )
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in a float32 CPU tensor. A sum is finite iff every value is (NaN and Inf propagate), unless
+    finite values overflow it, then the exact check decides. numpy: single-threaded, so a load on the loader
+    thread never waits on the intra-op thread pool that the inference thread keeps busy."""
+    values = t.numpy()
+    return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
+
+
+def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Adapter:
+    """Strictly load tensors (file names), naming every missing/unexpected key, wrong shape and non-finite value.
+
+    Each site's per-layer tensors are stacked once into float32 (the only copy); the adapter adopts the stacks.
+    """
+    expected = adapter.expected_shapes()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise AdapterError(f"adapter {adapter.name!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+    for key, tensor in tensors.items():
+        if tuple(tensor.shape) != expected[key]:
+            raise AdapterError(
+                f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, expected {expected[key]}"
+            )
+        if not tensor.is_floating_point():
+            raise AdapterError(f"adapter {adapter.name!r}: {key} has dtype {tensor.dtype}, expected a float dtype")
+    stacks = {
+        (site, part): torch.stack([tensors[f"layers.{i}.{site}.{part}"] for i in adapter.layer_ids]).float()
+        for site, part in adapter.stack_keys()
+    }  # each (layers, *part shape)
+    head_weight = tensors["head.weight"].to(torch.float32, copy=True)
+    head_bias = tensors["head.bias"].to(torch.float32, copy=True)
+    if not all(all_finite(t) for t in [*stacks.values(), head_weight, head_bias]):
+        bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
+        raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
+    return adapter.adopt(stacks, head_weight, head_bias).eval().requires_grad_(False)
+
+
+def read_adapter_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with path.open("rb") as f:  # straight into a writable buffer: the tensors view it without a copy
+            data = bytearray(path.stat().st_size)
+            f.readinto(data)
+    except OSError as exc:
+        raise AdapterError(f"cannot read adapter file {path.name}: {exc}") from exc
+    return parse_safetensors(data, f"adapter file {path.name}")
+
+
+def adapter_from_bytes(data: bytes | bytearray) -> Adapter:
+    """A native adapter from the bytes of its file (as the store returns them), validated."""
+    meta, tensors = parse_safetensors(data, "adapter bytes")
+    return load_tensors_into(adapter_from_metadata(meta), tensors)
+
+
+def load_adapter(path: Path) -> Adapter:
+    """Read a native adapter file (validated, not yet checked against a backbone: see `check_fit`)."""
+    meta, tensors = read_adapter_file(path)
+    return load_tensors_into(adapter_from_metadata(meta), tensors)
+
+
+def mms_vocab(vocab_json: dict[str, Any], language: str) -> Vocabulary:
+    """MMS `vocab.json` is nested {lang: {token: id}}; a fine-tuned model's is flat {token: id}."""
+    if all(isinstance(v, dict) for v in vocab_json.values()):
+        if language not in vocab_json:
+            raise AdapterError(f"vocab.json has no entry for language {language!r}")
+        vocab_json = vocab_json[language]
+    try:
+        return Vocabulary.from_hf(vocab_json)
+    except ValueError as exc:
+        raise AdapterError(f"vocab.json for {language!r}: {exc}") from exc
+
+
+def adapter_from_hf(
+    name: str,
+    language: str,
+    vocab: Vocabulary,
+    head: dict[str, torch.Tensor],
+    adapter_layers: dict[int, dict[str, torch.Tensor]],
+    hidden_size: int,
+    fingerprint: str,
+) -> Adapter:
+    """HF tensors (`lm_head.*` + per-layer `adapter_layer.*`) -> a native adapter (kind mms or head)."""
+    kind = "mms" if adapter_layers else "head"
+    dim = 0
+    if adapter_layers:
+        first = adapter_layers[min(adapter_layers)]
+        if "linear_1.weight" not in first:
+            raise AdapterError(f"adapter {name!r}: adapter_layer is missing linear_1.weight")
+        dim = first["linear_1.weight"].shape[0]
+    if "weight" not in head or "bias" not in head:
+        raise AdapterError(f"adapter {name!r}: lm_head.weight / lm_head.bias missing")
+    if head["weight"].shape[0] != len(vocab):
+        raise AdapterError(
+            f"adapter {name!r}: lm_head has {head['weight'].shape[0]} outputs "
+            f"but the vocabulary has {len(vocab)} tokens"
+        )
+    info = AdapterInfo(name=name, kind=kind, language=language, backbone_fingerprint=fingerprint)
+    adapter = Adapter(info, vocab, hidden_size, dim, sorted(adapter_layers))
+    tensors = {f"head.{k}": v for k, v in head.items()}
+    site = KIND_SITES["mms"][0]
+    for layer, params in adapter_layers.items():
+        for key, value in params.items():
+            module, _, param = key.partition(".")
+            if module not in MMS_RENAMES:
+                raise AdapterError(f"adapter {name!r}: unexpected MMS tensor adapter_layer.{key}")
+            tensors[f"layers.{layer}.{site}.{MMS_RENAMES[module]}.{param}"] = value
+    return load_tensors_into(adapter, tensors)
+
+
+def load_mms_adapter(
+    path: Path, vocab_json: dict[str, Any], language: str, hidden_size: int, fingerprint: str
+) -> Adapter:
+    """An MMS `adapter.<lang>.safetensors` (keys `wav2vec2.encoder.layers.N.adapter_layer.*` + `lm_head.*`)."""
+    _, tensors = read_adapter_file(path)
+    rest, head, layers = split_checkpoint(tensors)
+    if rest:
+        raise AdapterError(f"{path.name}: unexpected tensors for an MMS adapter: {sorted(rest)[:8]}")
+    if not layers:
+        raise AdapterError(f"{path.name}: no adapter_layer tensors found")
+    return adapter_from_hf(language, language, mms_vocab(vocab_json, language), head, layers, hidden_size, fingerprint)

@@ -1,0 +1,117 @@
+"""Transformer encoder of wav2vec 2.0 (HF `encoder`), post-LN (base) and pre-LN ("stable", large/MMS) layers.
+
+Adapters enter through `apply_site(h, segments, layer, site)` at three sites per layer: the attention output
+("attn"), the feed-forward output ("ffn"), both before their residual add, and the layer output ("output").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chorus_server.engine.adapters import Segment, apply_site
+from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.layers import activation
+
+
+class PositionalConv(nn.Module):
+    """Grouped conv over time added to the input (HF `pos_conv_embed`); weight norm is folded at load."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        k = config.num_conv_pos_embeddings
+        self.conv = nn.Conv1d(
+            config.hidden_size, config.hidden_size, k, padding=k // 2, groups=config.num_conv_pos_embedding_groups
+        )
+        self.trim = 1 if k % 2 == 0 else 0
+        self.act = activation(config.feat_extract_activation)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, T, H) with padded frames zeroed -> (B, T, H)."""
+        x = self.conv(h.transpose(1, 2))  # (B, H, T + trim)
+        if self.trim:
+            x = x[:, :, : -self.trim]
+        return self.act(x).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.q_proj = nn.Linear(hidden, hidden)
+        self.k_proj = nn.Linear(hidden, hidden)
+        self.v_proj = nn.Linear(hidden, hidden)
+        self.out_proj = nn.Linear(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """h: (B, T, H); key_mask: (B, 1, 1, T) bool (True = attend) or None -> (B, T, H)."""
+        batch, frames, hidden = h.shape
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, frames, self.heads, hidden // self.heads).transpose(1, 2)  # (B, nh, T, hd)
+
+        q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, nh, T, hd)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, frames, hidden))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+        self.output_dense = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output_dense(self.act(self.intermediate_dense(h)))
+
+
+class EncoderLayer(nn.Module):
+    """One transformer block; `pre_ln` selects the stable-layer-norm ordering."""
+
+    def __init__(self, config: BackboneConfig, index: int):
+        super().__init__()
+        self.index = index
+        self.pre_ln = config.do_stable_layer_norm
+        self.attention = Attention(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.feed_forward = FeedForward(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None, segments: Sequence[Segment]) -> torch.Tensor:
+        """h: (B, T, H) -> (B, T, H)."""
+        i = self.index
+        if self.pre_ln:
+            h = h + apply_site(self.attention(self.layer_norm(h), key_mask), segments, i, "attn")
+            h = h + apply_site(self.feed_forward(self.final_layer_norm(h)), segments, i, "ffn")
+        else:
+            h = self.layer_norm(h + apply_site(self.attention(h, key_mask), segments, i, "attn"))
+            h = self.final_layer_norm(h + apply_site(self.feed_forward(h), segments, i, "ffn"))
+        return apply_site(h, segments, i, "output")
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.pre_ln = config.do_stable_layer_norm
+        self.pos_conv_embed = PositionalConv(config)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
+
+    def forward(self, h: torch.Tensor, frame_mask: torch.Tensor, segments: Sequence[Segment]) -> torch.Tensor:
+        """h: (B, T, H); frame_mask: (B, T) bool, True on valid frames -> (B, T, H)."""
+        # Padded frames must be zero before the positional conv, exactly as in a solo run.
+        h = h * frame_mask[:, :, None].to(h.dtype)
+        h = h + self.pos_conv_embed(h)
+        key_mask = None if bool(frame_mask.all()) else frame_mask[:, None, None, :]  # (B, 1, 1, T)
+        if not self.pre_ln:
+            h = self.layer_norm(h)
+        for layer in self.layers:
+            h = layer(h, key_mask, segments)
+        if self.pre_ln:
+            h = self.layer_norm(h)
+        return h

@@ -1,0 +1,206 @@
+"""The engine: one frozen backbone, many adapters, one backbone pass per mixed-adapter batch.
+
+`Engine.forward` sorts the batch by adapter, computes the segments once, runs the backbone once (adapters are
+applied per segment inside every layer), applies each segment's CTC head and returns per-item logits in the
+caller's order. The engine knows nothing about HTTP, queues or stores. See docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chorus_server.engine.adapter_format import adapter_from_hf, check_fit, load_mms_adapter, mms_vocab
+from chorus_server.engine.adapters import Adapter, find_segments
+from chorus_server.engine.backbone import Backbone
+from chorus_server.engine.checkpoint import fingerprint, load_backbone
+from chorus_server.engine.config import BackboneConfig, PreprocessConfig
+from chorus_server.engine.decode import Transcript, ctc_greedy_decode
+from chorus_server.engine.errors import AdapterError, CheckpointError, InputError
+from chorus_server.engine.frontend import time_mask
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES |= {"float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def normalize(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-variance per item over its real samples (as HF's feature extractor); padding stays 0.
+
+    waveforms: (B, L) float32; lengths: (B,) -> (B, L) float32.
+    """
+    mask = time_mask(lengths, waveforms.shape[1]).float()
+    count = lengths.clamp(min=1).float()[:, None]
+    mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
+    var = ((waveforms - mean) * mask).square().sum(dim=1, keepdim=True) / count
+    return (waveforms - mean) / torch.sqrt(var + 1e-7) * mask
+
+
+def default_language(vocab_json: dict) -> str:
+    """The head's language when none is given: "" for a flat vocab.json; for MMS' nested one, "eng" if present,
+    else its first language."""
+    if not all(isinstance(v, dict) for v in vocab_json.values()):
+        return ""
+    return "eng" if "eng" in vocab_json else next(iter(vocab_json))
+
+
+@dataclass
+class LoadedModel:
+    """What a checkpoint directory provides: the engine and, when the checkpoint has an lm_head, its adapter."""
+
+    engine: Engine
+    default_adapter: Adapter | None
+
+
+class Engine:
+    def __init__(
+        self,
+        backbone: Backbone,
+        preprocess: PreprocessConfig,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        backbone_fingerprint: str | None = None,
+    ):
+        self.config: BackboneConfig = backbone.config
+        self.preprocess = preprocess
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.dtype = resolve_dtype(dtype)
+        self.fingerprint = backbone_fingerprint or fingerprint(backbone)
+        self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.frame_seconds = self.config.inputs_to_logits_ratio / preprocess.sampling_rate
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str = "auto", dtype: str = "float32", language: str | None = None
+    ) -> LoadedModel:
+        """Load an HF wav2vec 2.0 directory; an `lm_head` (+ MMS adapter layers) becomes the default adapter."""
+        path = Path(path)
+        config = BackboneConfig.from_dir(path)
+        backbone, head, adapter_layers = load_backbone(path, config)
+        engine = cls(backbone, PreprocessConfig.from_dir(path), device, dtype, fingerprint(backbone))
+        default = None
+        if head:
+            vocab_file = path / "vocab.json"
+            if not vocab_file.is_file():
+                raise CheckpointError(f"{path} has an lm_head but no vocab.json")
+            vocab_json = json.loads(vocab_file.read_text())
+            lang = language or default_language(vocab_json)
+            vocab = mms_vocab(vocab_json, lang)
+            name = lang or path.name
+            built = adapter_from_hf(name, lang, vocab, head, adapter_layers, config.hidden_size, engine.fingerprint)
+            default = engine.prepare(built)
+        logger.info(
+            "loaded backbone %s (%s, %d layers, hidden %d) on %s/%s, fingerprint %s",
+            path,
+            "pre-LN" if config.do_stable_layer_norm else "post-LN",
+            config.num_hidden_layers,
+            config.hidden_size,
+            engine.device,
+            str(engine.dtype).removeprefix("torch."),
+            engine.fingerprint,
+        )
+        return LoadedModel(engine, default)
+
+    def load_mms_adapter(self, path: Path, vocab_json: dict, language: str) -> Adapter:
+        """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
+        return self.prepare(load_mms_adapter(path, vocab_json, language, self.config.hidden_size, self.fingerprint))
+
+    def prepare(self, adapter: Adapter, check_fingerprint: bool = True) -> Adapter:
+        """Check an adapter fits this backbone, then move it to the engine's device and dtype."""
+        check_fit(
+            adapter,
+            self.config.hidden_size,
+            self.config.num_hidden_layers,
+            self.fingerprint if check_fingerprint else None,
+        )
+        return adapter.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.backbone.frame_lengths(lengths)
+
+    @torch.inference_mode()
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]
+    ) -> list[torch.Tensor]:
+        """One backbone pass over a mixed-adapter batch.
+
+        waveforms: (B, L) float32 at the backbone's sampling rate, zero-padded; lengths: (B,) int samples;
+        adapters: B adapters (prepared by this engine). Returns B float32 logits tensors (T_i, V_i).
+        Items too short for one frame (< receptive field, 400 samples) get (0, V_i) logits.
+        """
+        self._check_batch(waveforms, lengths, adapters)
+        frames = self.frame_lengths(lengths.cpu())
+        results: list[torch.Tensor] = [torch.zeros(0, len(a.vocab), dtype=torch.float32) for a in adapters]
+        # Sort runnable items by adapter (stable; first-appearance order) so each adapter is one segment.
+        first_seen: dict[int, int] = {}
+        runnable = [i for i in range(len(adapters)) if frames[i] > 0]
+        order = sorted(runnable, key=lambda i: first_seen.setdefault(id(adapters[i]), len(first_seen)))
+        if not order:
+            return results
+        segments = find_segments([adapters[i] for i in order])
+        max_len = int(lengths[order].max())
+        batch = waveforms[order, :max_len].to(self.device, torch.float32)  # (b, L)
+        batch_lengths = lengths[order].to(self.device)
+        if self.preprocess.do_normalize:
+            batch = normalize(batch, batch_lengths)
+        hidden, out_frames = self.backbone(batch.to(self.dtype), batch_lengths, segments)  # (b, T, H)
+        for seg in segments:
+            logits = seg.adapter.head(hidden[seg.start : seg.stop]).float().cpu()  # (n, T, V)
+            for row, item in enumerate(order[seg.start : seg.stop]):
+                results[item] = logits[row, : int(out_frames[seg.start + row])]
+        return results
+
+    def _check_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]) -> None:
+        if waveforms.dim() != 2:
+            raise InputError(f"expected mono (B, L) audio, got shape {tuple(waveforms.shape)}")
+        if lengths.shape != (waveforms.shape[0],):
+            raise InputError(f"expected lengths of shape ({waveforms.shape[0]},), got {tuple(lengths.shape)}")
+        if len(adapters) != waveforms.shape[0]:
+            raise InputError(f"got {len(adapters)} adapters for a batch of {waveforms.shape[0]}")
+        if waveforms.shape[0] and (int(lengths.min()) < 0 or int(lengths.max()) > waveforms.shape[1]):
+            raise InputError(f"lengths must lie in [0, {waveforms.shape[1]}], got {lengths.tolist()}")
+        if not bool(torch.isfinite(waveforms).all()):
+            raise InputError("audio contains NaN or Inf samples")
+        for adapter in adapters:
+            if adapter.head.weight.device != self.device or adapter.head.weight.dtype != self.dtype:
+                raise AdapterError(f"adapter {adapter.name!r} is not prepared for this engine; call engine.prepare()")
+
+    def transcribe(self, audios: Sequence[np.ndarray | torch.Tensor], adapters: Sequence[Adapter]) -> list[Transcript]:
+        """Convenience: pad 1-D float32 arrays, run one forward, greedy-decode each item with its vocabulary."""
+        waveforms, lengths = pad_batch(audios)
+        logits = self.forward(waveforms, lengths, adapters)
+        return [ctc_greedy_decode(lg, a.vocab, self.frame_seconds) for lg, a in zip(logits, adapters, strict=True)]
+
+
+def pad_batch(audios: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of 1-D float arrays -> zero-padded (B, L) float32 tensor and (B,) int64 lengths."""
+    tensors = [torch.as_tensor(a, dtype=torch.float32) for a in audios]
+    for i, t in enumerate(tensors):
+        if t.dim() != 1:
+            raise InputError(f"item {i}: expected mono 1-D audio, got shape {tuple(t.shape)}")
+    lengths = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
+    waveforms = torch.zeros(len(tensors), int(lengths.max()) if tensors else 0)
+    for i, t in enumerate(tensors):
+        waveforms[i, : t.numel()] = t
+    return waveforms, lengths

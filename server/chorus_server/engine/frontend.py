@@ -1,0 +1,186 @@
+"""Convolutional feature encoder and feature projection (HF: `feature_extractor`, `feature_projection`).
+
+The parameters keep HF's layout (`conv_layers.{i}.conv.weight`, ...), but the computation is channels-last and
+per item: each item runs over its own valid samples only, as `(T, C)` matrices, so
+
+- every strided conv is a sum of plain GEMMs over strided *views* of its input (no unfold copy, no transposes):
+  taps `j .. j+s-1` of a stride-`s` conv read rows `s·t + j ..` which are one contiguous `(n, s·C)` view;
+- padding never enters the front end, so an item's features cannot depend on its batch-mates, and work scales
+  with real audio, not with the longest item;
+- one item's activations (≈ 33 MB for 10 s in bf16 at layer 0) stay as small as they can; a batched
+  `(B, 512, 32000)` tensor thrashes the caches and made batching lose throughput on CPU.
+
+The GroupNorm of base models (layer 0, one group per channel, statistics over time) is folded into that layer's
+weights: a channel's output is `w_c · x_t`, so its mean over time is `w_c · μ` and its variance `w_c Σ w_cᵀ`,
+with `μ`, `Σ` the mean and covariance of the item's (k,)-sample windows, computed in float64. Layer 0 then is a
+single GEMM with a per-item bias, and GroupNorm never touches the largest activation of the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.layers import activation
+
+
+def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Frames produced by one conv layer: `floor((L - k) / s) + 1`, or 0 when `L < k`."""
+    return torch.where(lengths >= kernel, torch.div(lengths - kernel, stride, rounding_mode="floor") + 1, 0)
+
+
+def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True on valid positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def tap_blocks(weight: torch.Tensor, stride: int) -> list[tuple[int, int, torch.Tensor]]:
+    """Conv weight (C_out, C_in, k) -> [(first tap, taps, (taps·C_in, C_out) GEMM weight)], taps grouped by stride.
+
+    Taps `j .. j+s-1` of output frame t read input frames `s·t + j ..`, i.e. one row of the `(n, s·C_in)` view.
+    """
+    _out, _in, kernel = weight.shape
+    blocks = []
+    for first in range(0, kernel, stride):
+        taps = min(stride, kernel - first)
+        block = weight[:, :, first : first + taps].permute(2, 1, 0).reshape(taps * _in, _out)
+        blocks.append((first, taps, block.contiguous()))
+    return blocks
+
+
+def strided_conv(
+    x: torch.Tensor, blocks: list[tuple[int, int, torch.Tensor]], stride: int, frames: int
+) -> torch.Tensor:
+    """Channels-last strided conv as GEMMs over views: x (T, C_in) -> (frames, C_out), no bias."""
+    channels = x.shape[1]
+    out: torch.Tensor | None = None
+    for first, taps, w in blocks:
+        if taps == stride and first + stride * frames <= x.shape[0]:
+            rows = x[first : first + stride * frames].view(frames, stride * channels)  # (n, s·C), no copy
+            parts = [(rows, w)]
+        else:  # a partial block: one tap at a time, each a (n, C) view with row stride s·C
+            parts = [
+                (x[first + j : first + j + stride * (frames - 1) + 1 : stride], w[j * channels : (j + 1) * channels])
+                for j in range(taps)
+            ]
+        for a, b in parts:
+            out = a @ b if out is None else out.addmm_(a, b)
+    assert out is not None
+    return out
+
+
+class ConvLayer(nn.Module):
+    """Conv1d -> optional norm -> activation. `layer_norm` is HF's name for either norm kind."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, stride: int, bias: bool, norm: str | None, act: str):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
+        self.norm_kind = norm
+        self.layer_norm: nn.Module | None
+        if norm == "group":
+            self.layer_norm = nn.GroupNorm(out_dim, out_dim, affine=True)
+        elif norm == "layer":
+            self.layer_norm = nn.LayerNorm(out_dim, elementwise_affine=True)
+        else:
+            self.layer_norm = None
+        self.act = activation(act)
+        self._blocks: tuple[tuple[object, ...], list[tuple[int, int, torch.Tensor]]] | None = None
+
+    def gemm_blocks(self) -> list[tuple[int, int, torch.Tensor]]:
+        """The conv weight regrouped for `strided_conv`, rebuilt only when the weight changes (load, `.to()`).
+
+        While the weight trains, the blocks are rebuilt from it on every call so that gradients reach it."""
+        w = self.conv.weight
+        if w.requires_grad and torch.is_grad_enabled():
+            return tap_blocks(w, self.stride)
+        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        if self._blocks is None or self._blocks[0] != key:
+            self._blocks = (key, tap_blocks(w.detach(), self.stride))
+        return self._blocks[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One item, channels-last: x (T_in, C_in) -> (T_out, C_out); T_in >= kernel."""
+        frames = (x.shape[0] - self.kernel) // self.stride + 1
+        if isinstance(self.layer_norm, nn.GroupNorm):
+            return self.act(self._group_normed_conv(x, frames))
+        y = strided_conv(x, self.gemm_blocks(), self.stride, frames)  # (T_out, C_out)
+        if self.conv.bias is not None:
+            y += self.conv.bias
+        if self.layer_norm is not None:
+            y = self.layer_norm(y)
+        return self.act(y)
+
+    def _group_normed_conv(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """Conv + per-channel GroupNorm over time, folded into one GEMM (see module docstring). x: (T, C_in)."""
+        assert isinstance(self.layer_norm, nn.GroupNorm)
+        w = self.conv.weight.double().permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C, k·C_in)
+        windows = x.unfold(0, self.kernel, self.stride).transpose(1, 2).reshape(frames, -1)  # (T, k·C_in)
+        wins = windows.double()
+        mu = wins.mean(dim=0)  # (k·C_in,)
+        centered = wins - mu
+        cov = centered.T @ centered / frames  # (k·C_in, k·C_in)
+        var = ((w @ cov) * w).sum(dim=1)  # (C,) = diag(w Σ wᵀ); a conv bias cancels in the normalisation
+        scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.double()
+        bias = self.layer_norm.bias.double() - (w @ mu) * scale
+        w_folded = (w * scale[:, None]).T.to(x.dtype)  # (k·C_in, C)
+        return torch.addmm(bias.to(x.dtype), windows, w_folded)  # (T, C)
+
+
+class FeatureEncoder(nn.Module):
+    """Raw waveform -> conv features at 50 Hz (for the standard 320-sample stride), channels-last."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        layers = []
+        in_dim = 1
+        for i, (dim, kernel, stride) in enumerate(
+            zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True)
+        ):
+            if config.feat_extract_norm == "layer":
+                norm: str | None = "layer"
+            else:
+                norm = "group" if i == 0 else None
+            layers.append(
+                ConvLayer(in_dim, dim, kernel, stride, config.conv_bias, norm, config.feat_extract_activation)
+            )
+            in_dim = dim
+        self.conv_layers = nn.ModuleList(layers)
+        self.out_channels = config.conv_dim[-1]
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) samples -> (B,) output frames."""
+        for layer in self.conv_layers:
+            assert isinstance(layer, ConvLayer)
+            lengths = conv_output_lengths(lengths, layer.kernel, layer.stride)
+        return lengths
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveforms: (B, L), lengths: (B,) -> features (B, T, C) with zeros past each item's frames, frames (B,).
+
+        Each item runs alone over its valid samples (see the module docstring for why)."""
+        frames = self.frame_lengths(lengths)
+        sizes, counts = lengths.tolist(), frames.tolist()
+        out = waveforms.new_zeros(waveforms.shape[0], max(counts, default=0), self.out_channels)
+        for b, (size, count) in enumerate(zip(sizes, counts, strict=True)):
+            if count == 0:
+                continue
+            x = waveforms[b, :size, None]  # (L, 1)
+            for layer in self.conv_layers:
+                x = layer(x)
+            out[b, :count] = x  # (T, C)
+        return out, frames
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm over conv channels, then a linear map to the transformer width."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(config.conv_dim[-1], eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.conv_dim[-1], config.hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features: (B, T, C) -> (B, T, H)."""
+        return self.projection(self.layer_norm(features))

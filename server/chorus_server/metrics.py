@@ -1,0 +1,152 @@
+"""Prometheus metrics, defined once. Counters and histograms are recorded at a few points (request end, batch end);
+queue, cache and device state is read when `/metrics` is scraped. Each app has its own registry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chorus_server.engine.cache import AdapterCache
+
+if TYPE_CHECKING:
+    from chorus_server.batching import WorkItem
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+AUDIO_BUCKETS = (1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+
+
+class _StateCollector(Collector):
+    """Queue depth, adapter cache and device memory, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.queue_state: Callable[[], tuple[int, float]] | None = None  # (items, audio seconds)
+        self.cache: AdapterCache | None = None
+        self.device: torch.device | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.queue_state is not None:
+            items, seconds = self.queue_state()
+            yield GaugeMetricFamily("chorus_queue_depth", "Audio windows waiting for the inference thread", items)
+            yield GaugeMetricFamily("chorus_queue_audio_seconds", "Audio seconds waiting in the queue", seconds)
+        if self.cache is not None:
+            yield from _cache_metrics(self.cache)
+        if self.device is not None and self.device.type == "cuda":
+            memory = GaugeMetricFamily("chorus_device_memory_bytes", "CUDA memory of the process", labels=["kind"])
+            memory.add_metric(["allocated"], torch.cuda.memory_allocated(self.device))
+            memory.add_metric(["reserved"], torch.cuda.memory_reserved(self.device))
+            yield memory
+
+
+def _cache_metrics(cache: AdapterCache) -> Iterable[Metric]:
+    s = cache.stats()
+    hits = CounterMetricFamily("chorus_adapter_cache_hits", "Adapter lookups served from memory", labels=["tier"])
+    hits.add_metric(["device"], s.device_hits)
+    hits.add_metric(["host"], s.host_hits)
+    yield hits
+    yield CounterMetricFamily("chorus_adapter_cache_misses", "Adapter lookups that had to load", s.misses)
+    loads = CounterMetricFamily("chorus_adapter_loads", "Adapter loads from the store", labels=["result"])
+    loads.add_metric(["ok"], s.loads - s.load_failures)
+    loads.add_metric(["error"], s.load_failures)
+    yield loads
+    yield CounterMetricFamily("chorus_adapter_load_seconds", "Time spent loading adapters", s.load_seconds)
+    evictions = CounterMetricFamily("chorus_adapter_evictions", "Adapters evicted from a tier", labels=["tier"])
+    evictions.add_metric(["device"], s.device_evictions)
+    evictions.add_metric(["host"], s.host_evictions)
+    yield evictions
+    resident = GaugeMetricFamily("chorus_adapter_resident_bytes", "Adapter bytes resident", labels=["tier"])
+    resident.add_metric(["device"], s.device_bytes)
+    resident.add_metric(["host"], s.host_bytes)
+    yield resident
+    entries = GaugeMetricFamily("chorus_adapters_resident", "Adapters resident", labels=["tier"])
+    entries.add_metric(["device"], s.device_entries)
+    entries.add_metric(["host"], s.host_entries)
+    yield entries
+
+
+class Metrics:
+    def __init__(self, max_adapter_labels: int = 50):
+        self.registry = CollectorRegistry()
+        self.state = _StateCollector()
+        self.registry.register(self.state)
+        self._labels: set[str] = set()
+        self._max_labels = max_adapter_labels
+        self._lock = threading.Lock()
+        r = self.registry
+        self.requests = Counter("chorus_requests", "Finished requests", ["status", "adapter"], registry=r)
+        self.request_seconds = Histogram(
+            "chorus_request_duration_seconds", "Request latency", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "chorus_queue_wait_seconds", "Time a window waited before its batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "chorus_inference_duration_seconds", "Forward pass per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("chorus_batch_size", "Windows per batch", buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_audio = Histogram(
+            "chorus_batch_audio_seconds", "Audio seconds per batch", buckets=AUDIO_BUCKETS, registry=r
+        )
+        self.audio_seconds = Counter("chorus_audio_seconds", "Audio seconds run through the backbone", registry=r)
+        self.in_flight = Gauge("chorus_requests_in_flight", "Transcription requests being served", registry=r)
+
+    def adapter_label(self, adapter_id: str) -> str:
+        """Bounded label cardinality: the first N adapter IDs seen get their own label, the rest share 'other'."""
+        with self._lock:
+            if adapter_id in self._labels:
+                return adapter_id
+            if len(self._labels) < self._max_labels:
+                self._labels.add(adapter_id)
+                return adapter_id
+        return "other"
+
+    def observe_request(self, status: int, adapter_id: str, seconds: float) -> None:
+        self.requests.labels(status=str(status), adapter=self.adapter_label(adapter_id) if adapter_id else "").inc()
+        self.request_seconds.observe(seconds)
+
+    def observe_batch(self, batch: Sequence[WorkItem], seconds: float, audio: float, started: float) -> None:
+        """`seconds`: the forward pass; `audio`: seconds of audio in the batch; `started`: when it began."""
+        self.batch_size.observe(len(batch))
+        self.batch_audio.observe(audio)
+        self.audio_seconds.inc(audio)
+        self.inference_seconds.observe(seconds)
+        for item in batch:
+            self.queue_wait.observe(max(0.0, started - item.enqueued))
+
+
+class RequestMetrics:
+    """ASGI middleware: latency, status and in-flight count of the transcription endpoint, whatever the outcome
+    (validation errors and disconnects included). Routes put the adapter ID in `request.state.adapter_id`."""
+
+    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics | None], path: str):
+        self.app, self.metrics, self.path = app, metrics, path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = self.metrics() if scope["type"] == "http" and scope["path"] == self.path else None
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            metrics.in_flight.dec()
+            adapter_id = scope.get("state", {}).get("adapter_id", "")
+            metrics.observe_request(status, adapter_id, time.perf_counter() - started)

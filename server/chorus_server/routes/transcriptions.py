@@ -1,0 +1,79 @@
+"""`POST /v1/audio/transcriptions`, shaped like OpenAI's so existing clients work unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from chorus_server import formats
+from chorus_server.audio import decode_audio
+from chorus_server.auth import Tenant, current_tenant
+from chorus_server.runtime import Runtime
+from chorus_server.service import ClientGone, Result
+
+router = APIRouter(tags=["transcription"])
+
+CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only that message can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+@router.post(
+    "/v1/audio/transcriptions",
+    summary="Transcribe audio with an adapter (OpenAI-compatible)",
+    responses={200: {"content": {"text/plain": {}, "text/vtt": {}}}},
+)
+async def create_transcription(
+    request: Request,
+    tenant: Annotated[Tenant, Depends(current_tenant)],
+    file: Annotated[UploadFile, File(description="audio: wav, flac, ogg, opus, mp3 (m4a/mp4/webm with PyAV)")],
+    model: Annotated[str, Form(description="adapter ID, or ID@N for a fixed version; `whisper-1`: the default")],
+    language: Annotated[str | None, Form(description="reported back; the adapter decides the language")] = None,
+    prompt: Annotated[str | None, Form(description="accepted for compatibility, ignored")] = None,
+    temperature: Annotated[float | None, Form(ge=0, le=1, description="accepted, ignored (greedy CTC)")] = None,
+    response_format: Annotated[Literal["json", "text", "srt", "vtt", "verbose_json"], Form()] = "json",
+    timestamp_granularities: Annotated[
+        list[Literal["word", "segment"]] | None,
+        Form(alias="timestamp_granularities[]", description="word and/or segment (verbose_json; word also json)"),
+    ] = None,
+) -> Response:
+    runtime: Runtime = request.app.state.chorus
+    record = runtime.transcriber.resolve(model, tenant)
+    request.state.adapter_id = record.id  # for the request metrics
+    data = await file.read()
+    audio = await asyncio.to_thread(
+        decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
+    )
+    try:
+        result = await runtime.transcriber.transcribe(audio, record, tenant, lambda: _disconnected(request))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    response = _render(result, response_format, set(timestamp_granularities or []), language, audio.seconds)
+    response.headers["x-chorus-adapter"] = record.ref
+    return response
+
+
+def _render(
+    result: Result, response_format: str, granularities: set[str], language: str | None, duration: float
+) -> Response:
+    transcript = result.transcript
+    if response_format == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if response_format == "srt":
+        return PlainTextResponse(formats.srt(transcript))
+    if response_format == "vtt":
+        return PlainTextResponse(formats.vtt(transcript), media_type="text/vtt")
+    lang = result.record.language or language or ""
+    if response_format == "verbose_json":
+        return JSONResponse(formats.verbose_json(transcript, result.adapter.vocab, lang, duration, granularities))
+    body: dict[str, Any] = {"text": transcript.text, "usage": formats.usage(duration)}
+    if "word" in granularities:
+        body["words"] = formats.words_json(transcript)
+    return JSONResponse(body)

@@ -1,0 +1,159 @@
+"""Everything the server holds while it runs, built once at start-up (in the app's lifespan) and closed at exit:
+backbone engine, adapter store, adapter cache, inference worker, metrics, authenticator, transcriber."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from chorus_server.auth import OPEN_TENANT, Authenticator
+from chorus_server.batching import BatchLimits
+from chorus_server.engine import Adapter, Engine, save_adapter
+from chorus_server.engine.cache import AdapterCache, single_threaded_torch
+from chorus_server.engine.engine import resolve_device
+from chorus_server.engine.random_model import write_random_model
+from chorus_server.metrics import Metrics
+from chorus_server.service import Transcriber
+from chorus_server.settings import BatchSettings, Settings
+from chorus_server.worker import Worker
+from chorus_store.base import AdapterStore, check_id
+from chorus_store.errors import StoreError
+from chorus_store.loader import make_loader
+from chorus_store.local import LocalStore
+from chorus_store.validate import AdapterSpec
+
+logger = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).parent / "demo_model"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    backbone: Path
+    seed_adapters: list[Path]  # native adapter files published to an empty store on first start
+    head_id: str  # the ID the backbone's own CTC head is published under
+
+
+def model_source(settings: Settings) -> ModelSource:
+    """The configured backbone, else the bundled demo model, else a tiny random model written on first start."""
+    if settings.backbone is not None:
+        return ModelSource(settings.backbone, [], "default")
+    demo = DEMO_DIR / "backbone"
+    if (demo / "config.json").is_file():
+        return ModelSource(demo, sorted((DEMO_DIR / "adapters").glob("*.safetensors")), "en")
+    random_dir = settings.data_dir / "random-model"
+    if not (random_dir / "config.json").is_file():
+        random_dir.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".random-model-", dir=random_dir.parent))
+        write_random_model(scratch, "tiny", num_adapters=2, seed=0)
+        try:
+            os.rename(scratch, random_dir)
+        except OSError:  # another process won the race; use its copy
+            shutil.rmtree(scratch, ignore_errors=True)
+    logger.warning(
+        "*** NO MODEL CONFIGURED: serving a tiny RANDOM model from %s; its transcripts are gibberish. "
+        "Set CHORUS_BACKBONE to a wav2vec 2.0 directory for real transcripts. ***",
+        random_dir,
+    )
+    return ModelSource(random_dir, sorted((random_dir / "adapters").glob("*.safetensors")), "default")
+
+
+def choose_dtype(name: str, device: torch.device) -> str:
+    """`auto`: bfloat16 where the hardware has it (CPU with AVX-512 BF16/AMX, CUDA sm80+), float16 on older GPUs,
+    float32 on other CPUs."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) -> BatchLimits:
+    """Per-device defaults: on CPUs throughput per audio second stops rising at about 4 items while latency keeps
+    growing; GPUs need large batches to be busy (docs/server.md)."""
+    on_gpu = device.type != "cpu"
+    max_items = batch.max_items or (64 if on_gpu else 4)
+    max_seconds = batch.max_audio_seconds or (1200.0 if on_gpu else 60.0)
+    return BatchLimits(max_items, int(max_seconds * rate), batch.max_wait_ms / 1000)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    store: AdapterStore
+    cache: AdapterCache
+    worker: Worker
+    metrics: Metrics
+    auth: Authenticator
+    transcriber: Transcriber
+    loaders: ThreadPoolExecutor
+    pinned: dict[str, str]  # adapter ID -> pinned version ref
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        source = model_source(settings)
+        device = resolve_device(settings.device)
+        loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
+        engine = loaded.engine
+        spec = AdapterSpec(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
+        store = LocalStore(settings.store, spec, max_bytes=settings.limits.max_adapter_bytes)
+        if settings.seed_store:
+            seed_store(store, loaded.default_adapter, source)
+        loaders = ThreadPoolExecutor(
+            settings.cache.loader_threads, thread_name_prefix="chorus-loader", initializer=single_threaded_torch
+        )
+        cache = AdapterCache(
+            make_loader(store),
+            engine.prepare,
+            engine.device,
+            settings.cache.device_budget_mb * MiB,
+            settings.cache.host_budget_mb * MiB,
+            executor=loaders,
+        )
+        metrics = Metrics(settings.max_adapter_label_values)
+        rate = engine.preprocess.sampling_rate
+        worker = Worker(engine, resolve_batch_limits(settings.batch, engine.device, rate), metrics)
+        metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
+        metrics.state.cache, metrics.state.device = cache, engine.device
+        default = settings.default_adapter or source.head_id
+        transcriber = Transcriber(engine, store, cache, worker, settings, default)
+        worker.start()
+        logger.info("batching: %s", worker.limits)
+        return cls(
+            settings, engine, store, cache, worker, metrics, Authenticator(settings.auth), transcriber, loaders, {}
+        )
+
+    def close(self) -> None:
+        """Run everything already admitted, then stop the worker and the loaders."""
+        self.worker.stop()
+        self.loaders.shutdown(wait=True, cancel_futures=True)
+
+
+def seed_store(store: AdapterStore, head: Adapter | None, source: ModelSource) -> None:
+    """First start only (empty store): publish the backbone's own head and the bundled adapters, public."""
+    if store.list_adapters(limit=1).items:
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        files: list[tuple[str, Path]] = []
+        if head is not None:
+            head_file = Path(scratch) / f"{source.head_id}.safetensors"
+            save_adapter(head, head_file)
+            files.append((source.head_id, head_file))
+        files += [(path.stem.lower(), path) for path in source.seed_adapters]
+        for adapter_id, path in files:
+            try:
+                record = store.publish(check_id(adapter_id), path, owner=OPEN_TENANT, visibility="public")
+                logger.info("seeded the store with adapter %s (%s)", record.ref, record.kind)
+            except StoreError as exc:
+                logger.warning("could not seed adapter %s from %s: %s", adapter_id, path, exc)

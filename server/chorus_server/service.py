@@ -1,0 +1,154 @@
+"""One transcription request from admission to transcript: resolve the adapter, hold it resident, cut the audio
+into windows, queue them for the inference thread, wait (bounded by the deadline and the caller's presence),
+stitch the logits, decode once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from chorus_server.audio import Audio
+from chorus_server.auth import Tenant, visible_record
+from chorus_server.batching import WorkItem
+from chorus_server.chunking import plan_windows, stitch
+from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
+from chorus_server.engine.adapters import Adapter
+from chorus_server.engine.cache import AdapterCache
+from chorus_server.errors import ApiError
+from chorus_server.settings import Settings
+from chorus_server.worker import DeadlineExceeded, Worker
+from chorus_store.base import AdapterRecord, AdapterStore
+
+logger = logging.getLogger(__name__)
+
+OPENAI_DEFAULT_MODEL = "whisper-1"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Result:
+    record: AdapterRecord
+    adapter: Adapter
+    transcript: Transcript
+
+
+class Transcriber:
+    def __init__(
+        self,
+        engine: Engine,
+        store: AdapterStore,
+        cache: AdapterCache,
+        worker: Worker,
+        settings: Settings,
+        default_adapter: str | None,
+    ):
+        self.engine, self.store, self.cache, self.worker = engine, store, cache, worker
+        self.settings, self.default_adapter = settings, default_adapter
+        self.rate = engine.preprocess.sampling_rate
+        self._inflight: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def resolve(self, ref: str, tenant: Tenant) -> AdapterRecord:
+        """The adapter version a request means; hidden adapters look exactly like missing ones."""
+        if ref == OPENAI_DEFAULT_MODEL and self.default_adapter:
+            ref = self.default_adapter
+        return visible_record(self.store, ref, tenant)
+
+    async def transcribe(
+        self, audio: Audio, record: AdapterRecord, tenant: Tenant, disconnected: Callable[[], Awaitable[None]]
+    ) -> Result:
+        """Raises ApiError (429, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
+        deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
+        self._admit(audio, tenant)
+        gone = asyncio.ensure_future(disconnected())
+        try:
+            return await self._run(audio, record, deadline, gone)
+        finally:
+            gone.cancel()
+            with self._lock:
+                self._inflight[tenant.name] -= 1
+
+    def _admit(self, audio: Audio, tenant: Tenant) -> None:
+        limits = self.settings.limits
+        queued = self.worker.queued_samples / self.rate
+        if queued + audio.seconds > limits.max_queue_audio_seconds:
+            retry = max(1, min(60, math.ceil(queued / max(self.worker.speed, 1.0))))
+            raise ApiError(
+                503,
+                f"the server is busy ({queued:.0f} s of audio queued); retry after {retry} s",
+                "queue_full",
+                headers={"Retry-After": str(retry)},
+            )
+        with self._lock:
+            if self._inflight[tenant.name] >= limits.max_inflight_per_tenant:
+                raise ApiError(
+                    429,
+                    f"too many concurrent requests for this API key (limit {limits.max_inflight_per_tenant})",
+                    "rate_limit_exceeded",
+                    headers={"Retry-After": "1"},
+                )
+            self._inflight[tenant.name] += 1
+
+    async def _run(self, audio: Audio, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Result:
+        lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
+        try:
+            batch = self.settings.batch
+            windows = plan_windows(
+                len(audio.samples), int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
+            )
+            now = time.monotonic()
+            items = [
+                WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), lease.adapter, now, deadline)
+                for w in windows
+            ]
+            self.worker.submit(items)
+            gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
+            pieces: list[torch.Tensor] = await self._within(gathered, deadline, gone, items)
+            logits = stitch(pieces, windows)  # (T, V)
+            transcript = await asyncio.to_thread(
+                ctc_greedy_decode, logits, lease.adapter.vocab, self.engine.frame_seconds
+            )
+            return Result(record, lease.adapter, transcript)
+        finally:
+            lease.release()
+
+    async def _within(
+        self, work: Awaitable[_T], deadline: float, gone: asyncio.Future[None], items: list[WorkItem]
+    ) -> _T:
+        """Await `work` until the deadline or the caller's disconnect; either way, queued items are cancelled."""
+        task: asyncio.Future[Any] = asyncio.ensure_future(work)
+        timeout = max(0.0, deadline - time.monotonic())
+        waiting: set[asyncio.Future[Any]] = {task, gone}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            try:
+                return task.result()
+            except DeadlineExceeded:
+                raise _deadline_error() from None
+        for item in items:
+            item.future.cancel()
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: nobody waits for it now
+        if gone in done:
+            raise ClientGone()
+        raise _deadline_error()
+
+
+class ClientGone(Exception):
+    """The caller disconnected; its queued work was dropped and there is nobody to answer."""
+
+
+def _deadline_error() -> ApiError:
+    return ApiError(
+        504, "the request did not finish before its deadline; retry later or send shorter audio", "deadline_exceeded"
+    )

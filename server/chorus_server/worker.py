@@ -1,0 +1,126 @@
+"""The inference thread: the only code that touches the device. collect -> pad -> forward -> resolve, forever.
+
+Requests of every tenant and adapter share one queue; `collect_batch` picks each batch; the engine runs one
+mixed-adapter forward for it. If a batch fails, its members are retried alone once so only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+
+from chorus_server.batching import BatchLimits, WorkItem, collect_batch
+from chorus_server.engine import Engine, pad_batch
+from chorus_server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class DeadlineExceeded(Exception):
+    """The item waited in the queue past its request's deadline and was dropped unrun."""
+
+
+class Worker:
+    def __init__(
+        self, engine: Engine, limits: BatchLimits, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ):
+        self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
+        self._queue: list[WorkItem] = []
+        self._queued_samples = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
+        self._thread = threading.Thread(target=self._run, name="chorus-inference", daemon=True)
+
+    # ---- called from request handlers ----------------------------------------------------------------------
+
+    def submit(self, items: list[WorkItem]) -> None:
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the worker is shutting down")
+            self._queue.extend(items)
+            self._queued_samples += sum(len(item) for item in items)
+            self._cond.notify()
+
+    @property
+    def queued_samples(self) -> int:
+        return self._queued_samples
+
+    @property
+    def queued_items(self) -> int:
+        return len(self._queue)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish everything already queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ---- the inference thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                self._run_batch(batch)
+            except Exception:  # never let the thread die; _run_batch resolves its items itself
+                logger.exception("inference worker error")
+
+    def _next_batch(self) -> list[WorkItem] | None:
+        with self._cond:
+            while True:
+                collected = collect_batch(self._queue, self.limits, self.clock(), draining=self._stopping)
+                dropped = collected.batch + collected.expired + collected.cancelled
+                if dropped:
+                    gone = {id(item) for item in dropped}
+                    self._queue = [item for item in self._queue if id(item) not in gone]
+                    self._queued_samples -= sum(len(item) for item in dropped)
+                for item in collected.expired:
+                    if item.future.set_running_or_notify_cancel():
+                        item.future.set_exception(DeadlineExceeded())
+                # An item whose caller already gave up (timeout, disconnect) is cancelled here and never runs.
+                batch = [item for item in collected.batch if item.future.set_running_or_notify_cancel()]
+                if batch:
+                    return batch
+                if self._stopping and not self._queue:
+                    return None
+                if not collected.batch:
+                    self._cond.wait(collected.wait)
+
+    def _run_batch(self, batch: list[WorkItem]) -> None:
+        started = self.clock()
+        try:
+            logits = self._forward(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                logger.exception("inference failed for one item")
+                batch[0].future.set_exception(exc)
+                return
+            logger.warning("a batch of %d failed; retrying its items one by one", len(batch), exc_info=True)
+            for item in batch:
+                try:
+                    item.future.set_result(self._forward([item])[0])
+                except Exception as exc:
+                    logger.exception("inference failed for one item")
+                    item.future.set_exception(exc)
+            return
+        elapsed = self.clock() - started
+        audio = sum(len(item) for item in batch) / self.engine.preprocess.sampling_rate
+        self.metrics.observe_batch(batch, elapsed, audio, started)
+        self.speed = 0.8 * self.speed + 0.2 * audio / max(elapsed, 1e-6)
+        for item, result in zip(batch, logits, strict=True):
+            item.future.set_result(result)
+
+    def _forward(self, batch: list[WorkItem]) -> list[torch.Tensor]:
+        waveforms, lengths = pad_batch([item.samples for item in batch])
+        return self.engine.forward(waveforms, lengths, [item.adapter for item in batch])

@@ -1,0 +1,172 @@
+"""Training commands of the `chorus` CLI: `train-adapter`, and the developer tools `dev make-corpus` and
+`dev train-backbone` (used by `make demo-model`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from chorus_training.loop import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        lr=args.lr,
+        warmup_steps=min(args.warmup, max(1, args.steps // 5)),
+        batch_seconds=args.batch_seconds,
+        eval_every=args.eval_every,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
+
+
+def _add_loop_options(parser: argparse.ArgumentParser, steps: int, lr: float, warmup: int) -> None:
+    parser.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default: {steps})")
+    parser.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default: {lr})")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"warm-up steps (default: {warmup})")
+    parser.add_argument("--batch-seconds", type=float, default=60.0, help="audio per batch (default: 60)")
+    parser.add_argument("--eval-every", type=int, default=200, help="steps between validations (default: 200)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop after this long; decay fits in it")
+    parser.add_argument("--run-dir", default=None, help="state for resuming (default: <out>.run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def _train_adapter(args: argparse.Namespace) -> int:
+    import torch
+
+    from chorus_training.adapter import AdapterSpec, test_cer, train_adapter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    spec = AdapterSpec(
+        args.lang,
+        args.name or args.lang,
+        args.bottleneck_dim,
+        args.top_k,
+        full_finetune=args.full_finetune,
+        head_from_backbone=not args.fresh_head,
+    )
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    result = train_adapter(
+        Path(args.backbone), Path(args.train), Path(args.valid), spec, out, _train_config(args), run_dir
+    )
+    summary: dict[str, Any] = {
+        "adapter": str(out),
+        "valid_cer": round(result.valid_cer, 4),
+        "trainable_parameters": result.trainable_parameters,
+        "trainable_percent_of_backbone": round(result.trainable_percent, 2),
+    }
+    if args.test and args.full_finetune:
+        summary["test_cer"] = round(test_cer(out, Path(args.test)), 4)
+    elif args.test:
+        summary["test_cer"] = round(test_cer(Path(args.backbone), Path(args.test), out), 4)
+    print(json.dumps(summary))
+    return 0
+
+
+def _make_corpus(args: argparse.Namespace) -> int:
+    from chorus_training.corpus import make_corpus
+
+    minutes = {"train": args.train_minutes, "valid": args.valid_minutes, "test": args.test_minutes}
+    paths = make_corpus(Path(args.out), args.langs.split(","), minutes, args.seed, args.workers)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def _train_backbone(args: argparse.Namespace) -> int:
+    from chorus_training.backbone import train_backbone
+
+    out = Path(args.out)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.name + ".run")
+    init = Path(args.init) if args.init else None
+    best = train_backbone(
+        Path(args.train), Path(args.valid), out, _train_config(args), run_dir, threads=args.threads, init=init
+    )
+    print(json.dumps({"backbone": str(out), "valid_cer": round(best, 4)}))
+    return 0
+
+
+def _demo_samples(args: argparse.Namespace) -> int:
+    from chorus_training.demo import DEMO_DIR, export_samples
+
+    print(export_samples(Path(args.data), args.langs.split(","), args.per_lang, DEMO_DIR / "samples"))
+    return 0
+
+
+def _demo_report(args: argparse.Namespace) -> int:
+    from chorus_training.demo import cer_report
+
+    print(json.dumps(cer_report(Path(args.data), args.langs.split(","), args.split), indent=1))
+    return 0
+
+
+def add_commands(commands: Any, dev: Any) -> None:
+    """Register `train-adapter` on the top-level subparsers and the corpus/backbone tools on `dev`'s."""
+    ta = commands.add_parser(
+        "train-adapter",
+        help="train a language adapter on a frozen backbone from JSONL manifests",
+        description="Seed-paper adapters (bottlenecks after attention and feed-forward, in every layer or the top "
+        "K) plus a new CTC head whose vocabulary is built from the training transcripts. The backbone stays "
+        "frozen; the best weights by validation CER are written as a native adapter file. Manifest lines: "
+        '{"audio": "path.wav", "text": "..."}, audio paths relative to the manifest.',
+    )
+    ta.add_argument("--backbone", required=True, help="backbone directory (HF layout)")
+    ta.add_argument("--train", required=True, help="training manifest (JSONL)")
+    ta.add_argument("--valid", required=True, help="validation manifest (JSONL)")
+    ta.add_argument("--test", default=None, help="optional test manifest: report its CER at the end")
+    ta.add_argument("--lang", required=True, help="language code stored in the adapter, e.g. fr")
+    ta.add_argument("--name", default=None, help="adapter name (default: the language)")
+    ta.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    ta.add_argument("--bottleneck-dim", type=int, default=64, help="bottleneck size (default: 64)")
+    ta.add_argument("--top-k", type=int, default=None, help="adapters in the top K layers only (default: all)")
+    ta.add_argument(
+        "--fresh-head",
+        action="store_true",
+        help="random CTC head; by default rows of tokens the backbone's own head has start from it",
+    )
+    ta.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="baseline: train the whole transformer and a new head instead; --out is then a model directory",
+    )
+    _add_loop_options(ta, steps=1500, lr=2e-3, warmup=100)
+    ta.set_defaults(func=_train_adapter)
+
+    mc = dev.add_parser("make-corpus", help="synthesize a labelled multilingual corpus with espeak-ng")
+    mc.add_argument("--out", required=True, help="output directory")
+    mc.add_argument("--langs", default="en,fr,de,es,it", help="comma-separated languages (default: en,fr,de,es,it)")
+    mc.add_argument("--train-minutes", type=float, default=60.0, help="training audio per language (default: 60)")
+    mc.add_argument("--valid-minutes", type=float, default=8.0, help="validation audio per language (default: 8)")
+    mc.add_argument("--test-minutes", type=float, default=8.0, help="test audio per language (default: 8)")
+    mc.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes (default: 2)")
+    mc.add_argument("--seed", type=int, default=0, help="seed of the word/voice split and the sampling")
+    mc.set_defaults(func=_make_corpus)
+
+    tb = dev.add_parser("train-backbone", help="train the demo wav2vec 2.0 backbone from scratch with CTC")
+    tb.add_argument("--train", required=True, help="training manifest (JSONL)")
+    tb.add_argument("--valid", required=True, help="validation manifest (JSONL)")
+    tb.add_argument("--out", required=True, help="HF-layout output directory (best weights, fp16)")
+    tb.add_argument(
+        "--init",
+        default=None,
+        help="continue from the weights of this HF-layout directory (an earlier --out, e.g. the shipped backbone)",
+    )
+    _add_loop_options(tb, steps=20000, lr=1.5e-3, warmup=150)
+    tb.set_defaults(func=_train_backbone)
+
+    ds = dev.add_parser("demo-samples", help="copy test-split utterances into server/chorus_server/demo_model/samples/")
+    ds.add_argument("--data", required=True, help="corpus directory (make-corpus --out)")
+    ds.add_argument("--langs", default="en,fr,de,es,it", help="languages (default: en,fr,de,es,it)")
+    ds.add_argument("--per-lang", type=int, default=3, help="utterances per language (default: 3)")
+    ds.set_defaults(func=_demo_samples)
+
+    dr = dev.add_parser("demo-report", help="CER/WER of the bundled demo model on a corpus split")
+    dr.add_argument("--data", required=True, help="corpus directory (make-corpus --out)")
+    dr.add_argument("--langs", default="en,fr,de,es,it", help="languages (default: en,fr,de,es,it)")
+    dr.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split (default: test)")
+    dr.set_defaults(func=_demo_report)
