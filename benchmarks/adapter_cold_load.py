@@ -22,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from chorus_server.engine.adapter_format import check_fit, save_adapter
+from chorus_server.engine.adapter_format import save_adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.engine import resolve_device, resolve_dtype
 from chorus_server.engine.random_model import random_adapter
+from chorus_server.validation import BackboneValidator
 from chorus_store import LocalStore
 from chorus_store.loader import make_loader
-from chorus_store.validate import AdapterSpec
 
 MMS = BackboneConfig(hidden_size=1280, num_hidden_layers=48, num_attention_heads=16, intermediate_size=5120)
 FINGERPRINT = "w2v2-benchmark000000000000"
@@ -54,14 +54,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    spec = AdapterSpec(MMS.hidden_size, MMS.num_hidden_layers, FINGERPRINT)
+    validator = BackboneValidator(MMS.hidden_size, MMS.num_hidden_layers, FINGERPRINT)
 
-    def prepare(adapter):
-        check_fit(adapter, spec.hidden_size, spec.num_layers, spec.fingerprint)
+    def prepare(adapter):  # the loader already checked the fit, as in the server
         return adapter.to(device=device, dtype=dtype)
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = LocalStore(Path(tmp) / "store", spec, max_bytes=64 * 1024 * 1024)
+        store = LocalStore(Path(tmp) / "store", validator, max_bytes=64 * 1024 * 1024)
         layers = list(range(MMS.num_hidden_layers))
         for i in range(args.runs):
             adapter = random_adapter(MMS, "mms", f"lang{i}", 16, layers, 150 - 4 - 5, i, FINGERPRINT)
@@ -71,7 +70,7 @@ def main() -> None:
         params = adapter.num_parameters()
         file_bytes = path.stat().st_size
 
-        cache = AdapterCache(make_loader(store), prepare, device, 10**12, 10**12)
+        cache = AdapterCache(make_loader(store, validator.load_version), prepare, device, 10**12, 10**12)
         with cache.acquire("lang0@1"):  # warm-up: imports, allocator
             pass
         gc.collect()

@@ -23,9 +23,9 @@ from chorus_server.engine.adapter_format import save_adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.random_model import random_adapter
 from chorus_server.runtime import choose_dtype
+from chorus_server.validation import BackboneValidator
 from chorus_store import LocalStore
 from chorus_store.loader import make_loader
-from chorus_store.validate import AdapterSpec
 
 LOADS = 10
 
@@ -40,17 +40,21 @@ def main() -> None:
     assert head is not None
     x = clip(seconds, batch)
     lengths = torch.full((batch,), x.shape[1])
-    spec = AdapterSpec(MMS.hidden_size, MMS.num_hidden_layers, FINGERPRINT)
+    validator = BackboneValidator(MMS.hidden_size, MMS.num_hidden_layers, FINGERPRINT)
     quiet: list[float] = []
     busy: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = LocalStore(Path(tmp) / "store", spec, max_bytes=64 * 1024 * 1024)
+        store = LocalStore(Path(tmp) / "store", validator, max_bytes=64 * 1024 * 1024)
         template = random_adapter(MMS, "mms", "t", 16, list(range(MMS.num_hidden_layers)), 145, 0, FINGERPRINT)
         save_adapter(template, Path(tmp) / "upload.safetensors")
         for i in range(reps * loads):
             store.publish(f"a{i}", Path(tmp) / "upload.safetensors", owner="bench")
         cache = AdapterCache(
-            make_loader(store), lambda a: a.to(device=device, dtype=engine.dtype), device, 10**12, 10**12
+            make_loader(store, validator.load_version),
+            lambda a: a.to(device=device, dtype=engine.dtype),
+            device,
+            10**12,
+            10**12,
         )
         with cache.acquire("a0@1"):  # warm-up: imports and the loader threads
             pass

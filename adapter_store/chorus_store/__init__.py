@@ -1,6 +1,6 @@
 """Durable, versioned adapter storage. `LocalStore` (a directory) is the embedded default."""
 
-from chorus_store.base import AdapterRecord, AdapterStore, Page, parse_ref
+from chorus_store.base import AdapterRecord, AdapterStore, AdapterSummary, AdapterValidator, Page, parse_ref
 from chorus_store.errors import (
     AdapterCorrupt,
     AdapterNotFound,
@@ -18,6 +18,8 @@ __all__ = [
     "AdapterRecord",
     "AdapterRejected",
     "AdapterStore",
+    "AdapterSummary",
+    "AdapterValidator",
     "LocalStore",
     "Page",
     "PublishConflict",

@@ -1,38 +1,34 @@
-"""The bridge from a store to the engine's adapter cache: `key` ("ID@N") -> validated host adapter."""
+"""The bridge from a store to an adapter cache: `key` ("ID@N") -> the adapter built from its verified bytes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
-from chorus_server.engine.adapter_format import adapter_from_bytes
-from chorus_server.engine.adapters import Adapter
-from chorus_store.base import AdapterStore
-from chorus_store.local import LocalStore
+from chorus_store.base import AdapterRecord, AdapterStore
+
+T = TypeVar("T")
 
 # sha256 releases the GIL, so the checksum of one file runs beside the parse and build of that same file.
 _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-sha256")
 
 
-def make_loader(store: AdapterStore) -> Callable[[str], Adapter]:
-    """A cache loader: reads the version's bytes, checks them and builds the adapter on the CPU.
+def make_loader(store: AdapterStore, build: Callable[[bytearray, AdapterRecord], T]) -> Callable[[str], T]:
+    """A cache loader: reads a version's bytes and builds it with `build(data, record)` (the server's validating
+    builder) while the sha256 check runs beside it. The result is returned only once the check passed, and a
+    checksum mismatch wins over whatever error the build of corrupt bytes raised."""
 
-    For a `LocalStore` the sha256 check overlaps the build; the adapter is returned only once the check passed,
-    and a checksum mismatch wins over whatever error the build of corrupt bytes raised.
-    """
-
-    def load(key: str) -> Adapter:
+    def load(key: str) -> T:
         record = store.get(key)
-        if not isinstance(store, LocalStore):
-            return adapter_from_bytes(store.read(record))
         data = store.read_unverified(record)
         check = _HASHER.submit(store.verify, record, data)
         try:
-            adapter = adapter_from_bytes(data)
+            built = build(data, record)
         except Exception:
             check.result()  # raises AdapterCorrupt if the bytes were corrupt
             raise
         check.result()
-        return adapter
+        return built
 
     return load

@@ -29,16 +29,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
-from chorus_store.base import VISIBILITIES, AdapterRecord, Page, check_id, parse_ref
+from chorus_store.base import (
+    VISIBILITIES,
+    AdapterRecord,
+    AdapterSummary,
+    AdapterValidator,
+    Page,
+    check_id,
+    parse_ref,
+    verify_sha256,
+)
 from chorus_store.errors import (
-    AdapterCorrupt,
     AdapterNotFound,
     AdapterRejected,
     PublishConflict,
     StoreUnavailable,
     VersionNotFound,
 )
-from chorus_store.validate import AdapterSpec, ValidatedAdapter, validate_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +79,22 @@ def _not_found(adapter_id: str) -> AdapterNotFound:
     return AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
 
 
+def _read_all(path: Path) -> bytearray:
+    """A file's bytes straight into a writable buffer (tensors built from it view it without a copy)."""
+    with path.open("rb") as f:
+        data = bytearray(os.fstat(f.fileno()).st_size)
+        f.readinto(data)
+    return data
+
+
 def _version_file(version: int) -> str:
     return f"v{version:06d}"
 
 
 class LocalStore:
-    def __init__(self, root: str | Path, spec: AdapterSpec, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, root: str | Path, validator: AdapterValidator, max_bytes: int = DEFAULT_MAX_BYTES):
         self.root = Path(root)
-        self.spec = spec
+        self.validator = validator
         self.max_bytes = max_bytes
         self.adapters_dir = self.root / "adapters"
         self.tmp_dir = self.root / "tmp"
@@ -110,7 +125,7 @@ class LocalStore:
             with tmp.open("wb") as out:
                 fcntl.flock(out, fcntl.LOCK_EX)  # tells _recover in another process this upload is alive
                 sha256, size = self._receive(source, out)
-                summary = validate_file(tmp, self.spec, allow_fingerprint_mismatch)
+                summary = self.validator.validate(_read_all(tmp), allow_fingerprint_mismatch)
                 version = self._place(adapter_id, tmp, owner, visibility, expected_version, sha256, size, summary)
             logger.info("published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, size, sha256[:12])
             return self.get(f"{adapter_id}@{version}")
@@ -126,7 +141,7 @@ class LocalStore:
         expected_version: int | None,
         sha256: str,
         size: int,
-        summary: ValidatedAdapter,
+        summary: AdapterSummary,
     ) -> int:
         """Under the adapter's lock: number the version, move the data in, write its record, flip CURRENT."""
         with self._locked(adapter_id, create=True) as folder:
@@ -151,7 +166,7 @@ class LocalStore:
                 "sha256": sha256,
                 "size": size,
                 "created_at": time.time(),
-                "fingerprint_override": summary.backbone_fingerprint != self.spec.fingerprint,
+                "fingerprint_override": summary.backbone_fingerprint != self.validator.fingerprint,
                 **asdict(summary),
             }
             _write_json_atomic(folder / f"{_version_file(version)}.json", record)
@@ -221,13 +236,10 @@ class LocalStore:
         return bytes(data)
 
     def read_unverified(self, record: AdapterRecord) -> bytearray:
-        """The version's bytes in a writable buffer, *not yet checked*: pair with `verify` (the cache loader hashes
-        on a second thread while it builds the adapter, and discards the adapter if the check fails)."""
+        """The version's bytes in a writable buffer, *not yet checked*: pair with `verify`."""
         path = self.adapters_dir / record.id / f"{_version_file(record.version)}.safetensors"
         try:
-            with path.open("rb") as f:
-                data = bytearray(os.fstat(f.fileno()).st_size)
-                f.readinto(data)
+            data = _read_all(path)
         except FileNotFoundError as exc:
             raise VersionNotFound(f"adapter {record.ref} was deleted") from exc
         except OSError as exc:
@@ -236,8 +248,7 @@ class LocalStore:
 
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
         """Raise `AdapterCorrupt` unless `data` matches the version's recorded sha256."""
-        if hashlib.sha256(data).hexdigest() != record.sha256:
-            raise AdapterCorrupt(f"adapter {record.ref} is corrupt on disk (checksum mismatch); publish it again")
+        verify_sha256(record, data)
 
     # ---- delete --------------------------------------------------------------------------------------------
 

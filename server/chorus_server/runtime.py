@@ -3,6 +3,7 @@ backbone engine, adapter store, adapter cache, inference worker, metrics, authen
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -22,12 +23,12 @@ from chorus_server.engine.random_model import write_random_model
 from chorus_server.metrics import Metrics
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
+from chorus_server.validation import BackboneValidator
 from chorus_server.worker import Worker
 from chorus_store.base import AdapterStore, check_id
 from chorus_store.errors import StoreError
 from chorus_store.loader import make_loader
 from chorus_store.local import LocalStore
-from chorus_store.validate import AdapterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,26 @@ def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) 
     return BatchLimits(max_items, int(max_seconds * rate), batch.max_wait_ms / 1000)
 
 
+def adapter_cache(
+    store: AdapterStore,
+    validator: BackboneValidator,
+    engine: Engine,
+    device_budget: int,
+    host_budget: int,
+    executor: ThreadPoolExecutor | None = None,
+) -> AdapterCache:
+    """The cache of adapters from `store`: loaded and checked by `validator` (the check publish ran), then moved to
+    the engine's device and dtype. The loader already checked the fit and kept a version's fingerprint override."""
+    return AdapterCache(
+        make_loader(store, validator.load_version),
+        functools.partial(engine.prepare, check_fingerprint=False),
+        engine.device,
+        device_budget,
+        host_budget,
+        executor=executor,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -106,20 +127,20 @@ class Runtime:
         device = resolve_device(settings.device)
         loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
         engine = loaded.engine
-        spec = AdapterSpec(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
-        store = LocalStore(settings.store, spec, max_bytes=settings.limits.max_adapter_bytes)
+        validator = BackboneValidator.for_engine(engine)
+        store = LocalStore(settings.store, validator, max_bytes=settings.limits.max_adapter_bytes)
         if settings.seed_store:
             seed_store(store, loaded.default_adapter, source)
         loaders = ThreadPoolExecutor(
             settings.cache.loader_threads, thread_name_prefix="chorus-loader", initializer=single_threaded_torch
         )
-        cache = AdapterCache(
-            make_loader(store),
-            engine.prepare,
-            engine.device,
+        cache = adapter_cache(
+            store,
+            validator,
+            engine,
             settings.cache.device_budget_mb * MiB,
             settings.cache.host_budget_mb * MiB,
-            executor=loaders,
+            loaders,
         )
         metrics = Metrics(settings.max_adapter_label_values)
         rate = engine.preprocess.sampling_rate

@@ -3,20 +3,19 @@ from __future__ import annotations
 import pytest
 
 from chorus_server.engine import Engine
+from chorus_server.validation import BackboneValidator
 from chorus_store import LocalStore
-from chorus_store.validate import AdapterSpec
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """A tiny-mms random model: (directory, engine, spec)."""
+    """A tiny-mms random model: (directory, engine, validator)."""
     from chorus_server.engine.random_model import write_random_model
 
     path = tmp_path_factory.mktemp("store-model")
     write_random_model(path, "tiny-mms", num_adapters=4, seed=21)
     engine = Engine.from_pretrained(path, device="cpu").engine
-    spec = AdapterSpec(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
-    return path, engine, spec
+    return path, engine, BackboneValidator.for_engine(engine)
 
 
 @pytest.fixture

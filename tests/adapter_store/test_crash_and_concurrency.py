@@ -19,10 +19,10 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     import chorus_store.local as local
     from chorus_store import LocalStore
-    from chorus_store.validate import AdapterSpec
+    from chorus_server.validation import BackboneValidator
 
     root, hidden, layers, fp, src, marker, mode, go = sys.argv[1:9]
-    store = LocalStore(root, AdapterSpec(int(hidden), int(layers), fp))
+    store = LocalStore(root, BackboneValidator(int(hidden), int(layers), fp))
     data = Path(src).read_bytes()
 
     def hang():
@@ -61,7 +61,7 @@ CHILD = textwrap.dedent(
 
 
 def spawn(store: LocalStore, src: Path, marker: Path, mode: str, go: Path) -> subprocess.Popen:
-    spec = store.spec
+    spec = store.validator
     args = [str(store.root), str(spec.hidden_size), str(spec.num_layers), spec.fingerprint, str(src), str(marker)]
     return subprocess.Popen([sys.executable, "-c", CHILD, *args, mode, str(go)], stderr=subprocess.PIPE)
 
@@ -88,7 +88,7 @@ def test_killed_publisher_leaves_no_partial_version(store, adapter_files, tmp_pa
     proc.kill()
     proc.wait()
 
-    reopened = LocalStore(store.root, store.spec)  # recovery runs on open
+    reopened = LocalStore(store.root, store.validator)  # recovery runs on open
     if with_previous_version:
         record = reopened.get("fr")
         assert record.version == 1 and [r.version for r in reopened.versions("fr")] == [1]

@@ -9,8 +9,7 @@ import pytest
 
 from chorus_server.engine.adapter_format import adapter_from_bytes
 from chorus_store import AdapterNotFound, AdapterRejected, LocalStore, PublishConflict, VersionNotFound, parse_ref
-from chorus_store.local import AdapterCorrupt
-from chorus_store.mms import import_mms
+from chorus_store.errors import AdapterCorrupt
 
 
 def test_publish_versions_and_current(store, adapter_files):
@@ -109,12 +108,3 @@ def test_corrupt_bytes_on_disk_are_detected(store, adapter_files):
         store.read(record)
     good = store.publish("fi", adapter_files[1], owner="acme")
     assert adapter_from_bytes(store.read(good)).info.kind in ("houlsby", "mms")
-
-
-def test_import_mms(store, tiny_model):
-    path, engine, spec = tiny_model
-    record = import_mms(store, spec, path / "adapter.fra.safetensors", path / "vocab.json", "fra", "mms-fra", "ops")
-    assert (record.kind, record.language, record.visibility) == ("mms", "fra", "public")
-    assert record.layers == list(range(engine.config.num_hidden_layers))
-    with pytest.raises(AdapterRejected, match="no entry for language 'xyz'"):
-        import_mms(store, spec, path / "adapter.fra.safetensors", path / "vocab.json", "xyz", "mms-xyz", "ops")

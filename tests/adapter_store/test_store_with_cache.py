@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
 from chorus_server.engine import pad_batch
-from chorus_server.engine.cache import AdapterCache
-from chorus_store.loader import make_loader
-from chorus_store.local import AdapterCorrupt
+from chorus_server.runtime import adapter_cache
+from chorus_store.errors import AdapterCorrupt
 
 
 @pytest.fixture
 def cache(store, tiny_model):
-    engine = tiny_model[1]
-    return AdapterCache(make_loader(store), engine.prepare, engine.device, 10**8, 10**8)
+    return adapter_cache(store, tiny_model[2], tiny_model[1], 10**8, 10**8)
 
 
 def test_hot_swap_and_delete_while_running(store, cache, adapter_files, tiny_model):
@@ -49,3 +49,18 @@ def test_corrupt_file_fails_only_that_adapter(store, cache, adapter_files):
     fixed = store.publish("bad", adapter_files[1], owner="acme")  # the next good version loads fine
     with cache.acquire(fixed.ref, timeout=30):
         pass
+
+
+def test_a_version_published_with_a_fingerprint_override_is_served(store, cache, adapter_files):
+    """Publish and serve run one check: what publish accepted with an override, the loader accepts too."""
+    from tests.adapter_store.test_rejections import rebuild
+
+    other = "w2v2-" + "1" * 24
+    data = rebuild(adapter_files[0], edit_meta=lambda m: m.update(backbone_fingerprint=other))
+    record = store.publish("forced", io.BytesIO(data), owner="acme", allow_fingerprint_mismatch=True)
+    with cache.acquire(record.ref, timeout=30) as adapter:
+        assert adapter.info.backbone_fingerprint == other
+    store.publish(
+        "strict", io.BytesIO(data.replace(b"1" * 24, b"2" * 24)), owner="acme", allow_fingerprint_mismatch=True
+    )
+    assert store.get("strict").fingerprint_override

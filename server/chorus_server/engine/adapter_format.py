@@ -19,9 +19,11 @@ from safetensors.torch import save_file
 from chorus_server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
 from chorus_server.engine.checkpoint import split_checkpoint
 from chorus_server.engine.errors import AdapterError
-from chorus_server.engine.tensor_file import parse_safetensors
+from chorus_server.engine.tensor_file import DTYPES, parse_safetensors
 
 FORMAT = "chorus-adapter"
+ADAPTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 FORMAT_VERSION = "1"
 # MMS / HF `adapter_layer` parameter names -> native bottleneck names (site "output").
 MMS_RENAMES = {"norm": "norm", "linear_1": "down", "linear_2": "up"}
@@ -126,8 +128,10 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
             raise AdapterError(
                 f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, expected {expected[key]}"
             )
-        if not tensor.is_floating_point():
-            raise AdapterError(f"adapter {adapter.name!r}: {key} has dtype {tensor.dtype}, expected a float dtype")
+        if tensor.dtype not in ADAPTER_DTYPES:
+            raise AdapterError(
+                f"adapter {adapter.name!r}: {key} has dtype {DTYPE_NAMES[tensor.dtype]}; adapters hold F32, F16 or BF16"
+            )
     stacks = {
         (site, part): torch.stack([tensors[f"layers.{i}.{site}.{part}"] for i in adapter.layer_ids]).float()
         for site, part in adapter.stack_keys()
@@ -152,7 +156,7 @@ def read_adapter_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tenso
 
 def adapter_from_bytes(data: bytes | bytearray) -> Adapter:
     """A native adapter from the bytes of its file (as the store returns them), validated."""
-    meta, tensors = parse_safetensors(data, "adapter bytes")
+    meta, tensors = parse_safetensors(data, "adapter file")
     return load_tensors_into(adapter_from_metadata(meta), tensors)
 
 

@@ -1,12 +1,16 @@
-"""Zero-copy parsing of a safetensors buffer: tensors are views of one writable buffer, not copies.
+"""The one bounded safetensors parser: every adapter file, at publish and at load, goes through `parse_safetensors`.
 
-The adapter loader copies each tensor exactly once anyway (into its per-site stacks), so a parser that copies
-every tensor first (as `safetensors.torch.load` does) doubles the memory traffic of a cold load.
-Every offset is bound-checked before a view is made; a bad buffer raises `AdapterError` naming `source`.
+Layout: 8-byte little-endian header length N, N bytes of JSON, then the data buffer. The header is bounded
+(size, tensor count, shapes) before anything is allocated; every tensor's `data_offsets` must lie inside the data
+buffer, match `dtype` x `shape` exactly, and not overlap another tensor's. Tensors are zero-copy views of one
+writable buffer: the adapter loader copies each tensor exactly once anyway (into its per-site stacks), so a parser
+that copies first (as `safetensors.torch.load` does) would double the memory traffic of a cold load. Pickles and
+other formats fail here. A bad buffer raises `AdapterError` naming `source`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -26,25 +30,30 @@ DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+MAX_HEADER_BYTES = 4 * 1024 * 1024  # an adapter's header (names, shapes, vocabulary) is a few KB to a few 100 KB
+MAX_TENSORS = 10_000
+MAX_DIM = 2**40
 
 
-def _view(buffer: bytearray, start: int, spec: object, data_len: int) -> torch.Tensor:
-    """One header entry -> a tensor viewing `buffer`, after checking dtype, shape and offsets."""
-    if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES:
-        raise ValueError(f"unsupported or missing dtype in {spec!r}")
-    dtype, shape, offsets = DTYPES[spec["dtype"]], spec.get("shape"), spec.get("data_offsets")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-        raise ValueError(f"invalid data_offsets {offsets!r}")
+def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
+    """One header entry -> (dtype, shape, begin, end), after checking dtype, shape and offsets."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"tensor {name!r}: header entry is not an object")
+    dtype_name, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if dtype_name not in DTYPES:
+        raise ValueError(f"tensor {name!r}: unsupported dtype {dtype_name!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < MAX_DIM for d in shape):
+        raise ValueError(f"tensor {name!r}: invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise ValueError(f"tensor {name!r}: invalid data_offsets {offsets!r}")
     begin, end = offsets
-    count = math.prod(shape)
-    if not 0 <= begin <= end <= data_len or end - begin != count * dtype.itemsize:
-        raise ValueError(f"data_offsets {offsets} do not fit dtype {spec['dtype']} shape {shape} in {data_len} bytes")
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).view(shape)
+    if not 0 <= begin <= end <= data_len:
+        raise ValueError(f"tensor {name!r}: data_offsets {offsets} outside the {data_len}-byte data buffer")
+    dtype = DTYPES[dtype_name]
+    expected = math.prod(shape) * dtype.itemsize
+    if end - begin != expected:
+        raise ValueError(f"tensor {name!r}: {end - begin} bytes for dtype {dtype_name} shape {shape} ({expected})")
+    return dtype, shape, begin, end
 
 
 def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -59,14 +68,30 @@ def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, s
         header_len = int.from_bytes(buffer[:8], "little")
         if header_len > min(MAX_HEADER_BYTES, len(buffer) - 8):
             raise ValueError(f"header claims {header_len} bytes in a {len(buffer)}-byte file")
-        header = json.loads(buffer[8 : 8 + header_len])
+        try:
+            header = json.loads(buffer[8 : 8 + header_len])
+        except ValueError as exc:
+            raise ValueError(f"header is not valid JSON: {exc}") from exc
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise ValueError("__metadata__ must map strings to strings")
+        if len(header) > MAX_TENSORS:
+            raise ValueError(f"declares {len(header)} tensors (limit {MAX_TENSORS})")
         start, data_len = 8 + header_len, len(buffer) - 8 - header_len
-        tensors = {name: _view(buffer, start, spec, data_len) for name, spec in header.items()}
+        spans = {name: _span(name, spec, data_len) for name, spec in header.items()}
+        used = sorted((begin, end, name) for name, (_, _, begin, end) in spans.items() if end > begin)
+        for (_, end_a, name_a), (begin_b, _, name_b) in itertools.pairwise(used):
+            if begin_b < end_a:
+                raise ValueError(f"tensors {name_a!r} and {name_b!r} overlap in the data buffer")
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise AdapterError(f"cannot read {source}: {exc}") from exc
-    return meta, tensors
+    return meta, {name: _view(buffer, start + begin, dtype, shape) for name, (dtype, shape, begin, _) in spans.items()}
+
+
+def _view(buffer: bytearray, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    count = math.prod(shape)
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset).view(shape)

@@ -83,7 +83,7 @@ def _first_key(tensors, needle):
         ("extra_key", "unexpected keys"),
         ("wrong_shape", "has shape"),
         ("nan", "NaN or Inf"),
-        ("int_dtype", "expected a float dtype"),
+        ("int_dtype", "dtype I32; adapters hold F32, F16 or BF16"),
         ("bad_vocab", "duplicate tokens"),
         ("head_vocab_mismatch", "has shape"),
         ("not_chorus", "not a Chorus adapter"),

@@ -1,0 +1,54 @@
+"""The one check of an adapter file against the backbone this server runs, shared by publish and serve.
+
+The store calls `validate` before a version becomes visible; the cache loader calls `load` on the stored bytes.
+Both run the same steps: the bounded safetensors parse, metadata, tensor names, shapes, dtypes and finiteness
+(`adapter_from_bytes`), then the fit to this backbone (`check_fit`: hidden size, layers, fingerprint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chorus_server.engine import Engine
+from chorus_server.engine.adapter_format import adapter_from_bytes, check_fit
+from chorus_server.engine.adapters import Adapter
+from chorus_server.engine.errors import AdapterError
+from chorus_store import AdapterRecord, AdapterRejected, AdapterSummary
+
+
+@dataclass(frozen=True)
+class BackboneValidator:
+    """What the serving backbone accepts (implements `chorus_store.AdapterValidator`)."""
+
+    hidden_size: int
+    num_layers: int
+    fingerprint: str
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> BackboneValidator:
+        return cls(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
+
+    def load(self, data: bytes | bytearray, allow_fingerprint_mismatch: bool = False) -> Adapter:
+        """The adapter in `data` on the CPU, checked; raises `AdapterError` naming the problem."""
+        adapter = adapter_from_bytes(data)
+        check_fit(adapter, self.hidden_size, self.num_layers, None if allow_fingerprint_mismatch else self.fingerprint)
+        return adapter
+
+    def load_version(self, data: bytearray, record: AdapterRecord) -> Adapter:
+        """A stored version (the cache loader's builder): published with an override, it keeps that override."""
+        return self.load(data, allow_fingerprint_mismatch=record.fingerprint_override)
+
+    def validate(self, data: bytes | bytearray, allow_fingerprint_mismatch: bool = False) -> AdapterSummary:
+        try:
+            adapter = self.load(data, allow_fingerprint_mismatch)
+        except AdapterError as exc:
+            raise AdapterRejected(str(exc)) from exc
+        return AdapterSummary(
+            kind=adapter.info.kind,
+            language=adapter.info.language,
+            task=adapter.info.task,
+            vocab_size=len(adapter.vocab),
+            bottleneck_dim=adapter.bottleneck_dim,
+            layers=list(adapter.layer_ids),
+            backbone_fingerprint=adapter.info.backbone_fingerprint,
+        )
