@@ -16,6 +16,7 @@ import torch
 
 from chorus_server.auth import OPEN_TENANT, Authenticator
 from chorus_server.batching import BatchLimits
+from chorus_server.demo_model import DEMO_DIR
 from chorus_server.engine import Adapter, Engine, save_adapter
 from chorus_server.engine.cache import AdapterCache, single_threaded_torch
 from chorus_server.engine.engine import resolve_device
@@ -32,7 +33,6 @@ from chorus_store.local import LocalStore
 
 logger = logging.getLogger(__name__)
 
-DEMO_DIR = Path(__file__).parent / "demo_model"
 MiB = 1024 * 1024
 
 

@@ -10,9 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
+from chorus_server.demo_model import DEMO_DIR
 from chorus_training.manifest import error_rate, read_manifest
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo_model"
 BACKBONE_LANGUAGE = "en"
 
 

@@ -217,11 +217,9 @@ class Adapter(nn.Module):
             assert self._blocks is not None
         return self._blocks.get((layer, site))
 
-    @property
-    def layers(self) -> dict[str, nn.Module]:
-        """Layer index (str) -> the module holding that layer's bottleneck parameters: the adapter itself, since
-        they are stacked over layers (kept for code written against the former per-layer `ModuleDict`)."""
-        return {str(i): self for i in self.layer_ids}
+    def trains(self, layer: int) -> bool:
+        """Whether any bottleneck parameter of `layer` is trainable (where a training pass starts its gradients)."""
+        return layer in self.layer_ids and any(self.stack(site, part).requires_grad for site, part in self.stack_keys())
 
     @property
     def name(self) -> str:

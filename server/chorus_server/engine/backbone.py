@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from chorus_server.engine.adapters import Segment
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.encoder import Encoder
 from chorus_server.engine.frontend import FeatureEncoder, FeatureProjection, time_mask
+from chorus_server.engine.layers import GradGate
 
 
 class Backbone(nn.Module):
@@ -26,10 +27,23 @@ class Backbone(nn.Module):
         return self.feature_extractor.frame_lengths(lengths)
 
     def forward(
-        self, waveforms: torch.Tensor, lengths: torch.Tensor, segments: Sequence[Segment]
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        segments: Sequence[Segment],
+        features_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,)."""
-        features, frames = self.feature_extractor(waveforms, lengths)  # (B, T, C)
-        h = self.feature_projection(features)  # (B, T, H)
-        h = self.encoder(h, time_mask(frames, h.shape[1]), segments)
+        """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,).
+
+        The one forward pass of serving and training. Under autograd, gradients start at the first stage with a
+        trainable parameter (`GradGate`); `features_hook(h (B, T, H), frames (B,)) -> h` edits the projected
+        features (training's masking).
+        """
+        gate = GradGate()
+        with gate.stage(self.feature_extractor, self.feature_projection):
+            features, frames = self.feature_extractor(waveforms, lengths)  # (B, T, C)
+            h = self.feature_projection(features)  # (B, T, H)
+        if features_hook is not None:
+            h = features_hook(h, frames)
+        h = self.encoder(h, time_mask(frames, h.shape[1]), segments, gate)
         return h, frames

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from chorus_server.engine.errors import CheckpointError
-
-SUPPORTED_ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu", "swish")
+from chorus_server.engine.layers import ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,8 @@ class BackboneConfig:
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
             )
         for name in ("hidden_act", "feat_extract_activation"):
-            if getattr(self, name) not in SUPPORTED_ACTIVATIONS:
-                raise CheckpointError(f"{name}={getattr(self, name)!r} is not one of {SUPPORTED_ACTIVATIONS}")
+            if getattr(self, name) not in ACTIVATIONS:
+                raise CheckpointError(f"{name}={getattr(self, name)!r} is not one of {sorted(ACTIVATIONS)}")
 
     @property
     def head_dim(self) -> int:

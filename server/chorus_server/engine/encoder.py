@@ -6,6 +6,7 @@ Adapters enter through `apply_site(h, segments, layer, site)` at three sites per
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -14,7 +15,11 @@ from torch import nn
 
 from chorus_server.engine.adapters import Segment, apply_site
 from chorus_server.engine.config import BackboneConfig
-from chorus_server.engine.layers import activation
+from chorus_server.engine.layers import GradGate, activation
+
+
+def _adapters_train(segments: Sequence[Segment], layer: int) -> bool:
+    return any(seg.adapter.trains(layer) for seg in segments)
 
 
 class PositionalConv(nn.Module):
@@ -102,16 +107,23 @@ class Encoder(nn.Module):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
 
-    def forward(self, h: torch.Tensor, frame_mask: torch.Tensor, segments: Sequence[Segment]) -> torch.Tensor:
-        """h: (B, T, H); frame_mask: (B, T) bool, True on valid frames -> (B, T, H)."""
-        # Padded frames must be zero before the positional conv, exactly as in a solo run.
-        h = h * frame_mask[:, :, None].to(h.dtype)
-        h = h + self.pos_conv_embed(h)
+    def forward(
+        self, h: torch.Tensor, frame_mask: torch.Tensor, segments: Sequence[Segment], gate: GradGate | None = None
+    ) -> torch.Tensor:
+        """h: (B, T, H); frame_mask: (B, T) bool, True on valid frames -> (B, T, H). `gate`: where gradients start
+        (the backbone's, so the front end counts too)."""
+        gate = gate or GradGate()
+        with gate.stage(self.pos_conv_embed, self.layer_norm):
+            # Padded frames must be zero before the positional conv, exactly as in a solo run.
+            h = h * frame_mask[:, :, None].to(h.dtype)
+            h = h + self.pos_conv_embed(h)
+            if not self.pre_ln:
+                h = self.layer_norm(h)
         key_mask = None if bool(frame_mask.all()) else frame_mask[:, None, None, :]  # (B, 1, 1, T)
-        if not self.pre_ln:
-            h = self.layer_norm(h)
-        for layer in self.layers:
-            h = layer(h, key_mask, segments)
+        for i, layer in enumerate(self.layers):
+            with gate.stage(layer, trains=functools.partial(_adapters_train, segments, i)):
+                h = layer(h, key_mask, segments)
         if self.pre_ln:
-            h = self.layer_norm(h)
+            with gate.stage(self.layer_norm):
+                h = self.layer_norm(h)
         return h

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
 from torch import nn
+
+# HF activation name -> module factory (only the ones wav2vec 2.0 checkpoints use); the config validates against it.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_new": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+}
 
 
 def activation(name: str) -> nn.Module:
-    """HF activation name -> module (only the ones wav2vec 2.0 checkpoints use)."""
-    table: dict[str, nn.Module] = {
-        "gelu": nn.GELU(),
-        "gelu_new": nn.GELU(approximate="tanh"),
-        "relu": nn.ReLU(),
-        "silu": nn.SiLU(),
-        "swish": nn.SiLU(),
-    }
-    if name not in table:
-        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(table)}")
-    return table[name]
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class GradGate:
+    """Where gradients start in one forward pass: autograd is off until the first stage with a trainable parameter.
+
+    Training an adapter on a frozen backbone then keeps no activations for the frozen front end and the layers
+    below the adapter's lowest one. A pass that starts without autograd (inference) is left exactly as it is.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = torch.is_grad_enabled()
+        self.on = False
+
+    def stage(self, *modules: nn.Module, trains: Callable[[], bool] = lambda: False) -> AbstractContextManager[object]:
+        """Context for a stage made of `modules`; `trains()` reports trainable parameters held elsewhere (adapters)."""
+        if not self.enabled:
+            return contextlib.nullcontext()
+        self.on = self.on or trains() or any(p.requires_grad for m in modules for p in m.parameters())
+        return torch.set_grad_enabled(self.on)

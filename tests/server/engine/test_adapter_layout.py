@@ -123,3 +123,28 @@ def test_gradients_reach_conv_weights_and_adapter_stacks(random_model_dir):
     for site, part in adapter.stack_keys():
         grad = adapter.stack(site, part).grad
         assert grad is not None and grad.abs().sum() > 0, (site, part)
+
+
+def test_gradients_start_at_the_lowest_trainable_stage(random_model_dir):
+    """One forward for serving and training: with a frozen backbone and an adapter in the top layer only, nothing
+    below that layer keeps autograd state; the adapter's layer and the head do."""
+    from chorus_server.engine.adapters import Segment
+    from chorus_server.engine.checkpoint import load_backbone
+    from chorus_server.engine.config import BackboneConfig
+    from chorus_server.engine.random_model import random_adapter
+
+    variant, path = random_model_dir
+    config = BackboneConfig.from_dir(path)
+    backbone = load_backbone(path, config)[0].requires_grad_(False)
+    top = config.num_hidden_layers - 1
+    kind = "mms" if variant == "tiny-mms" else "houlsby"
+    adapter = random_adapter(config, kind, "a", 4, [top], 6, 1, "").requires_grad_(True)
+    tracked: dict[int, bool] = {}
+    for i, layer in enumerate(backbone.encoder.layers):
+        layer.register_forward_hook(lambda _m, _in, out, i=i: tracked.__setitem__(i, out.requires_grad))
+    hidden, _ = backbone(torch.randn(1, 8000), torch.tensor([8000]), [Segment(0, 1, adapter)])
+    assert tracked == {i: i == top for i in range(config.num_hidden_layers)}
+    adapter.head(hidden).sum().backward()
+    assert all(adapter.stack(site, part).grad is not None for site, part in adapter.stack_keys())
+    with torch.no_grad():  # inference: the gate leaves a pass without autograd alone
+        assert not backbone(torch.randn(1, 8000), torch.tensor([8000]), [Segment(0, 1, adapter)])[0].requires_grad
