@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from chorus_server.engine.adapters import Vocabulary
 from chorus_server.engine.backbone import Backbone
-from chorus_server.engine.checkpoint import load_backbone
-from chorus_server.engine.config import BackboneConfig, PreprocessConfig
-from chorus_server.engine.random_model import hf_backbone_tensors, hf_vocab
+from chorus_server.engine.checkpoint import hf_vocab, load_backbone, write_checkpoint
+from chorus_server.engine.config import BackboneConfig
 from chorus_training.loop import TrainConfig, train_ctc
 from chorus_training.manifest import build_vocab, load_examples
 from chorus_training.model import CTCModel, Masking
@@ -46,21 +43,9 @@ DEMO_CONFIG = BackboneConfig(
 def write_hf_dir(
     backbone: Backbone, head: nn.Linear, vocab: Vocabulary, out: Path, dtype: torch.dtype = torch.float16
 ) -> None:
-    """Write an HF-layout checkpoint directory, replacing `out` only once it is complete."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors = hf_backbone_tensors(backbone)
-    tensors["lm_head.weight"] = head.weight.detach().clone()
-    tensors["lm_head.bias"] = head.bias.detach().clone()
-    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    config = backbone.config
-    (tmp / "config.json").write_text(json.dumps({**config.to_hf_dict(), "vocab_size": len(vocab)}, indent=1))
-    (tmp / "preprocessor_config.json").write_text(json.dumps(PreprocessConfig().to_hf_dict(), indent=1))
-    (tmp / "vocab.json").write_text(json.dumps(hf_vocab(vocab), ensure_ascii=False, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    """Export a trained backbone and CTC head as an HF-layout checkpoint directory."""
+    head_tensors = {"lm_head.weight": head.weight.detach().clone(), "lm_head.bias": head.bias.detach().clone()}
+    write_checkpoint(out, backbone, head_tensors, hf_vocab(vocab), dtype=dtype)
 
 
 def load_initial(init: Path, vocab: Vocabulary) -> tuple[Backbone, nn.Linear]:

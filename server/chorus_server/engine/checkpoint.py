@@ -1,8 +1,9 @@
-"""Load Hugging Face wav2vec 2.0 checkpoints from a local directory, as they are.
+"""Hugging Face wav2vec 2.0 checkpoint directories: the reader (`load_backbone`) and the writer (`write_checkpoint`).
 
 The mapping from checkpoint keys to Chorus modules is a plain table (below): strip the `wav2vec2.` prefix, fold
 the positional conv's weight norm, route `lm_head.*` and `adapter_layer.*` to the checkpoint's own adapter, and
-ignore pre-training-only tensors. Everything else must match `Backbone.state_dict()` exactly (strict load).
+ignore pre-training-only tensors. Everything else must match `Backbone.state_dict()` exactly (strict load). The
+writer is the inverse (weight norm un-folded), so what it writes reads back as the same backbone.
 """
 
 from __future__ import annotations
@@ -10,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from chorus_server.engine.adapters import Vocabulary
 from chorus_server.engine.backbone import Backbone
-from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.config import BackboneConfig, PreprocessConfig
 from chorus_server.engine.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -107,6 +112,54 @@ def load_backbone(path: Path, config: BackboneConfig) -> tuple[Backbone, dict[st
             )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model, head, adapter_layers
+
+
+def hf_backbone_tensors(backbone: Backbone) -> dict[str, torch.Tensor]:
+    """Backbone state dict -> HF key names, the positional conv weight un-folded into weight-norm (g, v)."""
+    tensors = {PREFIX + k: v.detach().clone().contiguous() for k, v in backbone.state_dict().items()}
+    weight = tensors.pop(PREFIX + POS_CONV + "weight")
+    g = weight.norm(dim=(0, 1), keepdim=True)  # weight_norm(dim=2): one norm per kernel tap
+    tensors[PREFIX + POS_CONV + "parametrizations.weight.original0"] = g
+    tensors[PREFIX + POS_CONV + "parametrizations.weight.original1"] = weight
+    return tensors
+
+
+def hf_vocab(vocab: Vocabulary) -> dict[str, int]:
+    """A vocabulary as HF's flat `vocab.json` ({token: id})."""
+    return {token: i for i, token in enumerate(vocab.tokens)}
+
+
+def write_checkpoint(
+    out: Path,
+    backbone: Backbone,
+    extra: dict[str, torch.Tensor],
+    vocab_json: dict,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write an HF-layout directory that `load_backbone` / `Engine.from_pretrained` read back: config.json,
+    preprocessor_config.json, model.safetensors (the backbone + `extra`, tensors under their HF names such as
+    `lm_head.*` or MMS `adapter_layer.*`, cast to `dtype` if given) and vocab.json (flat, or nested by language).
+
+    Every file is written in full beside `out` first and then moved in, so a reader never sees a partial file;
+    other files in `out` are left alone.
+    """
+    tensors = {**hf_backbone_tensors(backbone), **extra}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    config = backbone.config.to_hf_dict()
+    if "lm_head.weight" in extra:
+        config["vocab_size"] = extra["lm_head.weight"].shape[0]
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / "model.safetensors"))
+        (staging / "config.json").write_text(json.dumps(config, indent=1))
+        (staging / "preprocessor_config.json").write_text(json.dumps(PreprocessConfig().to_hf_dict(), indent=1))
+        (staging / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False, indent=1))
+        for name in ("model.safetensors", "config.json", "preprocessor_config.json", "vocab.json"):
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fingerprint(model: Backbone) -> str:

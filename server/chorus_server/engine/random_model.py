@@ -8,7 +8,6 @@ away from identity so that a mistake in any of them changes the output.
 from __future__ import annotations
 
 import dataclasses
-import json
 import string
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from safetensors.torch import save_file
 from chorus_server.engine.adapter_format import MMS_RENAMES, save_adapter
 from chorus_server.engine.adapters import Adapter, AdapterInfo, Vocabulary
 from chorus_server.engine.backbone import Backbone
-from chorus_server.engine.checkpoint import POS_CONV, PREFIX, fingerprint, load_backbone
-from chorus_server.engine.config import BackboneConfig, PreprocessConfig
+from chorus_server.engine.checkpoint import PREFIX, fingerprint, hf_vocab, load_backbone, write_checkpoint
+from chorus_server.engine.config import BackboneConfig
 
 PRESETS: dict[str, BackboneConfig] = {
     # Post-LN, GroupNorm front end: wav2vec2-base layout at toy size.
@@ -115,16 +114,6 @@ def random_adapter(
     return adapter
 
 
-def hf_backbone_tensors(backbone: Backbone) -> dict[str, torch.Tensor]:
-    """Backbone state dict -> HF key names, the positional conv weight un-folded into weight-norm (g, v)."""
-    tensors = {PREFIX + k: v.detach().clone().contiguous() for k, v in backbone.state_dict().items()}
-    weight = tensors.pop(PREFIX + POS_CONV + "weight")
-    g = weight.norm(dim=(0, 1), keepdim=True)  # weight_norm(dim=2): one norm per kernel tap
-    tensors[PREFIX + POS_CONV + "parametrizations.weight.original0"] = g
-    tensors[PREFIX + POS_CONV + "parametrizations.weight.original1"] = weight
-    return tensors
-
-
 def mms_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
     """Native MMS-kind adapter -> HF/MMS key names (`wav2vec2.encoder.layers.N.adapter_layer.*`, `lm_head.*`)."""
     back = {v: k for k, v in MMS_RENAMES.items()}
@@ -136,10 +125,6 @@ def mms_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
         _, layer, _site, module, param = key.split(".")
         out[f"{PREFIX}encoder.layers.{layer}.adapter_layer.{back[module]}.{param}"] = value.contiguous()
     return out
-
-
-def hf_vocab(vocab: Vocabulary) -> dict[str, int]:
-    return {token: i for i, token in enumerate(vocab.tokens)}
 
 
 def write_random_model(
@@ -166,26 +151,19 @@ def write_random_model(
         seed + 1,
         "",
     )
-    tensors = hf_backbone_tensors(backbone)
-    tensors.update(mms_tensors(head_adapter))
-    save_file(tensors, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps({**config.to_hf_dict(), "vocab_size": len(head_adapter.vocab)}))
-    (out / "preprocessor_config.json").write_text(json.dumps(PreprocessConfig().to_hf_dict()))
-    # The fingerprint is defined by what the loader builds from the files (weight norm folded back).
-    fp = fingerprint(load_backbone(out, config)[0])
-
-    vocab_json: dict = {"eng": hf_vocab(head_adapter.vocab)}
-    if config.adapter_attn_dim:  # MMS layout: nested vocab and adapter.<lang>.safetensors files
+    vocab_json: dict = hf_vocab(head_adapter.vocab)
+    if config.adapter_attn_dim:  # MMS layout: nested vocab and adapter.<lang>.safetensors files (no fingerprint)
+        vocab_json = {"eng": vocab_json}
         for k, lang in enumerate(LANGUAGES[1:4]):
             dim = config.adapter_attn_dim
             mms = random_adapter(
-                config, "mms", lang, dim, list(range(config.num_hidden_layers)), 12 + 5 * k, seed + 100 + k, fp
+                config, "mms", lang, dim, list(range(config.num_hidden_layers)), 12 + 5 * k, seed + 100 + k, ""
             )
             save_file(mms_tensors(mms), str(out / f"adapter.{lang}.safetensors"))
             vocab_json[lang] = hf_vocab(mms.vocab)
-        (out / "vocab.json").write_text(json.dumps(vocab_json, ensure_ascii=False))
-    else:
-        (out / "vocab.json").write_text(json.dumps(vocab_json["eng"], ensure_ascii=False))
+    write_checkpoint(out, backbone, mms_tensors(head_adapter), vocab_json)
+    # The fingerprint is defined by what the loader builds from the files (weight norm folded back).
+    fp = fingerprint(load_backbone(out, config)[0])
 
     adapter_dir = out / "adapters"
     adapter_dir.mkdir(exist_ok=True)
