@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench clean serve image-smoke demo-corpus demo-model demo-model-more demo-adapters
+.PHONY: install test lint format bench clean serve image-smoke client demo-corpus demo-model demo-model-more demo-adapters
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -55,6 +55,10 @@ format: install
 # and one transcription from the image's file system (root and Debian needed; tools/image-smoke.sh, docs/deploy.md).
 image-smoke:
 	tools/image-smoke.sh
+
+# The blocking client (clients/chorus_client/client.py) from the asyncio one; run after editing async_client.py.
+client: install
+	$(BIN)/python tools/unasync_client.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .bench build *.egg-info

@@ -1,17 +1,18 @@
-"""`AsyncChorus`: the asyncio client, method for method the same as `Chorus`."""
+"""The Chorus client, written once: `AsyncChorus` (asyncio) here. `Chorus`, the blocking client in client.py, is
+generated from this file by tools/unasync_client.py (`make client`): edit this file, never client.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import httpx
 
-from chorus_client import _core
+from chorus_client import _async_io, _core
 from chorus_client._core import AudioInput, FileResult, RetryPolicy
 from chorus_client.errors import APIConnectionError, ChorusError
 from chorus_client.models import (
@@ -28,7 +29,12 @@ from chorus_client.progress import byte_bar, progress_bar
 
 
 class AsyncChorus:
-    """Asyncio client for a Chorus server; see `Chorus` for the behaviour. Use `async with` or `await aclose()`."""
+    """Client for a Chorus server. `url` defaults to `$CHORUS_URL`, `api_key` to `$CHORUS_API_KEY`.
+
+    Retries 429 and 503 answers per `retry` (honouring Retry-After); every other error raises at once as the
+    `chorus_client.errors` class named by the server's error type. Use it as a context manager or close it.
+    `Chorus` (blocking, thread-safe) and `AsyncChorus` (asyncio, every method awaited) have the same methods.
+    """
 
     def __init__(
         self,
@@ -38,7 +44,7 @@ class AsyncChorus:
         timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        sleep: _async_io.Sleep = _async_io.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.base_url = _core.resolve_url(url)
@@ -143,6 +149,11 @@ class AsyncChorus:
         temperature: float | None = None,
         filename: str | None = None,
     ) -> Transcription | str:
+        """Transcribe a file path, bytes or binary file with adapter `ID` or `ID@N`.
+
+        Returns `Transcription` for json, `VerboseTranscription` for verbose_json, and the body text for text,
+        srt and vtt.
+        """
         response = await self._transcription(
             audio,
             adapter,
@@ -172,7 +183,7 @@ class AsyncChorus:
         form = _core.transcription_form(
             adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
         )
-        files = {"file": await asyncio.to_thread(_core.read_audio, audio, filename)}
+        files = {"file": await _async_io.run_blocking(_core.read_audio, audio, filename)}
         return await self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
 
     async def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
@@ -192,23 +203,26 @@ class AsyncChorus:
         progress: bool | None = None,
         **options: Any,
     ) -> list[FileResult]:
-        """Like `Chorus.transcribe_many`: bounded concurrency, input order, per-file errors."""
+        """Transcribe files (directories expand to the audio files inside) with at most `concurrency` in flight.
+
+        Results come back in input order; a file that fails carries its error instead of stopping the run.
+        `progress=None` draws a bar only on a terminal.
+        """
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         paths = _core.audio_files(files)
-        limit = asyncio.Semaphore(concurrency)
         with progress_bar(len(paths), "transcribing", unit="file", enabled=progress) as bar:
 
             async def one(path: Path) -> FileResult:
-                async with limit:
-                    try:
-                        return await self._transcribe_file(path, adapter, options)
-                    finally:
-                        bar.update(1)
+                try:
+                    return await self._transcribe_file(path, adapter, options)
+                finally:
+                    bar.update(1)
 
-            return list(await asyncio.gather(*(one(p) for p in paths)))
+            return await _async_io.map_bounded(one, paths, concurrency)
 
     async def transcribe_folder(self, folder: str | os.PathLike[str], adapter: str, **options: Any) -> list[FileResult]:
+        """`transcribe_many` over the audio files under `folder` (recursively)."""
         if not Path(folder).is_dir():
             raise NotADirectoryError(f"not a directory: {folder}")
         return await self.transcribe_many([folder], adapter, **options)
@@ -223,6 +237,7 @@ class AsyncChorus:
         return AdapterPage.model_validate((await self._send("GET", "/v1/adapters", params=params)).json())
 
     async def iter_adapters(self, page_size: int | None = None) -> AsyncIterator[Adapter]:
+        """Every adapter visible to this key, following the cursor page by page."""
         after: str | None = None
         while True:
             page = await self.list_adapters(limit=page_size, after=after)
@@ -233,6 +248,7 @@ class AsyncChorus:
             after = page.next_cursor
 
     async def get_adapter(self, ref: str) -> Adapter:
+        """The current version of `ID`, or version N of `ID@N`."""
         return Adapter.model_validate((await self._send("GET", _core.adapter_path(ref))).json())
 
     async def upload_adapter(
@@ -245,6 +261,7 @@ class AsyncChorus:
         allow_fingerprint_mismatch: bool = False,
         progress: bool | None = None,
     ) -> Adapter:
+        """Publish a native adapter file as the next version of `adapter_id` (streamed, not read into memory)."""
         params = _core.upload_params(visibility, expected_version, allow_fingerprint_mismatch)
         source = Path(path)
         size = source.stat().st_size
@@ -253,7 +270,7 @@ class AsyncChorus:
             async def body() -> AsyncIterator[bytes]:
                 bar.reset()
                 with source.open("rb") as f:
-                    while chunk := await asyncio.to_thread(f.read, _core.UPLOAD_CHUNK):
+                    while chunk := await _async_io.run_blocking(f.read, _core.UPLOAD_CHUNK):
                         bar.update(len(chunk))
                         yield chunk
 
@@ -264,9 +281,11 @@ class AsyncChorus:
         return Adapter.model_validate(response.json())
 
     async def delete_adapter(self, ref: str) -> Deleted:
+        """Delete every version of `ID`, or only version N of `ID@N`."""
         return Deleted.model_validate((await self._send("DELETE", _core.adapter_path(ref))).json())
 
     async def pin(self, ref: str) -> Adapter:
+        """Keep the adapter resident (never evicted); returns once it is resident."""
         return Adapter.model_validate((await self._send("POST", _core.adapter_path(ref, "/pin"))).json())
 
     async def unpin(self, ref: str) -> Adapter:
@@ -278,5 +297,6 @@ class AsyncChorus:
         return Health.model_validate((await self._send("GET", "/healthz", retry=_core.NO_RETRIES)).json())
 
     async def ready(self) -> dict[str, Any]:
+        """`/readyz`'s body; raises `OverloadedError` (no retries) while the server is not ready."""
         payload: dict[str, Any] = (await self._send("GET", "/readyz", retry=_core.NO_RETRIES)).json()
         return payload

@@ -1,18 +1,19 @@
-"""`Chorus`: the synchronous client."""
+# Generated from async_client.py by tools/unasync_client.py (make client); do not edit.
+"""The Chorus client, written once: `AsyncChorus` (asyncio) here. `Chorus`, the blocking client in client.py, is
+generated from this file by tools/unasync_client.py (`make client`): edit this file, never client.py.
+"""
 
 from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import httpx
 
-from chorus_client import _core
+from chorus_client import _core, _sync_io
 from chorus_client._core import AudioInput, FileResult, RetryPolicy
 from chorus_client.errors import APIConnectionError, ChorusError
 from chorus_client.models import (
@@ -32,7 +33,8 @@ class Chorus:
     """Client for a Chorus server. `url` defaults to `$CHORUS_URL`, `api_key` to `$CHORUS_API_KEY`.
 
     Retries 429 and 503 answers per `retry` (honouring Retry-After); every other error raises at once as the
-    `chorus_client.errors` class named by the server's error type. Thread-safe; use as a context manager or `close()`.
+    `chorus_client.errors` class named by the server's error type. Use it as a context manager or close it.
+    `Chorus` (blocking, thread-safe) and `AsyncChorus` (asyncio, every method awaited) have the same methods.
     """
 
     def __init__(
@@ -43,7 +45,7 @@ class Chorus:
         timeout: float | httpx.Timeout = _core.DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: _sync_io.Sleep = _sync_io.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.base_url = _core.resolve_url(url)
@@ -182,7 +184,7 @@ class Chorus:
         form = _core.transcription_form(
             adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
         )
-        files = {"file": _core.read_audio(audio, filename)}
+        files = {"file": _sync_io.run_blocking(_core.read_audio, audio, filename)}
         return self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
 
     def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
@@ -210,16 +212,15 @@ class Chorus:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         paths = _core.audio_files(files)
-
         with progress_bar(len(paths), "transcribing", unit="file", enabled=progress) as bar:
 
-            def tracked(path: Path) -> FileResult:
-                result = self._transcribe_file(path, adapter, options)
-                bar.update(1)
-                return result
+            def one(path: Path) -> FileResult:
+                try:
+                    return self._transcribe_file(path, adapter, options)
+                finally:
+                    bar.update(1)
 
-            with ThreadPoolExecutor(max_workers=min(concurrency, max(1, len(paths)))) as pool:
-                return list(pool.map(tracked, paths))
+            return _sync_io.map_bounded(one, paths, concurrency)
 
     def transcribe_folder(self, folder: str | os.PathLike[str], adapter: str, **options: Any) -> list[FileResult]:
         """`transcribe_many` over the audio files under `folder` (recursively)."""
@@ -228,13 +229,13 @@ class Chorus:
         return self.transcribe_many([folder], adapter, **options)
 
     def list_models(self) -> ModelList:
-        return ModelList.model_validate(self._send("GET", "/v1/models").json())
+        return ModelList.model_validate((self._send("GET", "/v1/models")).json())
 
     # Operator API
 
     def list_adapters(self, limit: int | None = None, after: str | None = None) -> AdapterPage:
         params = {k: v for k, v in (("limit", limit), ("after", after)) if v is not None}
-        return AdapterPage.model_validate(self._send("GET", "/v1/adapters", params=params).json())
+        return AdapterPage.model_validate((self._send("GET", "/v1/adapters", params=params)).json())
 
     def iter_adapters(self, page_size: int | None = None) -> Iterator[Adapter]:
         """Every adapter visible to this key, following the cursor page by page."""
@@ -248,7 +249,7 @@ class Chorus:
 
     def get_adapter(self, ref: str) -> Adapter:
         """The current version of `ID`, or version N of `ID@N`."""
-        return Adapter.model_validate(self._send("GET", _core.adapter_path(ref)).json())
+        return Adapter.model_validate((self._send("GET", _core.adapter_path(ref))).json())
 
     def upload_adapter(
         self,
@@ -269,7 +270,7 @@ class Chorus:
             def body() -> Iterator[bytes]:
                 bar.reset()
                 with source.open("rb") as f:
-                    while chunk := f.read(_core.UPLOAD_CHUNK):
+                    while chunk := _sync_io.run_blocking(f.read, _core.UPLOAD_CHUNK):
                         bar.update(len(chunk))
                         yield chunk
 
@@ -279,21 +280,21 @@ class Chorus:
 
     def delete_adapter(self, ref: str) -> Deleted:
         """Delete every version of `ID`, or only version N of `ID@N`."""
-        return Deleted.model_validate(self._send("DELETE", _core.adapter_path(ref)).json())
+        return Deleted.model_validate((self._send("DELETE", _core.adapter_path(ref))).json())
 
     def pin(self, ref: str) -> Adapter:
         """Keep the adapter resident (never evicted); returns once it is resident."""
-        return Adapter.model_validate(self._send("POST", _core.adapter_path(ref, "/pin")).json())
+        return Adapter.model_validate((self._send("POST", _core.adapter_path(ref, "/pin"))).json())
 
     def unpin(self, ref: str) -> Adapter:
-        return Adapter.model_validate(self._send("POST", _core.adapter_path(ref, "/unpin")).json())
+        return Adapter.model_validate((self._send("POST", _core.adapter_path(ref, "/unpin"))).json())
 
     # Health
 
     def health(self) -> Health:
-        return Health.model_validate(self._send("GET", "/healthz", retry=_core.NO_RETRIES).json())
+        return Health.model_validate((self._send("GET", "/healthz", retry=_core.NO_RETRIES)).json())
 
     def ready(self) -> dict[str, Any]:
         """`/readyz`'s body; raises `OverloadedError` (no retries) while the server is not ready."""
-        payload: dict[str, Any] = self._send("GET", "/readyz", retry=_core.NO_RETRIES).json()
+        payload: dict[str, Any] = (self._send("GET", "/readyz", retry=_core.NO_RETRIES)).json()
         return payload
