@@ -14,11 +14,7 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +28,7 @@ import numpy as np
 import soundfile
 
 from benchmarks.adapter_cold_load import percentile
+from chorus_server.background import ServerProcess
 from chorus_server.engine import Engine, load_adapter
 from chorus_server.engine.random_model import write_random_model
 
@@ -95,35 +92,15 @@ def _sums(url: str) -> dict[str, float]:
 @contextmanager
 def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterator[str]:
     """`chorus serve` in its own process (as deployed), on a free port of 127.0.0.1; yields its URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {
-        **os.environ,
         "CHORUS_BACKBONE": str(model),
         "CHORUS_STORE": str(store),
         "CHORUS_DTYPE": dtype,
         "CHORUS_DEVICE": device,
         "CHORUS_DATA_DIR": str(store.parent),
     }
-    command = [sys.executable, "-m", "chorus_server.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(60)
+    with ServerProcess(env, store.parent, args=("--log-level", "warning")) as server:
+        yield server.url
 
 
 def run(

@@ -37,7 +37,8 @@ from chorus_client import (
     VerboseTranscription,
 )
 from chorus_client.cli import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_REJECTED
-from tests.clients.live_server import ROOT, free_port, running_server, write_wav
+from chorus_server.background import ServerProcess, free_port
+from tests.clients.live_server import ROOT, write_wav
 from tests.deploy.test_packaging import CONTRACT_METRICS, dashboard_exprs, metric_names, series_names
 
 KEYS = {"k-alice": "alice", "k-bob": "bob"}
@@ -72,8 +73,8 @@ def base_env(model_dir: Path, workdir: Path) -> dict[str, str]:
 def server(model_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("server")
     env = base_env(model_dir, workdir) | {"CHORUS_LIMITS__MAX_ADAPTER_BYTES": str(MAX_ADAPTER_BYTES)}
-    with running_server(env, workdir) as url:
-        yield url
+    with ServerProcess(env, workdir) as live:
+        yield live.url
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +87,8 @@ def strict(model_dir, tmp_path_factory):
         "CHORUS_LIMITS__MAX_INFLIGHT_PER_TENANT": "1",
         "CHORUS_LIMITS__MAX_QUEUE_AUDIO_SECONDS": "1.0",
     }
-    with running_server(env, workdir) as url:
-        yield url
+    with ServerProcess(env, workdir) as live:
+        yield live.url
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from chorus_server.background import BackgroundServer
+from chorus_server.background import BackgroundServer, ServerProcess
 from tests.server.conftest import make_settings, wav
 from tests.server.test_errors import gate_forward
 
@@ -86,27 +81,17 @@ def wait_for(predicate, seconds: float = 15.0) -> None:
         time.sleep(0.01)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
-    port = free_port()
     env = {
-        **os.environ,
         "CHORUS_BACKBONE": str(model_dir),
         "CHORUS_STORE": str(tmp_path / "store"),
         "CHORUS_DTYPE": "float32",
         "CHORUS_DEVICE": "cpu",
         "CHORUS_BATCH__MAX_ITEMS": "1",
     }
-    command = [sys.executable, "-m", "chorus_server.cli", "serve", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, cwd=Path(__file__).parents[2], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ready(url), seconds=60)
+    with ServerProcess(env, tmp_path, start_timeout=60) as server:
+        url, process = server.url, server.process
+        assert process is not None
         results: list[int | str] = []
         files = {"file": ("a.wav", wav(120.0), "audio/wav")}  # 6 windows each, run one at a time
 
@@ -134,10 +119,7 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         assert process.wait(60) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz")
-    finally:
-        process.kill()
-        stderr = process.stderr.read() if process.stderr else ""
-    assert "Chorus stopped" in stderr
+    assert "Chorus stopped" in server.log()
 
 
 def _in_flight(url: str) -> float:
@@ -145,10 +127,3 @@ def _in_flight(url: str) -> float:
         if line.startswith("chorus_requests_in_flight "):
             return float(line.split()[1])
     return 0.0
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz").status_code == 200
-    except httpx.HTTPError:
-        return False
