@@ -66,12 +66,12 @@ def main() -> None:
             adapter = random_adapter(MMS, "mms", f"lang{i}", 16, layers, 150 - 4 - 5, i, FINGERPRINT)
             path = Path(tmp) / "upload.safetensors"
             save_adapter(adapter, path)
-            store.publish(f"lang{i}", path, owner="bench")
+            store.publish(f"bench/lang{i}", path)
         params = adapter.num_parameters()
         file_bytes = path.stat().st_size
 
         cache = AdapterCache(make_loader(store, validator.load_version), prepare, device, 10**12, 10**12)
-        with cache.acquire("lang0@1"):  # warm-up: imports, allocator
+        with cache.acquire("bench/lang0@1"):  # warm-up: imports, allocator
             pass
         gc.collect()
         rss_before = rss_bytes()
@@ -79,7 +79,7 @@ def main() -> None:
         for i in range(1, args.runs):
             gc.collect()
             start, start_cpu = time.perf_counter(), time.process_time()
-            with cache.acquire(f"lang{i}@1"):
+            with cache.acquire(f"bench/lang{i}@1"):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - start) * 1000)

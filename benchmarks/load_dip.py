@@ -48,7 +48,7 @@ def main() -> None:
         template = random_adapter(MMS, "mms", "t", 16, list(range(MMS.num_hidden_layers)), 145, 0, FINGERPRINT)
         save_adapter(template, Path(tmp) / "upload.safetensors")
         for i in range(reps * loads):
-            store.publish(f"a{i}", Path(tmp) / "upload.safetensors", owner="bench")
+            store.publish(f"bench/a{i}", Path(tmp) / "upload.safetensors")
         cache = AdapterCache(
             make_loader(store, validator.load_version),
             lambda a: a.to(device=device, dtype=engine.dtype),
@@ -61,7 +61,7 @@ def main() -> None:
         engine.forward(x, lengths, [head] * batch)
         for rep in range(reps):
             for phase in ("quiet", "busy"):
-                futures = [cache.lease(f"a{rep * loads + i}@1") for i in range(loads)] if phase == "busy" else []
+                futures = [cache.lease(f"bench/a{rep * loads + i}@1") for i in range(loads)] if phase == "busy" else []
                 sync(device)
                 start = time.perf_counter()
                 engine.forward(x, lengths, [head] * batch)

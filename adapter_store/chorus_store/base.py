@@ -8,33 +8,73 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from chorus_store.errors import AdapterCorrupt, AdapterRejected
 
-ADAPTER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
+# `owner/name` is an adapter's full ID: every adapter lives in its owner's namespace (like a model hub's repos).
+ADAPTER_ID = re.compile(rf"(?P<owner>{NAME})/(?P<name>{NAME})", re.ASCII)
+# What a caller may write: `[owner/]name[@version]`; versions are plain ASCII digits without leading zeros.
+REF = re.compile(rf"(?:(?P<owner>{NAME})/)?(?P<name>{NAME})(?:@(?P<version>[0-9]{{1,9}}))?", re.ASCII)
+TENANT = re.compile(NAME, re.ASCII)
 VISIBILITIES = ("public", "private")
+NAME_RULE = "1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed adapter reference: `owner` None means "resolve the name for the caller"; `version` None means
+    the current version."""
+
+    owner: str | None
+    name: str
+    version: int | None
+
+    @property
+    def adapter_id(self) -> str:
+        """The full ID (`owner/name`); only for references that name their owner."""
+        if self.owner is None:
+            raise ValueError(f"reference {self.name!r} has no owner")
+        return f"{self.owner}/{self.name}"
+
+
+def check_tenant(tenant: str) -> str:
+    if not TENANT.fullmatch(tenant):
+        raise AdapterRejected(f"invalid tenant name {tenant!r}: use {NAME_RULE}")
+    return tenant
 
 
 def check_id(adapter_id: str) -> str:
-    if not ADAPTER_ID.match(adapter_id):
-        raise AdapterRejected(
-            f"invalid adapter id {adapter_id!r}: use 1-64 characters of a-z, 0-9, '.', '_', '-', starting alphanumeric"
-        )
+    """A full adapter ID, `owner/name`."""
+    if not ADAPTER_ID.fullmatch(adapter_id):
+        raise AdapterRejected(f"invalid adapter id {adapter_id!r}: write owner/name, each {NAME_RULE}")
     return adapter_id
 
 
+def split_ref(ref: str) -> Ref:
+    """`[owner/]name[@N]` -> Ref. Only one spelling is accepted for each reference (ASCII, no leading zeros)."""
+    match = REF.fullmatch(ref)
+    if match is None:
+        raise AdapterRejected(
+            f"invalid adapter reference {ref!r}: write name, owner/name or either with @version "
+            f"(names: {NAME_RULE}; versions: 1, 2, ...)"
+        )
+    version = match["version"]
+    if version is not None and (version.startswith("0")):
+        raise AdapterRejected(f"invalid adapter reference {ref!r}: versions start at 1 and have no leading zeros")
+    return Ref(match["owner"], match["name"], int(version) if version is not None else None)
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """`ID` -> (ID, None) meaning the current version; `ID@N` -> (ID, N)."""
-    adapter_id, sep, version = ref.partition("@")
-    check_id(adapter_id)
-    if not sep:
-        return adapter_id, None
-    if not version.isdigit() or int(version) < 1:
-        raise AdapterRejected(f"invalid adapter reference {ref!r}: the version after '@' must be a positive integer")
-    return adapter_id, int(version)
+    """`owner/name` -> (ID, None) meaning the current version; `owner/name@N` -> (ID, N)."""
+    parsed = split_ref(ref)
+    if parsed.owner is None:
+        raise AdapterRejected(f"invalid adapter reference {ref!r}: the store needs the full ID, owner/name")
+    return parsed.adapter_id, parsed.version
 
 
 @dataclass(frozen=True)
@@ -62,6 +102,10 @@ class AdapterRecord:
     @property
     def ref(self) -> str:
         return f"{self.id}@{self.version}"
+
+    @property
+    def name(self) -> str:
+        return self.id.partition("/")[2]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,17 +150,32 @@ class AdapterStore(Protocol):
         self,
         adapter_id: str,
         source: BinaryIO | Path,
-        owner: str,
-        visibility: str = "private",
+        visibility: str | None = None,
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
-    ) -> AdapterRecord: ...
+    ) -> AdapterRecord:
+        """Validate and store a new version of `owner/name`; it becomes current. `visibility` None keeps the
+        adapter's (new adapters: private); "public" claims the name in the shared public namespace (`NameTaken`
+        if another owner's public adapter has it). Version numbers are never reused, even after deletes."""
+        ...
 
-    def get(self, ref: str) -> AdapterRecord: ...
+    def get(self, ref: str) -> AdapterRecord:
+        """`owner/name[@N]`; `AdapterNotFound` / `VersionNotFound`, `AdapterCorrupt` for a damaged record."""
+        ...
 
     def versions(self, adapter_id: str) -> list[AdapterRecord]: ...
 
-    def list_adapters(self, after: str | None = None, limit: int = 100) -> Page: ...
+    def list_adapters(
+        self, after: str | None = None, limit: int = 100, where: Callable[[AdapterRecord], bool] | None = None
+    ) -> Page:
+        """Current versions in full-ID order, only those `where` accepts, `limit` per page; `next_cursor` (pass
+        it as `after`) is always the ID of an item on this page. Damaged adapters are skipped and logged."""
+        ...
+
+    def public_owner(self, name: str) -> str | None:
+        """The owner of the public adapter called `name`, if there is one. Reads nothing of private adapters, so
+        resolving a name costs the same whether another tenant has a private adapter of that name or not."""
+        ...
 
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its recorded sha256 (`AdapterCorrupt` if they differ)."""
@@ -131,7 +190,11 @@ class AdapterStore(Protocol):
         """Raise `AdapterCorrupt` unless `data` matches the version's recorded sha256."""
         ...
 
-    def delete(self, adapter_id: str, version: int | None = None) -> None: ...
+    def delete(self, adapter_id: str, version: int | None = None, purge: bool = False) -> None:
+        """Delete one version, or every version. A fully deleted adapter leaves a tombstone (its last version
+        number) so `ID@N` never names other bytes; `purge` removes the tombstone too (numbers restart at 1).
+        Works on damaged adapters, so their owner can always remove them."""
+        ...
 
 
 def verify_sha256(record: AdapterRecord, data: bytes | bytearray) -> None:

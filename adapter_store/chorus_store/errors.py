@@ -21,8 +21,12 @@ class PublishConflict(StoreError):
     """The adapter's current version is not the one the publisher expected."""
 
 
+class NameTaken(StoreError):
+    """Another owner's public adapter already has this name (public names are one shared namespace)."""
+
+
 class AdapterCorrupt(StoreError):
-    """Stored bytes no longer match their checksum."""
+    """Stored bytes or records are damaged: no retry will help; publish again or delete the adapter."""
 
 
 class StoreUnavailable(StoreError):

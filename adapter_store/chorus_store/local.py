@@ -1,16 +1,19 @@
 """`LocalStore`: adapters in a local directory — the embedded default.
 
-    root/adapters/<id>/adapter.json        owner, visibility
-    root/adapters/<id>/CURRENT             current version number
-    root/adapters/<id>/LAST                highest version number ever issued (never reused)
-    root/adapters/<id>/v000003.safetensors tensor bytes (immutable)
-    root/adapters/<id>/v000003.json        record (sha256, size, summary); a version exists iff this exists
-    root/tmp/                              uploads in progress; cleared on open
+    root/adapters/<owner>/<name>/adapter.json         visibility, created_at
+    root/adapters/<owner>/<name>/CURRENT              current version number (absent: deleted, a tombstone)
+    root/adapters/<owner>/<name>/LAST                 highest version number ever issued (never reused)
+    root/adapters/<owner>/<name>/v000003.safetensors  tensor bytes (immutable)
+    root/adapters/<owner>/<name>/v000003.json         record (sha256, size, summary); the version exists iff this does
+    root/public/<name>                                claim of a public name: the owner's tenant name
+    root/tmp/                                         uploads in progress; cleared on open
 
 Publish: stream to `tmp/` (size cap, sha256 on the fly) → fsync → validate → lock the adapter → place data →
 write the record (temp + fsync + rename) → flip CURRENT (same) → fsync the directory. A process killed at any
 point leaves either no new version or a complete one. An `fcntl` lock per adapter serialises publishers and
-deleters, across threads and processes.
+deleters, across threads and processes. Public names are claimed with an exclusive create, so exactly one owner
+wins a race; the adapter's own `adapter.json` stays the truth (a claim whose adapter is no longer public is stale
+and may be taken over).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from chorus_store.base import (
+    ADAPTER_ID,
     VISIBILITIES,
     AdapterRecord,
     AdapterSummary,
@@ -40,9 +44,12 @@ from chorus_store.base import (
     verify_sha256,
 )
 from chorus_store.errors import (
+    AdapterCorrupt,
     AdapterNotFound,
     AdapterRejected,
+    NameTaken,
     PublishConflict,
+    StoreError,
     StoreUnavailable,
     VersionNotFound,
 )
@@ -91,16 +98,28 @@ def _version_file(version: int) -> str:
     return f"v{version:06d}"
 
 
+@contextlib.contextmanager
+def _io(what: str) -> Iterator[None]:
+    """Filesystem faults (read-only, full, I/O errors) become `StoreUnavailable`, naming what failed."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreUnavailable(f"the adapter store cannot {what} right now ({exc.strerror or exc})") from exc
+
+
 class LocalStore:
     def __init__(self, root: str | Path, validator: AdapterValidator, max_bytes: int = DEFAULT_MAX_BYTES):
         self.root = Path(root)
         self.validator = validator
         self.max_bytes = max_bytes
         self.adapters_dir = self.root / "adapters"
+        self.public_dir = self.root / "public"
         self.tmp_dir = self.root / "tmp"
         try:
-            self.adapters_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.adapters_dir, self.public_dir, self.tmp_dir):
+                folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"cannot create store at {self.root}: {exc}") from exc
         self._recover()
@@ -111,33 +130,32 @@ class LocalStore:
         self,
         adapter_id: str,
         source: BinaryIO | Path,
-        owner: str,
-        visibility: str = "private",
+        visibility: str | None = None,
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
     ) -> AdapterRecord:
         """Validate and store a new version; it becomes current. Nothing is visible unless all of it is."""
         check_id(adapter_id)
-        if visibility not in VISIBILITIES:
+        if visibility is not None and visibility not in VISIBILITIES:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
-            with tmp.open("wb") as out:
+            with _io("store the upload"), tmp.open("wb") as out:
                 fcntl.flock(out, fcntl.LOCK_EX)  # tells _recover in another process this upload is alive
                 sha256, size = self._receive(source, out)
                 summary = self.validator.validate(_read_all(tmp), allow_fingerprint_mismatch)
-                version = self._place(adapter_id, tmp, owner, visibility, expected_version, sha256, size, summary)
+                version = self._place(adapter_id, tmp, visibility, expected_version, sha256, size, summary)
             logger.info("published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, size, sha256[:12])
             return self.get(f"{adapter_id}@{version}")
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _place(
         self,
         adapter_id: str,
         tmp: Path,
-        owner: str,
-        visibility: str,
+        visibility: str | None,
         expected_version: int | None,
         sha256: str,
         size: int,
@@ -145,20 +163,20 @@ class LocalStore:
     ) -> int:
         """Under the adapter's lock: number the version, move the data in, write its record, flip CURRENT."""
         with self._locked(adapter_id, create=True) as folder:
-            meta = self._adapter_meta(folder)
-            if meta is not None and meta["owner"] != owner:
-                raise PublishConflict(f"adapter {adapter_id!r} belongs to another tenant; choose another id")
+            meta = self._meta_or_default(folder)
             current = self._current(folder)
             if expected_version is not None and expected_version != (current or 0):
                 raise PublishConflict(
                     f"adapter {adapter_id!r} is at version {current or 0}, not {expected_version}; re-read it and retry"
                 )
+            wanted = visibility or (meta["visibility"] if current is not None else "private")
+            if wanted == "public":
+                self._claim_public(adapter_id)
             # Numbers are never reused, even after deletes: `ID@N` always means the same bytes.
-            version = max([self._read_int(folder, "LAST") or 0, *self._version_numbers(folder, True)]) + 1
+            version = max([self._last(folder), *self._version_numbers(folder, True)]) + 1
             self._write_int(folder, "LAST", version)
-            if meta is None:
-                meta = {"id": adapter_id, "owner": owner, "visibility": visibility, "created_at": time.time()}
-                _write_json_atomic(folder / "adapter.json", meta)
+            if meta.get("visibility") != wanted or current is None:
+                _write_json_atomic(folder / "adapter.json", {**meta, "visibility": wanted})
             os.replace(tmp, folder / f"{_version_file(version)}.safetensors")
             record = {
                 "id": adapter_id,
@@ -172,7 +190,46 @@ class LocalStore:
             _write_json_atomic(folder / f"{_version_file(version)}.json", record)
             self._set_current(folder, version)
             _fsync_dir(folder)
+            if wanted == "private":
+                self._release_public(adapter_id)
         return version
+
+    def _claim_public(self, adapter_id: str) -> None:
+        """Take the public name of `owner/name` (exclusive create: one winner among racing owners)."""
+        owner, _, name = adapter_id.partition("/")
+        claim = self.public_dir / name
+        holder = self._claim_holder(name)
+        if holder == owner:
+            return
+        if holder is not None:
+            if self._is_public(f"{holder}/{name}"):
+                raise NameTaken(f"the public name {name!r} is taken by adapter '{holder}/{name}'; choose another name")
+            claim.unlink(missing_ok=True)  # stale: that adapter was made private or deleted mid-way
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise NameTaken(f"the public name {name!r} was just taken by another tenant; choose another name") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(owner)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _release_public(self, adapter_id: str) -> None:
+        owner, _, name = adapter_id.partition("/")
+        if self._claim_holder(name) == owner:
+            (self.public_dir / name).unlink(missing_ok=True)
+
+    def _claim_holder(self, name: str) -> str | None:
+        try:
+            return (self.public_dir / name).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _is_public(self, adapter_id: str) -> bool:
+        try:
+            return self.get(adapter_id).visibility == "public"
+        except (AdapterNotFound, VersionNotFound, AdapterCorrupt):
+            return False
 
     def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> tuple[str, int]:
         """Copy the upload to `out`, enforcing the size limit while reading; returns (sha256, size)."""
@@ -196,38 +253,64 @@ class LocalStore:
 
     def get(self, ref: str) -> AdapterRecord:
         adapter_id, version = parse_ref(ref)
-        folder = self.adapters_dir / adapter_id
-        meta = self._adapter_meta(folder)
-        current = self._current(folder)
-        if meta is None or current is None:
-            raise _not_found(adapter_id)
-        wanted = current if version is None else version
-        return self._record(folder, meta, wanted, current)
+        folder = self._folder(adapter_id)
+        with _io(f"read adapter {adapter_id!r}"):
+            meta = self._adapter_meta(folder)
+            current = self._current(folder)
+            if meta is None or current is None:
+                raise _not_found(adapter_id)
+            wanted = current if version is None else version
+            return self._record(folder, meta, wanted, current)
 
     def versions(self, adapter_id: str) -> list[AdapterRecord]:
-        folder = self.adapters_dir / check_id(adapter_id)
-        meta, current = self._adapter_meta(folder), self._current(folder)
-        if meta is None or current is None:
-            raise _not_found(adapter_id)
-        records = []
-        for v in self._version_numbers(folder):
-            with contextlib.suppress(VersionNotFound):  # deleted meanwhile
-                records.append(self._record(folder, meta, v, current))
-        return records
+        folder = self._folder(check_id(adapter_id))
+        with _io(f"read adapter {adapter_id!r}"):
+            meta, current = self._adapter_meta(folder), self._current(folder)
+            if meta is None or current is None:
+                raise _not_found(adapter_id)
+            records = []
+            for v in self._version_numbers(folder):
+                with contextlib.suppress(VersionNotFound):  # deleted meanwhile
+                    records.append(self._record(folder, meta, v, current))
+            return records
 
-    def list_adapters(self, after: str | None = None, limit: int = 100) -> Page:
-        """Adapters in ID order (their current version), `limit` per page; pass `next_cursor` as `after`."""
+    def list_adapters(
+        self, after: str | None = None, limit: int = 100, where: Callable[[AdapterRecord], bool] | None = None
+    ) -> Page:
+        """Adapters in full-ID order (their current version), `limit` per page; pass `next_cursor` as `after`."""
         if not 1 <= limit <= 1000:
             raise AdapterRejected(f"limit must be between 1 and 1000, got {limit}")
-        names = sorted(p.name for p in self.adapters_dir.iterdir() if p.is_dir() and (after is None or p.name > after))
+        with _io("list adapters"):
+            ids = sorted(
+                f"{owner.name}/{adapter.name}"
+                for owner in self.adapters_dir.iterdir()
+                if owner.is_dir()
+                for adapter in owner.iterdir()
+                if adapter.is_dir()
+            )
         items: list[AdapterRecord] = []
-        for name in names:
-            with contextlib.suppress(AdapterNotFound, VersionNotFound):
-                items.append(self.get(name))
+        more = False
+        for adapter_id in ids:
+            if after is not None and adapter_id <= after:
+                continue
+            try:
+                record = self.get(adapter_id)
+            except (AdapterNotFound, VersionNotFound):
+                continue  # a tombstone, or deleted meanwhile
+            except (AdapterCorrupt, StoreUnavailable) as exc:
+                logger.warning("listing skips adapter %s: %s", adapter_id, exc)
+                continue
+            if where is not None and not where(record):
+                continue
             if len(items) == limit:
+                more = True
                 break
-        more = bool(items) and names[-1] > items[-1].id and len(items) == limit
+            items.append(record)
         return Page(items, items[-1].id if more else None)
+
+    def public_owner(self, name: str) -> str | None:
+        with _io("resolve adapter names"):
+            return self._claim_holder(name)
 
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its sha256."""
@@ -237,7 +320,7 @@ class LocalStore:
 
     def read_unverified(self, record: AdapterRecord) -> bytearray:
         """The version's bytes in a writable buffer, *not yet checked*: pair with `verify`."""
-        path = self.adapters_dir / record.id / f"{_version_file(record.version)}.safetensors"
+        path = self._folder(record.id) / f"{_version_file(record.version)}.safetensors"
         try:
             data = _read_all(path)
         except FileNotFoundError as exc:
@@ -252,73 +335,118 @@ class LocalStore:
 
     # ---- delete --------------------------------------------------------------------------------------------
 
-    def delete(self, adapter_id: str, version: int | None = None) -> None:
-        """Delete one version (the current pointer falls back to the newest left) or the whole adapter.
+    def delete(self, adapter_id: str, version: int | None = None, purge: bool = False) -> None:
+        """Delete one version (the current pointer falls back to the newest left) or the whole adapter, which
+        leaves a tombstone (LAST) unless `purge`. Damaged records do not stop a delete.
 
         Requests already running keep their loaded copy; only new lookups see the change.
         """
-        with self._locked(adapter_id, create=False) as folder:
-            current = self._current(folder)
-            if current is None:
-                raise _not_found(adapter_id)
+        with _io(f"delete adapter {adapter_id!r}"), self._locked(adapter_id, create=False) as folder:
+            current = self._current(folder, strict=False)  # a damaged pointer must not block the delete
             remaining = self._version_numbers(folder)
+            if not (folder / "CURRENT").exists() and not remaining and not purge:
+                raise _not_found(adapter_id)  # a tombstone: already deleted
             if version is not None:
                 if version not in remaining:
                     raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {remaining}")
-                (folder / f"{_version_file(version)}.json").unlink()
-                (folder / f"{_version_file(version)}.safetensors").unlink(missing_ok=True)
+                self._remove_version(folder, version)
                 remaining.remove(version)
-                if remaining and current == version:
+                if remaining and current != max(remaining):
                     self._set_current(folder, max(remaining))
-            if version is None or not remaining:
-                (folder / "CURRENT").unlink(missing_ok=True)
-                graveyard = self.tmp_dir / f"deleted-{adapter_id}-{uuid.uuid4().hex}"
+            if purge:
+                self._release_public(adapter_id)
+                graveyard = self.tmp_dir / f"deleted-{uuid.uuid4().hex}"
                 os.replace(folder, graveyard)
                 shutil.rmtree(graveyard, ignore_errors=True)
+            elif version is None or not remaining:
+                last = max([self._last(folder, strict=False), *self._version_numbers(folder, True)])
+                self._write_int(folder, "LAST", last)
+                (folder / "CURRENT").unlink(missing_ok=True)
+                for number in self._version_numbers(folder, True):
+                    self._remove_version(folder, number)
+                self._release_public(adapter_id)
+                _write_json_atomic(folder / "adapter.json", {**self._meta_or_default(folder), "visibility": "private"})
+                _fsync_dir(folder)
             else:
                 _fsync_dir(folder)
-        logger.info("deleted adapter %s%s", adapter_id, "" if version is None else f"@{version}")
+        logger.info("deleted adapter %s%s%s", adapter_id, "" if version is None else f"@{version}", purge * " (purged)")
+
+    def _remove_version(self, folder: Path, version: int) -> None:
+        (folder / f"{_version_file(version)}.json").unlink(missing_ok=True)
+        (folder / f"{_version_file(version)}.safetensors").unlink(missing_ok=True)
 
     # ---- internals -----------------------------------------------------------------------------------------
 
+    def _folder(self, adapter_id: str) -> Path:
+        owner, _, name = adapter_id.partition("/")
+        return self.adapters_dir / owner / name
+
     @contextlib.contextmanager
     def _locked(self, adapter_id: str, create: bool) -> Iterator[Path]:
-        folder = self.adapters_dir / check_id(adapter_id)
+        folder = self._folder(check_id(adapter_id))
         if create:
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         elif not folder.is_dir():
             raise _not_found(adapter_id)
-        lock_path = self.tmp_dir / f"{adapter_id}.lock"  # outside the folder, so deletes can move it
+        lock_path = self.tmp_dir / f"{adapter_id.replace('/', '@')}.lock"  # outside the folder: purges move it
         with lock_path.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if create:
-                    folder.mkdir(exist_ok=True)  # a deleter may have moved it while we waited
+                    folder.mkdir(parents=True, exist_ok=True)  # a purge may have moved it while we waited
+                elif not folder.is_dir():
+                    raise _not_found(adapter_id)
                 yield folder
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _adapter_meta(self, folder: Path) -> dict | None:
+    def _adapter_meta(self, folder: Path) -> dict[str, Any] | None:
         try:
-            return json.loads((folder / "adapter.json").read_text())
+            meta = json.loads((folder / "adapter.json").read_text())
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StoreUnavailable(f"cannot read {folder.name}/adapter.json: {exc}") from exc
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._damaged(folder, "adapter.json", exc) from exc
+        if not isinstance(meta, dict) or meta.get("visibility") not in VISIBILITIES:
+            raise self._damaged(folder, "adapter.json", ValueError("no valid visibility"))
+        return meta
 
-    def _current(self, folder: Path) -> int | None:
-        return self._read_int(folder, "CURRENT")
+    def _meta_or_default(self, folder: Path) -> dict[str, Any]:
+        """The adapter's meta, or a fresh one (new adapter, or a damaged file being replaced)."""
+        try:
+            meta = self._adapter_meta(folder)
+        except AdapterCorrupt:
+            meta = None
+        return meta if meta is not None else {"visibility": "private", "created_at": time.time()}
+
+    def _damaged(self, folder: Path, file: str, exc: Exception) -> AdapterCorrupt:
+        adapter_id = f"{folder.parent.name}/{folder.name}"
+        logger.error("adapter %s is damaged: %s: %s", adapter_id, file, exc)
+        return AdapterCorrupt(f"adapter {adapter_id!r} is damaged in the store; its owner can delete it")
+
+    def _current(self, folder: Path, strict: bool = True) -> int | None:
+        return self._read_int(folder, "CURRENT", strict)
+
+    def _last(self, folder: Path, strict: bool = True) -> int:
+        return self._read_int(folder, "LAST", strict) or 0
 
     def _set_current(self, folder: Path, version: int) -> None:
         self._write_int(folder, "CURRENT", version)
 
-    def _read_int(self, folder: Path, name: str) -> int | None:
+    def _read_int(self, folder: Path, name: str, strict: bool = True) -> int | None:
+        """A number file; a damaged one raises `AdapterCorrupt` (or reads as absent when not `strict`)."""
+        error: Exception | None = None
         try:
-            return int((folder / name).read_text())
+            text = (folder / name).read_text()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise StoreUnavailable(f"cannot read {folder.name}/{name}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            text, error = "", exc
+        if text.isascii() and text.strip().isdigit():
+            return int(text)
+        if not strict:
+            return None
+        raise self._damaged(folder, name, error or ValueError(f"not a number: {text[:20]!r}"))
 
     def _write_int(self, folder: Path, name: str, value: int) -> None:
         _write_text_atomic(folder / name, str(value))
@@ -328,24 +456,31 @@ class LocalStore:
         found = {
             int(p.stem[1:])
             for p in folder.glob("v*")
-            if p.suffix in suffixes and p.stem[1:].isdigit() and not p.name.startswith(".")
+            if p.suffix in suffixes and p.stem[1:].isascii() and p.stem[1:].isdigit() and not p.name.startswith(".")
         }
         return sorted(found)
 
-    def _record(self, folder: Path, meta: dict, version: int, current: int) -> AdapterRecord:
+    def _record(self, folder: Path, meta: dict[str, Any], version: int, current: int) -> AdapterRecord:
+        adapter_id = f"{folder.parent.name}/{folder.name}"
+        path = folder / f"{_version_file(version)}.json"
         try:
-            body = json.loads((folder / f"{_version_file(version)}.json").read_text())
+            body = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise VersionNotFound(
-                f"adapter {folder.name!r} has no version {version}; versions: {self._version_numbers(folder)}"
+                f"adapter {adapter_id!r} has no version {version}; versions: {self._version_numbers(folder)}"
             ) from exc
-        return AdapterRecord(
-            owner=meta["owner"],
-            visibility=meta["visibility"],
-            is_current=version == current,
-            versions=self._version_numbers(folder),
-            **body,
-        )
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._damaged(folder, path.name, exc) from exc
+        try:
+            return AdapterRecord(
+                **{**body, "id": adapter_id, "version": version},
+                owner=folder.parent.name,
+                visibility=meta["visibility"],
+                is_current=version == current,
+                versions=self._version_numbers(folder),
+            )
+        except TypeError as exc:  # missing or unknown fields
+            raise self._damaged(folder, path.name, exc) from exc
 
     def _recover(self) -> None:
         """Clear leftovers of processes killed mid-publish: partial uploads and data without a record.
@@ -364,18 +499,49 @@ class LocalStore:
                 except BlockingIOError:
                     continue  # an upload in progress in a live process
                 leftover.unlink(missing_ok=True)
-        for folder in self.adapters_dir.iterdir():
-            lock_path = self.tmp_dir / f"{folder.name}.lock"
-            with lock_path.open("a") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a publish or delete is running on this adapter
-                for data in folder.glob("v*.safetensors"):
-                    if not data.with_suffix(".json").exists():
-                        logger.warning("removing %s: data without a record (publish was interrupted)", data)
-                        data.unlink(missing_ok=True)
-                for tmp in folder.glob(".*.tmp"):
-                    tmp.unlink(missing_ok=True)
-                if not (folder / "CURRENT").exists() and not any(folder.glob("v*.json")):
-                    shutil.rmtree(folder, ignore_errors=True)  # first publish never completed
+        for owner in list(self.adapters_dir.iterdir()):
+            if (owner / "adapter.json").is_file():
+                owner = self._migrate_flat(owner)
+            for folder in owner.iterdir() if owner.is_dir() else ():
+                self._recover_adapter(folder)
+
+    def _migrate_flat(self, folder: Path) -> Path:
+        """A store written before namespaces (`adapters/<id>/`, owner in adapter.json) moves to
+        `adapters/<owner>/<id>/`, its public adapters claiming their names. Returns the owner's folder."""
+        try:
+            meta = json.loads((folder / "adapter.json").read_text())
+            owner = meta["owner"] if ADAPTER_ID.fullmatch(f"{meta['owner']}/x") else "default"
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            meta, owner = {}, "default"
+        name = folder.name.removesuffix(".migrating")  # a migration interrupted after staging resumes here
+        target = self.adapters_dir / owner / name
+        if target.exists():
+            logger.error("cannot migrate adapter %s to %s: the target exists; left in place", folder, target)
+            return folder
+        if owner == name and folder.name == name:  # `adapters/default/` becomes `adapters/default/default/`
+            staged = folder.with_name(f"{name}.migrating")
+            os.replace(folder, staged)
+            folder = staged
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, target)
+        if meta.get("visibility") == "public":
+            with contextlib.suppress(NameTaken):
+                self._claim_public(f"{owner}/{name}")
+        logger.warning("migrated adapter %s to the namespaced layout as %s/%s", name, owner, name)
+        return self.adapters_dir / owner
+
+    def _recover_adapter(self, folder: Path) -> None:
+        lock_path = self.tmp_dir / f"{folder.parent.name}@{folder.name}.lock"
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # a publish or delete is running on this adapter
+            for data in folder.glob("v*.safetensors"):
+                if not data.with_suffix(".json").exists():
+                    logger.warning("removing %s: data without a record (publish was interrupted)", data)
+                    data.unlink(missing_ok=True)
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            if not any((folder / name).exists() for name in ("CURRENT", "LAST")) and not any(folder.glob("v*.json")):
+                shutil.rmtree(folder, ignore_errors=True)  # first publish never completed

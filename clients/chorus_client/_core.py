@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import mimetypes
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,11 +103,15 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+# The server's grammar (chorus_store.base.REF), checked here so that a reference never escapes its URL path.
+ADAPTER_REF = re.compile(r"(?:[a-z0-9][a-z0-9._-]{0,63}/)?[a-z0-9][a-z0-9._-]{0,63}(?:@[0-9]{1,9})?", re.ASCII)
+
+
 def adapter_path(ref: str, suffix: str = "") -> str:
-    """`/v1/adapters/ID` or `/v1/adapters/ID@N`, plus e.g. `/pin`."""
-    if not ref or "/" in ref:
-        raise ValueError(f"expected an adapter reference ID or ID@N, got {ref!r}")
-    return f"/v1/adapters/{quote(ref, safe='@')}{suffix}"
+    """`/v1/adapters/[owner/]name[@N]`, plus e.g. `/pin`."""
+    if not ADAPTER_REF.fullmatch(ref):
+        raise ValueError(f"expected an adapter reference [owner/]name[@N], got {ref!r}")
+    return f"/v1/adapters/{quote(ref, safe='@/')}{suffix}"
 
 
 def read_audio(audio: AudioInput, filename: str | None = None) -> tuple[str, bytes, str]:
@@ -156,11 +161,12 @@ def transcription_result(response: httpx.Response, response_format: str) -> Tran
 
 
 def upload_params(
-    visibility: str, expected_version: int | None, allow_fingerprint_mismatch: bool
+    visibility: str | None, expected_version: int | None, allow_fingerprint_mismatch: bool
 ) -> dict[str, str | int]:
-    if visibility not in ("private", "public"):
-        raise ValueError(f"visibility must be 'private' or 'public', got {visibility!r}")
-    params: dict[str, str | int] = {"visibility": visibility}
+    """Query of an upload; `visibility` None keeps the adapter's (new adapters are private)."""
+    if visibility not in (None, "private", "public"):
+        raise ValueError(f"visibility must be 'private', 'public' or None, got {visibility!r}")
+    params: dict[str, str | int] = {"visibility": visibility} if visibility else {}
     if expected_version is not None:
         params["expected_version"] = expected_version
     if allow_fingerprint_mismatch:

@@ -108,9 +108,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     mms.set_defaults(func=client_command(_import_mms))
 
 
-def _publish_options(cmd: argparse.ArgumentParser, default_visibility: str = "private") -> None:
+def _publish_options(cmd: argparse.ArgumentParser, default_visibility: str | None = None) -> None:
     cmd.add_argument("--id", required=True, dest="adapter_id", help="adapter ID to publish under")
-    cmd.add_argument("--visibility", choices=["private", "public"], default=default_visibility)
+    cmd.add_argument(
+        "--visibility",
+        choices=["private", "public"],
+        default=default_visibility,
+        help="change the adapter's visibility (default: keep it; new adapters are private)",
+    )
     cmd.add_argument("--expected-version", type=int, help="publish only if the current version is N (0: new)")
     cmd.add_argument("--allow-fingerprint-mismatch", action="store_true", help="accept another backbone's adapter")
     cmd.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)")
@@ -274,7 +279,7 @@ def _import_mms(client: Chorus, args: argparse.Namespace) -> int:
 
 PLUGIN_GROUP = "chorus.commands"
 # Commands the server distribution registers; named here so a client-only install can say what is missing.
-SERVER_COMMANDS = ("serve", "dev", "train-adapter")
+SERVER_COMMANDS = ("serve", "keys", "dev", "train-adapter")
 SERVER_NEEDED = "needs the Chorus server (torch): pip install ./clients . from a Chorus checkout (chorus-asr)"
 Plugin = Callable[[argparse._SubParsersAction], None]
 

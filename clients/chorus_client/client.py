@@ -256,12 +256,13 @@ class Chorus:
         path: str | os.PathLike[str],
         adapter_id: str,
         *,
-        visibility: str = "private",
+        visibility: str | None = None,
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
         progress: bool | None = None,
     ) -> Adapter:
-        """Publish a native adapter file as the next version of `adapter_id` (streamed, not read into memory)."""
+        """Publish a native adapter file as the next version of `adapter_id` — a name in the caller's namespace
+        (streamed, not read into memory). `visibility` None keeps the adapter's; new adapters are private."""
         params = _core.upload_params(visibility, expected_version, allow_fingerprint_mismatch)
         source = Path(path)
         size = source.stat().st_size

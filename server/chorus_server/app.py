@@ -16,7 +16,9 @@ from chorus_server import __version__
 from chorus_server.body_limit import BodyLimit
 from chorus_server.errors import install_error_handlers
 from chorus_server.metrics import Metrics, RequestMetrics
-from chorus_server.routes import adapters, health, transcriptions
+from chorus_server.path_guard import PathGuard
+from chorus_server.request_id import RequestId
+from chorus_server.routes import adapters, health, keys, transcriptions
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings, get_settings
 
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(transcriptions.router)
     app.include_router(adapters.router)
+    app.include_router(keys.router)
     app.include_router(health.router)
 
     def limit_for(method: str, path: str) -> int:
@@ -65,4 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestMetrics, metrics=metrics, path=TRANSCRIPTIONS_PATH)
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(PathGuard)
+    app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

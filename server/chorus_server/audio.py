@@ -20,6 +20,7 @@ from chorus_server.errors import ApiError
 logger = logging.getLogger(__name__)
 
 MIN_SAMPLES = 400  # one wav2vec 2.0 frame (25 ms at 16 kHz)
+MAX_SAMPLE = 1e4  # full scale is ±1; float files beyond this carry no sound, only overflow risk
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def _read_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
         if f.frames > 0 and f.samplerate > 0 and f.frames / f.samplerate > max_seconds:
             raise _too_long(f.frames / f.samplerate, max_seconds)
         blocks = [
-            block.mean(axis=1, dtype=np.float32)  # (block,)
+            block.mean(axis=1, dtype=np.float64).astype(np.float32)  # (block,); float64: huge samples stay finite
             for block in f.blocks(blocksize=max(1, f.samplerate) * 10, dtype="float32", always_2d=True)
         ]
         samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
@@ -110,6 +111,9 @@ def decode_audio(data: bytes, rate: int, max_seconds: float) -> Audio:
     mono = samples  # (L,) at source_rate
     if not np.isfinite(mono).all():
         raise ApiError(400, "the audio contains NaN or infinite samples", "invalid_audio", param="file")
+    if len(mono) and np.abs(mono).max() > MAX_SAMPLE:
+        # Float files may exceed ±1 a little; values this large are not sound and would overflow resampling.
+        raise ApiError(400, f"the audio has samples beyond ±{MAX_SAMPLE:g}", "invalid_audio", param="file")
     if source_rate != rate and len(mono):
         mono = soxr.resample(mono, source_rate, rate).astype(np.float32, copy=False)
     if len(mono) < MIN_SAMPLES:

@@ -1,73 +1,141 @@
-"""API keys -> tenants, and what a tenant may see and change.
+"""Who is calling: API key -> principal (tenant + role), and what each role may do.
 
-Tenants see public adapters and their own; admins see and change everything. An adapter another tenant may not
-see answers 404 exactly like a missing one, so IDs of private adapters do not leak.
+Roles: `admin` (everything), `operator` (its tenant's adapters and transcription), `user` (transcription and
+listing what it may see), `metrics` (scrape only). Callers without a key are anonymous: refused when keys exist
+(unless `CHORUS_AUTH__ANONYMOUS` allows them), otherwise — a server with no keys, which `chorus serve` allows on
+loopback only — an operator of the tenant "anonymous". Anonymous callers are never admins.
 """
 
 from __future__ import annotations
 
-import hmac
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from fastapi import Request
 
 from chorus_server.errors import ApiError
+from chorus_server.keys import KeyInfo, KeyRing, Role, parse_env_hash
 from chorus_server.settings import AuthSettings
-from chorus_store.base import AdapterRecord, AdapterStore
-from chorus_store.errors import AdapterNotFound
+from chorus_store.base import AdapterRecord, check_tenant
+from chorus_store.errors import AdapterRejected
 
-OPEN_TENANT = "default"
+ANONYMOUS_TENANT = "anonymous"
+ENV_ADMIN_TENANT = "admin"
+
+Permission = Literal["transcribe", "read", "write", "scrape", "manage"]
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset({"transcribe", "read", "write", "scrape", "manage"}),
+    Role.OPERATOR: frozenset({"transcribe", "read", "write"}),
+    Role.USER: frozenset({"transcribe", "read"}),
+    Role.METRICS: frozenset({"scrape"}),
+}
+WHAT = {
+    "transcribe": "transcribe audio",
+    "read": "list or read adapters",
+    "write": "upload, delete or pin adapters",
+    "scrape": "read metrics",
+    "manage": "manage API keys",
+}
 
 
 @dataclass(frozen=True)
-class Tenant:
-    name: str
-    admin: bool
+class Principal:
+    """The caller: its tenant (namespace), role and the permissions they grant."""
+
+    tenant: str
+    role: Role
+    key_id: str | None = None
+    permissions: frozenset[Permission] = frozenset()
+
+    @property
+    def admin(self) -> bool:
+        return self.role is Role.ADMIN
 
     def can_see(self, record: AdapterRecord) -> bool:
-        return self.admin or record.visibility == "public" or record.owner == self.name
+        return self.admin or record.visibility == "public" or record.owner == self.tenant
 
     def can_change(self, record: AdapterRecord) -> bool:
-        return self.admin or record.owner == self.name
+        return self.admin or ("write" in self.permissions and record.owner == self.tenant)
+
+    def require(self, permission: Permission) -> None:
+        if permission not in self.permissions:
+            raise ApiError(403, f"this API key's role ({self.role}) may not {WHAT[permission]}", "permission_denied")
+
+
+def principal(tenant: str, role: Role, key_id: str | None = None, local: bool = False) -> Principal:
+    """`local`: the anonymous caller of a keyless loopback server, who may also read metrics."""
+    extra: frozenset[Permission] = frozenset({"scrape"}) if local else frozenset()
+    return Principal(tenant, role, key_id, PERMISSIONS[role] | extra)
+
+
+def env_keys(settings: AuthSettings) -> dict[bytes, KeyInfo]:
+    """`keys` ("key or sha256:<hex>" -> "tenant" or "tenant:role"; role defaults to operator) and `admin_keys`."""
+    now = time.time()
+    found: dict[bytes, KeyInfo] = {}
+    for given, spec in settings.keys.items():
+        tenant, _, role = spec.partition(":")
+        try:
+            info_role = Role(role or Role.OPERATOR)
+            check_tenant(tenant)
+        except (ValueError, AdapterRejected) as exc:
+            raise ValueError(f"CHORUS_AUTH__KEYS: bad entry {spec!r}: {exc}") from None
+        digest = parse_env_hash(given)
+        found[digest] = KeyInfo(f"env_{digest.hex()[:12]}", tenant, info_role, now, source="env")
+    for given in settings.admin_keys:
+        digest = parse_env_hash(given)
+        found[digest] = KeyInfo(f"env_{digest.hex()[:12]}", ENV_ADMIN_TENANT, Role.ADMIN, now, source="env")
+    return found
+
+
+def key_file(settings: AuthSettings, data_dir: Path) -> Path:
+    return settings.key_file or data_dir / "keys.sqlite3"
+
+
+def anonymous_role(settings: AuthSettings, keys: KeyRing) -> Role | None:
+    """The role of callers without a key (None: refused). `auto`: operator when no key exists at all."""
+    if settings.anonymous == "auto":
+        return None if keys.has_keys() else Role.OPERATOR
+    return None if settings.anonymous == "none" else Role(settings.anonymous)
 
 
 class Authenticator:
-    def __init__(self, settings: AuthSettings):
-        self.keys = dict(settings.keys)
-        self.admin_keys = list(settings.admin_keys)
-        self.enabled = bool(self.keys or self.admin_keys)
+    def __init__(self, keys: KeyRing, anonymous: Role | None):
+        self.keys = keys
+        self.anonymous = anonymous
+        self.open = anonymous is not None and not keys.has_keys()  # no keys at all: a local development server
 
-    def tenant_for(self, authorization: str | None) -> Tenant:
-        if not self.enabled:
-            return Tenant(OPEN_TENANT, admin=True)
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key:
+    def principal_for(self, authorization: str | None) -> Principal:
+        if self.open:  # no key exists to check against: OpenAI SDKs always send one ("unused"); ignore it
+            return principal(ANONYMOUS_TENANT, Role.OPERATOR if self.anonymous is None else self.anonymous, local=True)
+        if not authorization:
+            if self.anonymous is None:
+                raise ApiError(
+                    401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key", headers=_challenge()
+                )
+            return principal(ANONYMOUS_TENANT, self.anonymous, local=self.open)
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
             raise ApiError(
-                401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key", headers=_challenge()
+                401, "malformed Authorization header: send 'Bearer <key>'", "invalid_api_key", headers=_challenge()
             )
-        # Constant-time comparisons: the time taken must not reveal how much of a key matched.
-        for admin_key in self.admin_keys:
-            if hmac.compare_digest(admin_key, key):
-                return Tenant(self.keys.get(admin_key, "admin"), admin=True)
-        for known, tenant in self.keys.items():
-            if hmac.compare_digest(known, key):
-                return Tenant(tenant, admin=False)
-        raise ApiError(401, "invalid API key", "invalid_api_key", headers=_challenge())
+        info = self.keys.lookup(secret.strip())
+        if info is None:
+            raise ApiError(401, "invalid API key", "invalid_api_key", headers=_challenge())
+        if info.expired(time.time()):
+            raise ApiError(401, "this API key has expired; ask for a new one", "expired_api_key", headers=_challenge())
+        return principal(info.tenant, info.role, info.id)
 
 
 def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
 
-def visible_record(store: AdapterStore, ref: str, tenant: Tenant) -> AdapterRecord:
-    """The stored version `ref` names, if `tenant` may see it; otherwise the same 404 as a missing adapter."""
-    record = store.get(ref)
-    if not tenant.can_see(record):
-        raise AdapterNotFound(f"adapter {record.id!r} not found; list adapters with GET /v1/adapters")
-    return record
-
-
-def current_tenant(request: Request) -> Tenant:
-    """FastAPI dependency: the caller's tenant (raises 401 when auth is on and the key is missing or wrong)."""
+def current_principal(request: Request) -> Principal:
+    """FastAPI dependency: the caller (401 when a key is needed and missing or wrong). Also noted on the request
+    for the audit log and request metrics."""
     authenticator: Authenticator = request.app.state.chorus.auth
-    return authenticator.tenant_for(request.headers.get("authorization"))
+    who = authenticator.principal_for(request.headers.get("authorization"))
+    request.state.principal = who
+    return who

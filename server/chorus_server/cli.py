@@ -1,4 +1,4 @@
-"""Server subcommands of the `chorus` command: `serve`, `dev …` and `train-adapter`.
+"""Server subcommands of the `chorus` command: `serve`, `keys …`, `dev …` and `train-adapter`.
 
 The `chorus` command itself belongs to the client distribution (`chorus_client.cli`); this module is its plugin,
 registered under the `chorus.commands` entry-point group in pyproject.toml. Nothing heavy is imported until a
@@ -26,14 +26,48 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from chorus_server.app import create_app
+    from chorus_server.exposure import exposure_problem
+    from chorus_server.settings import get_settings
 
+    problem = exposure_problem(get_settings(), args.host)
+    if problem:
+        print(f"chorus serve: {problem}", file=sys.stderr)
+        return 2
     # One process: the inference thread owns the device; concurrency comes from batching, not from workers.
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    import time
+
+    from chorus_server.keys import Role
+    from chorus_server.runtime import key_ring
+    from chorus_server.settings import get_settings
+
+    keys = key_ring(get_settings())
+    if args.keys_command == "create":
+        expires = time.time() + args.expires_days * 86400 if args.expires_days else None
+        info, secret = keys.create(args.tenant, Role(args.role), expires)
+        print(f"created {info.id} for tenant {info.tenant!r}, role {info.role} (shown once; store it now):")
+        print(secret)
+        return 0
+    if args.keys_command == "list":
+        for info in keys.active():
+            expires = time.strftime("%Y-%m-%d", time.gmtime(info.expires_at)) if info.expires_at else "never"
+            used = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.last_used_at)) if info.last_used_at else "never"
+            print(f"{info.id}  tenant={info.tenant}  role={info.role}  {info.source}  expires={expires}  used={used}")
+        return 0
+    if keys.revoke(args.key_id):
+        print(f"revoked {args.key_id}")
+        return 0
+    print(f"chorus keys: no active key {args.key_id!r} in {keys.path}", file=sys.stderr)
+    return 1
+
+
 # = sorted(chorus_server.engine.random_model.PRESETS) (a test checks); named here so `chorus` starts without torch.
 PRESET_NAMES = ("base", "base-mms", "large-mms", "tiny", "tiny-mms")
+ROLE_NAMES = ("admin", "operator", "user", "metrics")  # = chorus_server.keys.Role (a test checks)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -46,6 +80,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_serve)
+    keys = commands.add_parser(
+        "keys", help="create, list and revoke API keys in the configured key file (no server needed)"
+    ).add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; its secret is printed once, as the last line")
+    create.add_argument("--tenant", required=True, help="tenant (namespace) the key acts for")
+    create.add_argument("--role", choices=ROLE_NAMES, default="user", help="role (default: user)")
+    create.add_argument("--expires-days", type=float, default=None, help="expire after N days (default: never)")
+    keys.add_parser("list", help="list active keys (no secrets)")
+    revoke = keys.add_parser("revoke", help="revoke a key; effective on the next request")
+    revoke.add_argument("key_id", help="the key's ID (key_...)")
+    for sub in (create, *keys.choices.values()):
+        sub.set_defaults(func=_keys)
     dev = commands.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     rnd = dev.add_parser("random-model", help="write a random-weight backbone (HF layout) and random adapters")
     rnd.add_argument("--preset", choices=PRESET_NAMES, default="tiny", help="model geometry (default: tiny)")

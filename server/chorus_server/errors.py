@@ -71,7 +71,8 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (store_errors.VersionNotFound, 404, "version_not_found"),
     (store_errors.AdapterRejected, 422, "invalid_adapter"),
     (store_errors.PublishConflict, 409, "version_conflict"),
-    (store_errors.AdapterCorrupt, 503, "adapter_corrupt"),
+    (store_errors.NameTaken, 409, "name_taken"),
+    (store_errors.AdapterCorrupt, 500, "adapter_corrupt"),  # permanent: no Retry-After
     (store_errors.StoreUnavailable, 503, "store_unavailable"),
     (engine_errors.InputError, 400, "invalid_audio"),
     (engine_errors.AdapterError, 422, "invalid_adapter"),
@@ -82,7 +83,7 @@ def from_domain(exc: Exception) -> ApiError | None:
     """The HTTP meaning of an engine or store error (None: not a domain error)."""
     for cls, status, code in DOMAIN_ERRORS:
         if isinstance(exc, cls):
-            headers = {"Retry-After": "5"} if status == 503 else None
+            headers = {"Retry-After": "5"} if status == 503 else None  # 503s are transient; retrying helps
             return ApiError(status, str(exc), code, headers=headers)
     return None
 

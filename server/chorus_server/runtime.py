@@ -14,19 +14,21 @@ from pathlib import Path
 
 import torch
 
-from chorus_server.auth import OPEN_TENANT, Authenticator
+from chorus_server.audit import AuditLog
+from chorus_server.auth import Authenticator, anonymous_role, env_keys, key_file
 from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
 from chorus_server.engine import Adapter, Engine, save_adapter
 from chorus_server.engine.cache import AdapterCache, single_threaded_torch
 from chorus_server.engine.engine import resolve_device
 from chorus_server.engine.random_model import write_random_model
+from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
 from chorus_server.validation import BackboneValidator
 from chorus_server.worker import Worker
-from chorus_store.base import AdapterStore, check_id
+from chorus_store.base import AdapterStore
 from chorus_store.errors import StoreError
 from chorus_store.loader import make_loader
 from chorus_store.local import LocalStore
@@ -34,6 +36,7 @@ from chorus_store.local import LocalStore
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+SEED_OWNER = "chorus"  # the namespace of the adapters published on first start (public)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class Runtime:
     worker: Worker
     metrics: Metrics
     auth: Authenticator
+    audit: AuditLog
     transcriber: Transcriber
     loaders: ThreadPoolExecutor
     pinned: dict[str, str]  # adapter ID -> pinned version ref
@@ -147,18 +151,24 @@ class Runtime:
         worker = Worker(engine, resolve_batch_limits(settings.batch, engine.device, rate), metrics)
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device
-        default = settings.default_adapter or source.head_id
+        default = settings.default_adapter or f"{SEED_OWNER}/{source.head_id}"
         transcriber = Transcriber(engine, store, cache, worker, settings, default)
+        keys = key_ring(settings)
+        auth = Authenticator(keys, anonymous_role(settings.auth, keys))
+        audit = AuditLog(settings.audit_log or settings.data_dir / "audit.jsonl")
         worker.start()
         logger.info("batching: %s", worker.limits)
-        return cls(
-            settings, engine, store, cache, worker, metrics, Authenticator(settings.auth), transcriber, loaders, {}
-        )
+        return cls(settings, engine, store, cache, worker, metrics, auth, audit, transcriber, loaders, {})
 
     def close(self) -> None:
         """Run everything already admitted, then stop the worker and the loaders."""
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
+
+
+def key_ring(settings: Settings) -> KeyRing:
+    """The API keys of this configuration: the key file and the environment's keys, hashed."""
+    return KeyRing(key_file(settings.auth, settings.data_dir), env_keys(settings.auth))
 
 
 def seed_store(store: AdapterStore, head: Adapter | None, source: ModelSource) -> None:
@@ -174,7 +184,7 @@ def seed_store(store: AdapterStore, head: Adapter | None, source: ModelSource) -
         files += [(path.stem.lower(), path) for path in source.seed_adapters]
         for adapter_id, path in files:
             try:
-                record = store.publish(check_id(adapter_id), path, owner=OPEN_TENANT, visibility="public")
+                record = store.publish(f"{SEED_OWNER}/{adapter_id}", path, visibility="public")
                 logger.info("seeded the store with adapter %s (%s)", record.ref, record.kind)
             except StoreError as exc:
                 logger.warning("could not seed adapter %s from %s: %s", adapter_id, path, exc)

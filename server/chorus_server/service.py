@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from chorus_server.audio import Audio
-from chorus_server.auth import Tenant, visible_record
+from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
 from chorus_server.chunking import plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
@@ -26,6 +26,7 @@ from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.errors import ApiError
 from chorus_server.settings import Settings
+from chorus_server.tenancy import resolve
 from chorus_server.worker import DeadlineExceeded, Worker
 from chorus_store.base import AdapterRecord, AdapterStore
 
@@ -58,14 +59,14 @@ class Transcriber:
         self._inflight: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def resolve(self, ref: str, tenant: Tenant) -> AdapterRecord:
+    def resolve(self, ref: str, who: Principal) -> AdapterRecord:
         """The adapter version a request means; hidden adapters look exactly like missing ones."""
         if ref == OPENAI_DEFAULT_MODEL and self.default_adapter:
             ref = self.default_adapter
-        return visible_record(self.store, ref, tenant)
+        return resolve(self.store, ref, who)
 
     async def transcribe(
-        self, audio: Audio, record: AdapterRecord, tenant: Tenant, disconnected: Callable[[], Awaitable[None]]
+        self, audio: Audio, record: AdapterRecord, tenant: Principal, disconnected: Callable[[], Awaitable[None]]
     ) -> Result:
         """Raises ApiError (429, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
@@ -76,9 +77,9 @@ class Transcriber:
         finally:
             gone.cancel()
             with self._lock:
-                self._inflight[tenant.name] -= 1
+                self._inflight[tenant.tenant] -= 1
 
-    def _admit(self, audio: Audio, tenant: Tenant) -> None:
+    def _admit(self, audio: Audio, tenant: Principal) -> None:
         limits = self.settings.limits
         queued = self.worker.queued_samples / self.rate
         if queued + audio.seconds > limits.max_queue_audio_seconds:
@@ -90,14 +91,14 @@ class Transcriber:
                 headers={"Retry-After": str(retry)},
             )
         with self._lock:
-            if self._inflight[tenant.name] >= limits.max_inflight_per_tenant:
+            if self._inflight[tenant.tenant] >= limits.max_inflight_per_tenant:
                 raise ApiError(
                     429,
                     f"too many concurrent requests for this API key (limit {limits.max_inflight_per_tenant})",
                     "rate_limit_exceeded",
                     headers={"Retry-After": "1"},
                 )
-            self._inflight[tenant.name] += 1
+            self._inflight[tenant.tenant] += 1
 
     async def _run(self, audio: Audio, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Result:
         lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])

@@ -50,10 +50,20 @@ class CacheSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    """API keys. With no keys at all, auth is off and every caller is the admin tenant "default"."""
+    """API keys and anonymous access (docs/security.md). Keys from `chorus keys create` live hashed in `key_file`;
+    the environment keys below suit simple setups and are hashed at start-up."""
 
-    keys: dict[str, str] = Field(default_factory=dict, description="API key -> tenant name")
-    admin_keys: list[str] = Field(default_factory=list, description="keys allowed to change any adapter")
+    keys: dict[str, str] = Field(
+        default_factory=dict,
+        description='API key (or "sha256:<hex>" of it) -> "tenant" or "tenant:role" (role: operator by default)',
+    )
+    admin_keys: list[str] = Field(default_factory=list, description='admin keys (or "sha256:<hex>"), tenant "admin"')
+    key_file: Path | None = Field(None, description="SQLite file of created keys; unset: DATA_DIR/keys.sqlite3")
+    anonymous: Literal["auto", "none", "user", "operator"] = Field(
+        "auto",
+        description="role of callers without a key; auto: operator of tenant 'anonymous' when no key exists "
+        "(loopback only), else none. On other interfaces only 'user' or 'none' are allowed",
+    )
 
 
 class Settings(BaseSettings):
@@ -72,6 +82,9 @@ class Settings(BaseSettings):
     )
     default_adapter: str | None = Field(
         None, description="adapter used when a request names `whisper-1` (OpenAI clients' default model)"
+    )
+    audit_log: Path | None = Field(
+        None, description="JSON-lines audit log of operator actions; unset: DATA_DIR/audit.jsonl"
     )
     seed_store: bool = Field(True, description="on first start, publish the bundled demo adapters to the store")
     max_adapter_label_values: int = Field(

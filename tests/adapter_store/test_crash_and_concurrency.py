@@ -43,7 +43,7 @@ CHILD = textwrap.dedent(
             return chunk
 
     if mode == "mid-upload":
-        store.publish("fr", Stalling(), owner="acme")
+        store.publish("acme/fr", Stalling())
     elif mode == "after-data":
         original = local._write_json_atomic
         def patched(path, body):
@@ -51,11 +51,11 @@ CHILD = textwrap.dedent(
                 hang()  # data file is in place, its record is not yet written
             original(path, body)
         local._write_json_atomic = patched
-        store.publish("fr", Path(src), owner="acme")
+        store.publish("acme/fr", Path(src))
     else:  # concurrent publisher: wait for the starting gun, then publish
         while not Path(go).exists():
             time.sleep(0.001)
-        store.publish("shared", Path(src), owner="acme")
+        store.publish("acme/shared", Path(src))
     """
 )
 
@@ -81,7 +81,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
 @pytest.mark.parametrize("mode", ["mid-upload", "after-data"])
 def test_killed_publisher_leaves_no_partial_version(store, adapter_files, tmp_path, mode, with_previous_version):
     if with_previous_version:
-        store.publish("fr", adapter_files[1], owner="acme")
+        store.publish("acme/fr", adapter_files[1])
     marker = tmp_path / "marker"
     proc = spawn(store, adapter_files[0], marker, mode, tmp_path / "unused")
     wait_for(marker, proc)
@@ -90,17 +90,17 @@ def test_killed_publisher_leaves_no_partial_version(store, adapter_files, tmp_pa
 
     reopened = LocalStore(store.root, store.validator)  # recovery runs on open
     if with_previous_version:
-        record = reopened.get("fr")
-        assert record.version == 1 and [r.version for r in reopened.versions("fr")] == [1]
+        record = reopened.get("acme/fr")
+        assert record.version == 1 and [r.version for r in reopened.versions("acme/fr")] == [1]
         assert record.sha256 == hashlib.sha256(adapter_files[1].read_bytes()).hexdigest()
     else:
         with pytest.raises(AdapterNotFound):
-            reopened.get("fr")
+            reopened.get("acme/fr")
     leftovers = [p.name for p in reopened.tmp_dir.iterdir() if p.suffix != ".lock"]
     assert leftovers == []
-    assert not list((reopened.adapters_dir / "fr").glob("v*.safetensors")) or with_previous_version
-    after = reopened.publish("fr", adapter_files[2], owner="acme")
-    assert reopened.get("fr").sha256 == after.sha256
+    assert not list((reopened.adapters_dir / "acme" / "fr").glob("v*.safetensors")) or with_previous_version
+    after = reopened.publish("acme/fr", adapter_files[2])
+    assert reopened.get("acme/fr").sha256 == after.sha256
     assert reopened.read(after) == adapter_files[2].read_bytes()
 
 
@@ -110,7 +110,7 @@ def test_concurrent_publishers_produce_clean_versions(store, adapter_files, tmp_
     go.touch()
     for proc in procs:
         assert proc.wait(timeout=120) == 0, proc.stderr.read().decode() if proc.stderr else ""
-    records = store.versions("shared")
+    records = store.versions("acme/shared")
     assert [r.version for r in records] == [1, 2]
     expected = {hashlib.sha256(f.read_bytes()).hexdigest() for f in adapter_files[:2]}
     assert {r.sha256 for r in records} == expected

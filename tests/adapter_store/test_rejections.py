@@ -103,20 +103,20 @@ def hostile(src) -> dict[str, tuple[bytes, str]]:
 def test_rule(store, adapter_files, rule):
     data, message = hostile(adapter_files[0])[rule]
     with pytest.raises(AdapterRejected, match=message):
-        store.publish("victim", io.BytesIO(data), owner="acme")
+        store.publish("acme/victim", io.BytesIO(data))
     with pytest.raises(AdapterNotFound):
-        store.get("victim")
+        store.get("acme/victim")
     assert list(store.tmp_dir.glob("*.part")) == []
 
 
 def test_fingerprint_override_is_explicit_and_recorded(store, adapter_files):
     data = rebuild(adapter_files[0], edit_meta=lambda m: m.update(backbone_fingerprint="w2v2-" + "1" * 24))
-    record = store.publish("forced", io.BytesIO(data), owner="acme", allow_fingerprint_mismatch=True)
+    record = store.publish("acme/forced", io.BytesIO(data), allow_fingerprint_mismatch=True)
     assert record.fingerprint_override and record.backbone_fingerprint == "w2v2-" + "1" * 24
 
 
 def test_rejection_leaves_existing_versions_alone(store, adapter_files):
-    store.publish("keep", adapter_files[0], owner="acme")
+    store.publish("acme/keep", adapter_files[0])
     with pytest.raises(AdapterRejected):
-        store.publish("keep", io.BytesIO(b"garbage-bytes-here"), owner="acme")
-    assert store.get("keep").version == 1
+        store.publish("acme/keep", io.BytesIO(b"garbage-bytes-here"))
+    assert store.get("acme/keep").version == 1

@@ -19,18 +19,18 @@ def cache(store, tiny_model):
 
 def test_hot_swap_and_delete_while_running(store, cache, adapter_files, tiny_model):
     engine = tiny_model[1]
-    store.publish("fr", adapter_files[0], owner="acme")
+    store.publish("acme/fr", adapter_files[0])
     audio = pad_batch([torch.randn(8000, generator=torch.Generator().manual_seed(0))])
-    running = cache.lease(store.get("fr").ref).result(timeout=30)  # admitted on fr@1
+    running = cache.lease(store.get("acme/fr").ref).result(timeout=30)  # admitted on fr@1
     before = engine.forward(*audio, [running.adapter])[0]
 
-    store.publish("fr", adapter_files[1], owner="acme")  # hot swap: new requests resolve fr -> fr@2
-    assert store.get("fr").ref == "fr@2"
-    with cache.acquire(store.get("fr").ref, timeout=30) as newer:
+    store.publish("acme/fr", adapter_files[1])  # hot swap: new requests resolve fr -> fr@2
+    assert store.get("acme/fr").ref == "acme/fr@2"
+    with cache.acquire(store.get("acme/fr").ref, timeout=30) as newer:
         assert newer.info.name != running.adapter.info.name
 
-    store.delete("fr")
-    cache.invalidate("fr@")
+    store.delete("acme/fr")
+    cache.invalidate("acme/fr@")
     after = engine.forward(*audio, [running.adapter])[0]  # the admitted request still finishes on fr@1
     assert torch.equal(before, after)
     running.release()
@@ -38,15 +38,15 @@ def test_hot_swap_and_delete_while_running(store, cache, adapter_files, tiny_mod
 
 
 def test_corrupt_file_fails_only_that_adapter(store, cache, adapter_files):
-    store.publish("good", adapter_files[0], owner="acme")
-    bad = store.publish("bad", adapter_files[1], owner="acme")
-    path = store.adapters_dir / "bad" / "v000001.safetensors"
+    store.publish("acme/good", adapter_files[0])
+    bad = store.publish("acme/bad", adapter_files[1])
+    path = store.adapters_dir / "acme" / "bad" / "v000001.safetensors"
     path.write_bytes(path.read_bytes()[:-3] + b"xyz")
     with pytest.raises(AdapterCorrupt):
         cache.lease(bad.ref).result(timeout=30)
-    with cache.acquire("good@1", timeout=30) as adapter:
+    with cache.acquire("acme/good@1", timeout=30) as adapter:
         assert adapter.vocab.blank_id == 0
-    fixed = store.publish("bad", adapter_files[1], owner="acme")  # the next good version loads fine
+    fixed = store.publish("acme/bad", adapter_files[1])  # the next good version loads fine
     with cache.acquire(fixed.ref, timeout=30):
         pass
 
@@ -57,10 +57,8 @@ def test_a_version_published_with_a_fingerprint_override_is_served(store, cache,
 
     other = "w2v2-" + "1" * 24
     data = rebuild(adapter_files[0], edit_meta=lambda m: m.update(backbone_fingerprint=other))
-    record = store.publish("forced", io.BytesIO(data), owner="acme", allow_fingerprint_mismatch=True)
+    record = store.publish("acme/forced", io.BytesIO(data), allow_fingerprint_mismatch=True)
     with cache.acquire(record.ref, timeout=30) as adapter:
         assert adapter.info.backbone_fingerprint == other
-    store.publish(
-        "strict", io.BytesIO(data.replace(b"1" * 24, b"2" * 24)), owner="acme", allow_fingerprint_mismatch=True
-    )
-    assert store.get("strict").fingerprint_override
+    store.publish("acme/strict", io.BytesIO(data.replace(b"1" * 24, b"2" * 24)), allow_fingerprint_mismatch=True)
+    assert store.get("acme/strict").fingerprint_override

@@ -100,6 +100,8 @@ def test_upload_streams_the_file_with_its_length(client, server, tmp_path):
     assert request.headers["content-length"] == str(source.stat().st_size)
     assert dict(request.url.params) == {"visibility": "public", "expected_version": "2"}
     assert server.bodies[-1] == source.read_bytes()
+    client.upload_adapter(source, "fr")
+    assert dict(server.requests[-1].url.params) == {}  # no visibility: the server keeps the adapter's
 
 
 def test_503_with_retry_after_is_retried_and_the_upload_resent(client, server, sleeps, tmp_path):

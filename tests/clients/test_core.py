@@ -67,7 +67,8 @@ def test_transcription_form():
 def test_adapter_paths():
     assert _core.adapter_path("fr") == "/v1/adapters/fr"
     assert _core.adapter_path("fr@3", "/pin") == "/v1/adapters/fr@3/pin"
-    for bad in ("", "../x", "a/b"):
+    assert _core.adapter_path("acme/fr@3", "/pin") == "/v1/adapters/acme/fr@3/pin"
+    for bad in ("", "../x", "a/b/c", "a/..", "fr\n", "/fr", "fr/"):
         with pytest.raises(ValueError, match="adapter reference"):
             _core.adapter_path(bad)
 

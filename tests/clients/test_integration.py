@@ -115,16 +115,17 @@ def test_sync_client_every_method(server, model_dir, audio):
         assert (first.version, first.owner, first.visibility) == (1, "alice", "public")
         second = alice.upload_adapter(adapter_file(model_dir), "sync-a", expected_version=1)
         assert second.version == 2 and second.versions == [1, 2]
-        assert alice.get_adapter("sync-a").ref == "sync-a@2"
+        assert alice.get_adapter("sync-a").ref == "alice/sync-a@2"  # full ID: owner/name
         assert alice.get_adapter("sync-a@1").version == 1
-        assert "sync-a" in [a.id for a in alice.iter_adapters(page_size=1)]
+        assert "alice/sync-a" in [a.id for a in alice.iter_adapters(page_size=1)]
         assert alice.list_adapters(limit=1).data
-        assert "sync-a" in [m.id for m in alice.list_models().data]
+        assert "alice/sync-a" in [m.id for m in alice.list_models().data]
+        assert alice.get_adapter("alice/sync-a@1").version == 1
 
         plain = alice.transcribe(audio["one"], "sync-a")
-        assert type(plain) is Transcription and plain.adapter == "sync-a@2" and plain.words is None
+        assert type(plain) is Transcription and plain.adapter == "alice/sync-a@2" and plain.words is None
         worded = alice.transcribe(audio["one"], "sync-a@1", word_timestamps=True)
-        assert worded.adapter == "sync-a@1" and worded.words is not None
+        assert worded.adapter == "alice/sync-a@1" and worded.words is not None
         verbose = alice.transcribe(audio["one"], "sync-a", response_format="verbose_json", word_timestamps=True)
         assert type(verbose) is VerboseTranscription and verbose.duration == pytest.approx(1.0, abs=0.01)
         assert verbose.segments is not None and verbose.words is not None and verbose.text == plain.text
@@ -158,7 +159,7 @@ def test_every_error_class_a_healthy_server_can_produce(server, model_dir, audio
         alice.upload_adapter(adapter_file(model_dir), "err-public", visibility="public")
         alice.upload_adapter(adapter_file(model_dir), "err-private")
         with pytest.raises(PermissionDeniedError) as denied:
-            bob.delete_adapter("err-public")
+            bob.delete_adapter("alice/err-public")
         assert denied.value.status == 403
         with pytest.raises(NotFoundError):  # private adapters of others look missing
             bob.transcribe(audio["short"], "err-private")
@@ -229,7 +230,8 @@ def wait_until_queued(url: str, timeout: float = 30.0) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)}
+        scrape = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        families = {f.name: f for f in text_string_to_metric_families(scrape)}
         depth = families.get("chorus_queue_depth")
         if depth is not None and depth.samples and depth.samples[0].value >= 1:
             return
@@ -252,8 +254,8 @@ def test_async_client(server, model_dir, audio, tmp_path):
             results = await bob.transcribe_folder(folder, "async-b", concurrency=2, progress=True)
             assert [r.path.name for r in results] == ["a.wav", "b.wav", "c.wav"]
             assert all(isinstance(r.result, Transcription) and r.result.text == one.text for r in results)
-            assert "async-b" in [a.id async for a in bob.iter_adapters()]
-            assert (await bob.get_adapter("async-b")).ref == "async-b@1"
+            assert "bob/async-b" in [a.id async for a in bob.iter_adapters()]
+            assert (await bob.get_adapter("async-b")).ref == "bob/async-b@1"
             assert (await bob.pin("async-b")).pinned and not (await bob.unpin("async-b")).pinned
             assert (await bob.health()).status == "ok"
             assert (await bob.delete_adapter("async-b")).deleted
@@ -277,7 +279,7 @@ def test_cli_upload_list_transcribe_delete(server, model_dir, audio, tmp_path):
     assert json.loads(up.stdout)["version"] == 1 and up.stderr == ""  # no progress bar without a TTY
 
     listed = chorus("adapters", "list", env=env)
-    assert listed.returncode == 0 and any(line.split()[0] == "cli-a" for line in listed.stdout.splitlines()[1:])
+    assert listed.returncode == 0 and any(line.split()[0] == "alice/cli-a" for line in listed.stdout.splitlines()[1:])
     shown = chorus("adapters", "show", "cli-a@1", "--json", env=env)
     assert json.loads(shown.stdout)["owner"] == "alice"
 
@@ -289,14 +291,14 @@ def test_cli_upload_list_transcribe_delete(server, model_dir, audio, tmp_path):
                    "--out", str(out), "--json", env=env)  # fmt: skip
     assert files.returncode == 0, files.stderr
     report = json.loads(files.stdout)
-    assert [r["adapter"] for r in report] == ["cli-a@1", "cli-a@1"]
+    assert [r["adapter"] for r in report] == ["alice/cli-a@1", "alice/cli-a@1"]
     assert sorted(p.name for p in out.iterdir()) == ["one.vtt", "short.vtt"]
     assert (out / "one.vtt").read_text().startswith("WEBVTT")
 
     assert chorus("adapters", "pin", "cli-a", env=env).returncode == 0
     assert chorus("adapters", "unpin", "cli-a", env=env).returncode == 0
     deleted = chorus("adapters", "delete", "cli-a", env=env)
-    assert deleted.returncode == 0 and "deleted cli-a" in deleted.stdout
+    assert deleted.returncode == 0 and "deleted alice/cli-a" in deleted.stdout
     gone = chorus("transcribe", str(audio["one"]), "-a", "cli-a", env=env)
     assert gone.returncode == EXIT_NOT_FOUND and "not found" in gone.stderr
     assert chorus("adapters", "list", "--api-key", "wrong", "--url", server).returncode == EXIT_AUTH
@@ -325,7 +327,7 @@ def test_dashboard_names_only_metrics_the_server_exports(server, model_dir, audi
     with Chorus(server, ADMIN) as admin:  # some traffic, so that every labelled series exists
         admin.upload_adapter(adapter_file(model_dir), "metrics-a")
         admin.transcribe(audio["one"], "metrics-a")
-        text = httpx.get(f"{server}/metrics").text
+        text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     exported: dict[str, set[str]] = {"counter": set(), "histogram": set(), "gauge": set()}
     for family in text_string_to_metric_families(text):
         # prometheus_client also exports a `<name>_created` gauge per counter and histogram: not dashboard material.

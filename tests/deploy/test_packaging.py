@@ -136,6 +136,18 @@ def test_prometheus_scrapes_the_chorus_service():
     assert chorus["static_configs"][0]["targets"] == [f"chorus:{container_port}"]
     mount = next(v for v in compose["services"]["prometheus"]["volumes"] if "prometheus.yml" in v)
     assert mount.split(":")[1] in compose["services"]["prometheus"]["command"][0]
+    # /metrics needs a metrics key: the one Chorus is given is the one Prometheus sends.
+    secret = chorus["authorization"]["credentials_file"].removeprefix("/run/secrets/")
+    assert secret in compose["services"]["prometheus"]["secrets"]
+    source = compose["secrets"][secret]["environment"]
+    assert f"${{{source}:?" in compose["services"]["chorus"]["environment"]["CHORUS_AUTH__KEYS"]
+    assert '": "prometheus:metrics"}' in compose["services"]["chorus"]["environment"]["CHORUS_AUTH__KEYS"]
+
+
+def test_compose_never_runs_chorus_without_keys():
+    environment = load_yaml(ROOT / "docker-compose.yml")["services"]["chorus"]["environment"]
+    assert ":?" in environment["CHORUS_AUTH__ADMIN_KEYS"]  # compose refuses to start while the key is unset
+    assert "CHORUS_AUTH__ANONYMOUS" not in environment
 
 
 def test_grafana_provisioning_points_at_the_mounted_dashboards():

@@ -124,7 +124,7 @@ def test_tenant_concurrency_limit_is_429(tmp_path, model_dir):
     with running_app(settings) as client:
         gate, _ = gate_forward(client)
         first, first_out = in_background(transcribe, client, wav(1.0), "default")
-        wait_until(lambda: client.app.state.chorus.transcriber._inflight["default"] == 1)
+        wait_until(lambda: client.app.state.chorus.transcriber._inflight["anonymous"] == 1)
         error_of(transcribe(client, wav(1.0), "default"), 429, "rate_limit_exceeded")
         gate.set()
         first.join(30)
@@ -139,7 +139,7 @@ def test_deadline_is_504_and_the_queued_work_is_dropped(tmp_path, model_dir):
         wait_until(
             lambda: (
                 client.app.state.chorus.worker.queued_items == 0
-                and client.app.state.chorus.transcriber._inflight["default"] == 1
+                and client.app.state.chorus.transcriber._inflight["anonymous"] == 1
             )
         )
         late = transcribe(client, wav(1.0, seed=5), "default")  # waits behind the blocked batch

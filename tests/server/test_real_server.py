@@ -29,7 +29,9 @@ def test_openai_sdk_works_unchanged(live, tmp_path):
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused")
     audio = tmp_path / "clip.wav"
     audio.write_bytes(wav(3.0, seed=4))
-    assert {"default", "eng-0", "fra-1"} <= {m.id for m in client.models.list()}
+    assert {"chorus/default", "anonymous/eng-0", "anonymous/fra-1"} <= {m.id for m in client.models.list()}
+    with audio.open("rb") as f:  # full IDs work as model names too
+        assert client.audio.transcriptions.create(model="chorus/default", file=f).text
 
     with audio.open("rb") as f:
         plain = client.audio.transcriptions.create(model="eng-0", file=f)

@@ -29,7 +29,7 @@ def test_json_is_the_default_and_names_the_version_used(client):
     body = response.json()
     assert set(body) == {"text", "usage"} and isinstance(body["text"], str)
     assert body["usage"] == {"type": "duration", "seconds": 2}
-    assert response.headers["x-chorus-adapter"] == "eng-0@1"
+    assert response.headers["x-chorus-adapter"] == "anonymous/eng-0@1"  # the full ID: owner/name@version
 
 
 def test_transcript_equals_the_engine_called_directly(client, model_dir, adapter_files):
@@ -80,9 +80,9 @@ def test_text_srt_and_vtt(client):
 
 
 def test_version_pinning_and_the_openai_default_model(client):
-    assert transcribe(client, wav(1.0), "eng-0@1").headers["x-chorus-adapter"] == "eng-0@1"
-    # OpenAI clients default to whisper-1: it means the backbone's own head, published as "default".
-    assert transcribe(client, wav(1.0), "whisper-1").headers["x-chorus-adapter"] == "default@1"
+    assert transcribe(client, wav(1.0), "eng-0@1").headers["x-chorus-adapter"] == "anonymous/eng-0@1"
+    # OpenAI clients default to whisper-1: it means the backbone's own head, published as "chorus/default".
+    assert transcribe(client, wav(1.0), "whisper-1").headers["x-chorus-adapter"] == "chorus/default@1"
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ DTYPES = {
 MAX_HEADER_BYTES = 4 * 1024 * 1024  # an adapter's header (names, shapes, vocabulary) is a few KB to a few 100 KB
 MAX_TENSORS = 10_000
 MAX_DIM = 2**40
+MAX_RANK = 8  # adapter tensors have 1-3 dimensions; a bound keeps shape arithmetic cheap
 
 
 def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
@@ -40,10 +41,15 @@ def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int
     if not isinstance(spec, dict):
         raise ValueError(f"tensor {name!r}: header entry is not an object")
     dtype_name, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if dtype_name not in DTYPES:
-        raise ValueError(f"tensor {name!r}: unsupported dtype {dtype_name!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < MAX_DIM for d in shape):
-        raise ValueError(f"tensor {name!r}: invalid shape {shape!r}")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        raise ValueError(f"tensor {name!r}: unsupported dtype {str(dtype_name)[:40]!r}")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_RANK
+        or not all(type(d) is int and 0 <= d < MAX_DIM for d in shape)
+        or math.prod(max(d, 1) for d in shape) >= MAX_DIM  # torch cannot even describe an empty such tensor
+    ):
+        raise ValueError(f"tensor {name!r}: invalid shape {str(shape)[:80]}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
         raise ValueError(f"tensor {name!r}: invalid data_offsets {offsets!r}")
     begin, end = offsets
@@ -70,6 +76,8 @@ def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, s
             raise ValueError(f"header claims {header_len} bytes in a {len(buffer)}-byte file")
         try:
             header = json.loads(buffer[8 : 8 + header_len])
+        except RecursionError:
+            raise ValueError("header nests too deeply") from None
         except ValueError as exc:
             raise ValueError(f"header is not valid JSON: {exc}") from exc
         if not isinstance(header, dict):

@@ -1,5 +1,6 @@
 """Operator API: list, inspect, upload (new immutable version), delete, pin and unpin adapters, while traffic flows.
-Also `GET /v1/models`, OpenAI's view of the same adapters."""
+Also `GET /v1/models`, OpenAI's view of the same adapters. Names resolve as `chorus_server.tenancy` says; every
+change is written to the audit log."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from chorus_server.auth import Tenant, current_tenant, visible_record
+from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
 from chorus_server.runtime import Runtime
-from chorus_store.base import AdapterRecord, parse_ref
-from chorus_store.errors import AdapterNotFound
+from chorus_server.tenancy import own_id, resolve
+from chorus_store.base import AdapterRecord, split_ref
+from chorus_store.errors import StoreUnavailable
 
 router = APIRouter(tags=["adapters"])
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
+Caller = Annotated[Principal, Depends(current_principal)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -31,58 +33,73 @@ def adapter_json(runtime: Runtime, record: AdapterRecord) -> dict[str, Any]:
     return {
         "object": "adapter",
         **body,
+        "name": record.name,
         "resident": runtime.cache.is_resident(record.ref),
         "pinned": runtime.pinned.get(record.id) == record.ref,
     }
 
 
-def _changeable(runtime: Runtime, ref: str, tenant: Tenant) -> AdapterRecord:
-    record = visible_record(runtime.store, ref, tenant)
-    if not tenant.can_change(record):
-        raise ApiError(403, f"adapter {record.id!r} belongs to another tenant", "not_owner")
+def _changeable(runtime: Runtime, ref: str, who: Principal) -> AdapterRecord:
+    record = resolve(runtime.store, ref, who)
+    if not who.can_change(record):  # `record` is visible to `who`, so saying whose it is reveals nothing
+        raise ApiError(403, f"adapter {record.id!r} belongs to tenant {record.owner!r}", "not_owner")
     return record
 
 
+def _check_namespace(ref: str, who: Principal) -> None:
+    """Writes go to the caller's own namespace (an admin may write anywhere)."""
+    who.require("write")
+    owner = split_ref(ref).owner
+    if owner is not None and owner != who.tenant and not who.admin:
+        raise ApiError(
+            403, f"you can change adapters only in your own namespace, {who.tenant!r}/", "not_owner", "adapter_id"
+        )
+
+
 @router.get("/v1/models", summary="Adapters the caller may use, in OpenAI's model-list shape", tags=["transcription"])
-async def list_models(request: Request, tenant: TenantDep) -> dict[str, Any]:
-    records = await asyncio.to_thread(_all_visible, _runtime(request), tenant)
+async def list_models(request: Request, who: Caller) -> dict[str, Any]:
+    who.require("read")
+    records = await asyncio.to_thread(_all_visible, _runtime(request), who)
     data = [{"id": r.id, "object": "model", "created": int(r.created_at), "owned_by": r.owner} for r in records]
     return {"object": "list", "data": data}
 
 
-def _all_visible(runtime: Runtime, tenant: Tenant) -> list[AdapterRecord]:
-    records, cursor = [], None
+def _all_visible(runtime: Runtime, who: Principal) -> list[AdapterRecord]:
+    records: list[AdapterRecord] = []
+    cursor = None
     while True:
-        page = runtime.store.list_adapters(after=cursor, limit=500)
-        records += [r for r in page.items if tenant.can_see(r)]
+        page = runtime.store.list_adapters(after=cursor, limit=1000, where=who.can_see)
+        records += page.items
         if page.next_cursor is None:
             return records
         cursor = page.next_cursor
 
 
-@router.get("/v1/adapters", summary="List adapters (current versions), paginated")
+@router.get("/v1/adapters", summary="List the adapters the caller may see (current versions), paginated")
 async def list_adapters(
     request: Request,
-    tenant: TenantDep,
+    who: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    after: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
+    who.require("read")
     runtime = _runtime(request)
-    page = await asyncio.to_thread(runtime.store.list_adapters, after, limit)
-    data = [adapter_json(runtime, r) for r in page.items if tenant.can_see(r)]
+    page = await asyncio.to_thread(runtime.store.list_adapters, after, limit, who.can_see)
+    data = [adapter_json(runtime, r) for r in page.items]
     return {"object": "list", "data": data, "next_cursor": page.next_cursor}
 
 
-@router.get("/v1/adapters/{ref}", summary="One adapter: `ID` (current version) or `ID@N`")
-async def get_adapter(request: Request, ref: str, tenant: TenantDep) -> dict[str, Any]:
+@router.get("/v1/adapters/{ref:path}", summary="One adapter: `[owner/]name` (current version) or with `@N`")
+async def get_adapter(request: Request, ref: str, who: Caller) -> dict[str, Any]:
+    who.require("read")
     runtime = _runtime(request)
-    return adapter_json(runtime, await asyncio.to_thread(visible_record, runtime.store, ref, tenant))
+    return adapter_json(runtime, await asyncio.to_thread(resolve, runtime.store, ref, who))
 
 
 @router.put(
-    "/v1/adapters/{adapter_id}",
+    "/v1/adapters/{adapter_id:path}",
     status_code=201,
-    summary="Upload a new version (raw safetensors body, or multipart field `file`)",
+    summary="Upload a new version of `[owner/]name` (raw safetensors body, or multipart field `file`)",
     openapi_extra={
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     },
@@ -90,33 +107,29 @@ async def get_adapter(request: Request, ref: str, tenant: TenantDep) -> dict[str
 async def put_adapter(
     request: Request,
     adapter_id: str,
-    tenant: TenantDep,
-    visibility: Literal["private", "public"] = "private",
+    who: Caller,
+    visibility: Annotated[
+        Literal["private", "public"] | None, Query(description="change the adapter's visibility; unset: keep it")
+    ] = None,
     expected_version: Annotated[int | None, Query(ge=0, description="compare-and-set: 0 = must not exist")] = None,
     allow_fingerprint_mismatch: bool = False,
 ) -> dict[str, Any]:
     runtime = _runtime(request)
-    parse_ref(adapter_id)  # 422 for an invalid ID before reading the body
-    try:
-        existing = await asyncio.to_thread(runtime.store.get, adapter_id)
-    except AdapterNotFound:
-        existing = None
-    if existing is not None and not tenant.can_change(existing):
-        raise ApiError(403, f"adapter ID {adapter_id!r} belongs to another tenant", "not_owner")
-    path = await _receive_upload(request, runtime.settings.store / "tmp", runtime.settings.limits.max_adapter_bytes)
-    try:
-        record = await asyncio.to_thread(
-            runtime.store.publish,
-            adapter_id,
-            path,
-            existing.owner if existing else tenant.name,
-            visibility,
-            expected_version,
-            allow_fingerprint_mismatch,
-        )
-    finally:
-        path.unlink(missing_ok=True)
-    if adapter_id in runtime.pinned:  # a pinned adapter stays pinned across versions
+    async with runtime.audit.action(request, "adapter.publish", adapter_id) as entry:
+        _check_namespace(adapter_id, who)  # 403/422 before the body is read (refusals are audited too)
+        full_id, version = own_id(adapter_id, who)
+        if version is not None:
+            raise ApiError(422, "upload to an adapter ID, not to a version: versions are numbered by the server")
+        entry["target"] = full_id
+        path = await _receive_upload(request, runtime.settings.store / "tmp", runtime.settings.limits.max_adapter_bytes)
+        try:
+            record = await asyncio.to_thread(
+                runtime.store.publish, full_id, path, visibility, expected_version, allow_fingerprint_mismatch
+            )
+        finally:
+            path.unlink(missing_ok=True)
+        entry.update(version=record.version, sha256=record.sha256, visibility=record.visibility)
+    if record.id in runtime.pinned:  # a pinned adapter stays pinned across versions
         await _pin(runtime, record)
     return adapter_json(runtime, record)
 
@@ -124,8 +137,11 @@ async def put_adapter(
 async def _receive_upload(request: Request, scratch: Path, limit: int) -> Path:
     """Stream the body (raw or multipart `file`) to a temporary file, at most `limit` bytes (BodyLimit already
     caps the whole request, multipart framing included, while it arrives)."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".safetensors", dir=scratch)
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".safetensors", dir=scratch)
+    except OSError as exc:
+        raise StoreUnavailable(f"the adapter store cannot take uploads right now ({exc.strerror or exc})") from exc
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -142,6 +158,9 @@ async def _receive_upload(request: Request, scratch: Path, limit: int) -> Path:
         if path.stat().st_size == 0:
             raise ApiError(400, "the upload is empty: send the adapter's safetensors bytes", "empty_upload")
         return path
+    except OSError as exc:  # a full or read-only disk while writing
+        path.unlink(missing_ok=True)
+        raise StoreUnavailable(f"the adapter store cannot take uploads right now ({exc.strerror or exc})") from exc
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -153,26 +172,43 @@ def _write_limited(out: BinaryIO, chunk: bytes, limit: int) -> None:
     out.write(chunk)
 
 
-@router.delete("/v1/adapters/{ref}", summary="Delete an adapter (`ID`: every version) or one version (`ID@N`)")
-async def delete_adapter(request: Request, ref: str, tenant: TenantDep) -> dict[str, Any]:
+@router.delete("/v1/adapters/{ref:path}", summary="Delete an adapter (`ID`: every version) or one version (`ID@N`)")
+async def delete_adapter(
+    request: Request,
+    ref: str,
+    who: Caller,
+    purge: Annotated[
+        bool, Query(description="admin: also forget the adapter's version numbers, releasing its ID")
+    ] = False,
+) -> dict[str, Any]:
     runtime = _runtime(request)
-    adapter_id, version = parse_ref(ref)
-    await asyncio.to_thread(_changeable, runtime, ref, tenant)
-    await asyncio.to_thread(runtime.store.delete, adapter_id, version)
-    # Requests already running keep their version until they finish; "fr@1" also matches "fr@10", which only
+    async with runtime.audit.action(request, "adapter.delete", ref) as entry:
+        who.require("write")
+        if purge:
+            who.require("manage")
+        full_id, version = own_id(ref, who)
+        entry.update(target=full_id, version=version, purge=purge)
+        if full_id.partition("/")[0] != who.tenant and not who.admin:
+            await asyncio.to_thread(_changeable, runtime, ref, who)  # 404 if hidden, else 403 not_owner
+        # The store deletes damaged adapters too: the owner can always clean up.
+        await asyncio.to_thread(runtime.store.delete, full_id, version, purge)
+    # Requests already running keep their version until they finish; "x@1" also matches "x@10", which only
     # costs that version a reload.
-    runtime.cache.invalidate(f"{adapter_id}@{version if version is not None else ''}")
-    pinned = runtime.pinned.get(adapter_id)
-    if pinned is not None and (version is None or pinned == f"{adapter_id}@{version}"):
-        runtime.cache.unpin(runtime.pinned.pop(adapter_id))
-    return {"id": adapter_id, "object": "adapter.deleted", "deleted": True, "version": version}
+    runtime.cache.invalidate(f"{full_id}@{version if version is not None else ''}")
+    pinned = runtime.pinned.get(full_id)
+    if pinned is not None and (version is None or pinned == f"{full_id}@{version}"):
+        runtime.cache.unpin(runtime.pinned.pop(full_id))
+    return {"id": full_id, "object": "adapter.deleted", "deleted": True, "version": version}
 
 
-@router.post("/v1/adapters/{adapter_id}/pin", summary="Keep the current version resident (returns once it is)")
-async def pin_adapter(request: Request, adapter_id: str, tenant: TenantDep) -> dict[str, Any]:
+@router.post("/v1/adapters/{adapter_id:path}/pin", summary="Keep the current version resident (returns once it is)")
+async def pin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[str, Any]:
     runtime = _runtime(request)
-    record = await asyncio.to_thread(_changeable, runtime, adapter_id, tenant)
-    await _pin(runtime, record)
+    async with runtime.audit.action(request, "adapter.pin", adapter_id) as entry:
+        who.require("write")
+        record = await asyncio.to_thread(_changeable, runtime, adapter_id, who)
+        entry.update(target=record.id, version=record.version)
+        await _pin(runtime, record)
     return adapter_json(runtime, record)
 
 
@@ -185,11 +221,14 @@ async def _pin(runtime: Runtime, record: AdapterRecord) -> None:
         runtime.cache.unpin(old)
 
 
-@router.post("/v1/adapters/{adapter_id}/unpin", summary="Let the adapter be evicted again")
-async def unpin_adapter(request: Request, adapter_id: str, tenant: TenantDep) -> dict[str, Any]:
+@router.post("/v1/adapters/{adapter_id:path}/unpin", summary="Let the adapter be evicted again")
+async def unpin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[str, Any]:
     runtime = _runtime(request)
-    record = await asyncio.to_thread(_changeable, runtime, adapter_id, tenant)
-    pinned = runtime.pinned.pop(record.id, None)
-    if pinned is not None:
-        runtime.cache.unpin(pinned)
+    async with runtime.audit.action(request, "adapter.unpin", adapter_id) as entry:
+        who.require("write")
+        record = await asyncio.to_thread(_changeable, runtime, adapter_id, who)
+        entry["target"] = record.id
+        pinned = runtime.pinned.pop(record.id, None)
+        if pinned is not None:
+            runtime.cache.unpin(pinned)
     return adapter_json(runtime, record)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from chorus_server.auth import Principal, current_principal
 
 router = APIRouter(tags=["operations"])
 
@@ -30,6 +34,7 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
+@router.get("/metrics", summary="Prometheus metrics (role metrics or admin)", response_class=Response)
+async def metrics(request: Request, who: Annotated[Principal, Depends(current_principal)]) -> Response:
+    who.require("scrape")
     return Response(generate_latest(request.app.state.chorus.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chorus_server import formats
 from chorus_server.audio import decode_audio
-from chorus_server.auth import Tenant, current_tenant
+from chorus_server.auth import Principal, current_principal
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
 
@@ -32,7 +32,7 @@ async def _disconnected(request: Request) -> None:
 )
 async def create_transcription(
     request: Request,
-    tenant: Annotated[Tenant, Depends(current_tenant)],
+    who: Annotated[Principal, Depends(current_principal)],
     file: Annotated[UploadFile, File(description="audio: wav, flac, ogg, opus, mp3 (m4a/mp4/webm with PyAV)")],
     model: Annotated[str, Form(description="adapter ID, or ID@N for a fixed version; `whisper-1`: the default")],
     language: Annotated[str | None, Form(description="reported back; the adapter decides the language")] = None,
@@ -45,14 +45,16 @@ async def create_transcription(
     ] = None,
 ) -> Response:
     runtime: Runtime = request.app.state.chorus
-    record = runtime.transcriber.resolve(model, tenant)
-    request.state.adapter_id = record.id  # for the request metrics
+    who.require("transcribe")
+    record = runtime.transcriber.resolve(model, who)
+    # Request metrics: private adapters are never named (whoever scrapes may not see them).
+    request.state.adapter_id = record.id if record.visibility == "public" else "private"
     data = await file.read()
     audio = await asyncio.to_thread(
         decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
     )
     try:
-        result = await runtime.transcriber.transcribe(audio, record, tenant, lambda: _disconnected(request))
+        result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     response = _render(result, response_format, set(timestamp_granularities or []), language, audio.seconds)
