@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench clean serve image-smoke client demo-corpus demo-model demo-model-more demo-adapters
+.PHONY: install test lint format bench loadtest clean serve image-smoke client demo-corpus demo-model demo-model-more demo-adapters
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -41,6 +41,11 @@ test: install
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks
+
+# Tenants sharing one server: capacity, noisy neighbour, 3x overload, idle connections (a few minutes;
+# BEFORE=<another checkout> measures it first, side by side). Figures go to docs/reliability.md.
+loadtest: install
+	$(BIN)/python -m benchmarks.loadtest --json build/loadtest.json $(if $(BEFORE),--before $(BEFORE))
 
 lint: install
 	$(BIN)/ruff check .

@@ -177,6 +177,10 @@ class AdapterStore(Protocol):
         resolving a name costs the same whether another tenant has a private adapter of that name or not."""
         ...
 
+    def owner_bytes(self, owner: str) -> int:
+        """Bytes stored for `owner`: every version of every adapter in its namespace (for storage quotas)."""
+        ...
+
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its recorded sha256 (`AdapterCorrupt` if they differ)."""
         ...

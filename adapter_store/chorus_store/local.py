@@ -312,6 +312,10 @@ class LocalStore:
         with _io("resolve adapter names"):
             return self._claim_holder(name)
 
+    def owner_bytes(self, owner: str) -> int:
+        with _io("measure storage"):
+            return sum(p.stat().st_size for p in (self.adapters_dir / owner).glob("*/v*.safetensors"))
+
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its sha256."""
         data = self.read_unverified(record)

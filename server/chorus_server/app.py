@@ -13,12 +13,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from chorus_server import __version__
+from chorus_server.admission import Admission
 from chorus_server.body_limit import BodyLimit
 from chorus_server.errors import install_error_handlers
 from chorus_server.metrics import Metrics, RequestMetrics
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
-from chorus_server.routes import adapters, health, keys, transcriptions
+from chorus_server.routes import adapters, health, keys, tenants, transcriptions
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings, get_settings
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transcriptions.router)
     app.include_router(adapters.router)
     app.include_router(keys.router)
+    app.include_router(tenants.router)
     app.include_router(health.router)
 
     def limit_for(method: str, path: str) -> int:
@@ -62,12 +64,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.limits.max_adapter_bytes + SMALL_BODY
         return SMALL_BODY
 
-    def metrics() -> Metrics | None:
-        runtime = getattr(app.state, "chorus", None)
-        return runtime.metrics if runtime is not None else None
+    def runtime() -> Runtime | None:
+        return getattr(app.state, "chorus", None)
 
+    def metrics() -> Metrics | None:
+        running = runtime()
+        return running.metrics if running is not None else None
+
+    app.add_middleware(Admission, runtime=runtime, transcriptions_path=TRANSCRIPTIONS_PATH)
     app.add_middleware(RequestMetrics, metrics=metrics, path=TRANSCRIPTIONS_PATH)
-    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(BodyLimit, limit_for=limit_for, timeout=settings.limits.body_timeout_seconds)
     app.add_middleware(PathGuard)
     app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

@@ -52,6 +52,15 @@ def _read_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
         return samples, int(f.samplerate)
 
 
+def probe_seconds(data: bytes) -> float | None:
+    """The audio's duration from its header alone (None: unknown without decoding, or not a readable file)."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, ValueError):
+        return None
+    return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+
+
 def _read_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     """(L,) mono float32 and its rate, through FFmpeg's decoders (PyAV)."""
     import av  # optional dependency

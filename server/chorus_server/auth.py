@@ -135,7 +135,9 @@ def _challenge() -> dict[str, str]:
 def current_principal(request: Request) -> Principal:
     """FastAPI dependency: the caller (401 when a key is needed and missing or wrong). Also noted on the request
     for the audit log and request metrics."""
-    authenticator: Authenticator = request.app.state.chorus.auth
-    who = authenticator.principal_for(request.headers.get("authorization"))
-    request.state.principal = who
+    who = getattr(request.state, "principal", None)  # the Admission middleware authenticated /v1/ requests
+    if who is None:
+        authenticator: Authenticator = request.app.state.chorus.auth
+        who = authenticator.principal_for(request.headers.get("authorization"))
+        request.state.principal = who
     return who

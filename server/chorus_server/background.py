@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from chorus_server.app import create_app
+from chorus_server.connections import uvicorn_options
 from chorus_server.settings import Settings
 
 
@@ -45,7 +46,8 @@ class BackgroundServer:
     def __init__(self, settings: Settings, start_timeout: float = 120.0):
         self.port = free_port()
         self.app: FastAPI = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        options = uvicorn_options(settings.server)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="chorus-uvicorn", daemon=True)
         self.start_timeout = start_timeout

@@ -1,14 +1,24 @@
-"""Batch formation as a pure function of the queue, the limits and the time: easy to test without threads.
+"""Batch formation as a pure function of the queue, the limits, the tenants' shares and the time: easy to test
+without threads.
 
-A batch always starts with the oldest waiting item (so nobody starves), then takes the items closest to it in
-length (so padding stays small) while the batch stays within `max_items` and `max_samples` *padded* samples
-(items x longest item). It is dispatched when it cannot grow any more, when the oldest item has waited
-`max_wait`, or when the server is draining. Items past their deadline or cancelled by their caller are dropped.
+One tenant waiting: a batch starts with the oldest item (so nobody starves), then takes the items closest to it
+in length (so padding stays small) while the batch stays within `max_items` and `max_samples` *padded* samples
+(items x longest item).
+
+Several tenants waiting: fair sharing. Tenants are served in order of the audio they have been served so far
+(`served`, kept by the worker; a tenant that becomes active starts level with the least-served active one,
+so idle time banks no credit) — deficit round robin over audio samples. The batch takes one item from each
+tenant in that order, round after round, within `contended_max_samples` — a smaller budget, because a batch in
+progress is never preempted: a tenant arriving behind another's backlog waits at most one short batch.
+
+A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, or when the
+server is draining. Items past their deadline (or too close to it to finish), or cancelled by their caller,
+are dropped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -23,6 +33,11 @@ class BatchLimits:
     max_items: int
     max_samples: int  # padded samples in one batch
     max_wait: float  # seconds
+    contended_max_samples: int = 0  # padded samples while several tenants wait (0: max_samples // 2)
+
+    @property
+    def shared_samples(self) -> int:
+        return self.contended_max_samples or max(1, self.max_samples // 2)
 
 
 @dataclass(eq=False)
@@ -33,6 +48,7 @@ class WorkItem:
     adapter: Adapter
     enqueued: float
     deadline: float
+    tenant: str = ""
     future: Future[torch.Tensor] = field(default_factory=Future)  # resolves to (T, V) float32 logits
 
     def __len__(self) -> int:
@@ -47,25 +63,80 @@ class Collected:
     wait: float | None  # nothing to run yet: seconds until something will be (None: until an item arrives)
 
 
-def collect_batch(queue: Sequence[WorkItem], limits: BatchLimits, now: float, draining: bool = False) -> Collected:
-    """Choose the next batch from `queue` (arrival order). Does not mutate anything."""
-    expired = [item for item in queue if item.deadline <= now and not item.future.cancelled()]
+def collect_batch(
+    queue: Sequence[WorkItem],
+    limits: BatchLimits,
+    now: float,
+    draining: bool = False,
+    served: Mapping[str, float] | None = None,
+    seconds_per_sample: float = 0.0,
+) -> Collected:
+    """Choose the next batch from `queue` (arrival order). Does not mutate anything. `seconds_per_sample`: the
+    compute time of one sample; a window that could not finish before its deadline even alone counts as expired
+    (running it would be work for a request that has already failed)."""
+
+    def hopeless(item: WorkItem) -> bool:
+        return item.deadline <= now + len(item) * seconds_per_sample
+
+    expired = [item for item in queue if hopeless(item) and not item.future.cancelled()]
     cancelled = [item for item in queue if item.future.cancelled()]
-    live = [item for item in queue if item.deadline > now and not item.future.cancelled()]
+    live = [item for item in queue if not hopeless(item) and not item.future.cancelled()]
     if not live:
         return Collected([], expired, cancelled, None)
 
+    by_tenant: dict[str, list[WorkItem]] = {}
+    for item in live:
+        by_tenant.setdefault(item.tenant, []).append(item)
+    if len(by_tenant) == 1:
+        batch = _closest_to_oldest(live, limits.max_items, limits.max_samples)
+    else:
+        batch = _round_robin(by_tenant, served or {}, limits.max_items, limits.shared_samples)
     oldest = live[0]
-    by_closeness = sorted(live[1:], key=lambda item: abs(len(item) - len(oldest)))  # stable: ties keep arrival order
-    batch, longest = [oldest], len(oldest)
-    for item in by_closeness:
-        grown = max(longest, len(item))
-        if len(batch) < limits.max_items and (len(batch) + 1) * grown <= limits.max_samples:
-            batch.append(item)
-            longest = grown
     cannot_grow = len(batch) < len(live) or len(batch) >= limits.max_items
     due = oldest.enqueued + limits.max_wait
     if cannot_grow or draining or now >= due:
         return Collected(batch, expired, cancelled, 0.0)
     next_deadline = min(item.deadline for item in live)
     return Collected([], expired, cancelled, max(0.0, min(due, next_deadline) - now))
+
+
+def _fits(batch_len: int, longest: int, item: WorkItem, max_items: int, max_samples: int) -> bool:
+    return batch_len < max_items and (batch_len + 1) * max(longest, len(item)) <= max_samples
+
+
+def _closest_to_oldest(live: list[WorkItem], max_items: int, max_samples: int) -> list[WorkItem]:
+    oldest = live[0]
+    by_closeness = sorted(live[1:], key=lambda item: abs(len(item) - len(oldest)))  # stable: ties keep arrival order
+    batch, longest = [oldest], len(oldest)
+    for item in by_closeness:
+        if _fits(len(batch), longest, item, max_items, max_samples):
+            batch.append(item)
+            longest = max(longest, len(item))
+    return batch
+
+
+def _round_robin(
+    by_tenant: dict[str, list[WorkItem]], served: Mapping[str, float], max_items: int, max_samples: int
+) -> list[WorkItem]:
+    """One item per tenant per round, least-served tenant first; the lead item always runs (even if alone)."""
+    order = sorted(by_tenant, key=lambda tenant: (served.get(tenant, 0.0), by_tenant[tenant][0].enqueued))
+    batch: list[WorkItem] = []
+    longest = 0
+    taken = dict.fromkeys(order, 0)
+    blocked: set[str] = set()
+    while len(blocked) < len(order):
+        for tenant in order:
+            items = by_tenant[tenant]
+            if tenant in blocked or taken[tenant] >= len(items):
+                blocked.add(tenant)
+                continue
+            item = items[taken[tenant]]
+            if batch and not _fits(len(batch), longest, item, max_items, max_samples):
+                blocked.add(tenant)  # keep each tenant's arrival order: no overtaking its own items
+                continue
+            batch.append(item)
+            longest = max(longest, len(item))
+            taken[tenant] += 1
+            if len(batch) >= max_items:
+                return batch
+    return batch

@@ -26,15 +26,32 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from chorus_server.app import create_app
+    from chorus_server.connections import install_log_filter, raise_open_file_limit, uvicorn_options
     from chorus_server.exposure import exposure_problem
     from chorus_server.settings import get_settings
 
-    problem = exposure_problem(get_settings(), args.host)
+    settings = get_settings()
+    problem = exposure_problem(settings, args.host)
     if problem:
         print(f"chorus serve: {problem}", file=sys.stderr)
         return 2
+    open_files = raise_open_file_limit()
+    if open_files < settings.server.max_connections + 64:
+        print(
+            f"chorus serve: warning: the open-file limit ({open_files}) is below CHORUS_SERVER__MAX_CONNECTIONS "
+            f"({settings.server.max_connections}) + 64; raise it (ulimit -n) or lower the setting",
+            file=sys.stderr,
+        )
+    install_log_filter()
     # One process: the inference thread owns the device; concurrency comes from batching, not from workers.
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        **uvicorn_options(settings.server),
+    )
     return 0
 
 

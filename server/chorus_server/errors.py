@@ -25,9 +25,11 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    507: "server_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
@@ -93,6 +95,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, ApiError):
             return error_response(exc)
+        if isinstance(exc.__cause__, OSError):  # FastAPI's "error parsing the body": the temp dir is full or gone
+            logger.error("cannot buffer a request body: %s", exc.__cause__)
+            return error_response(
+                ApiError(
+                    503,
+                    "the server cannot store the upload right now (temporary space); retry later",
+                    "temp_storage_unavailable",
+                    headers={"Retry-After": "30"},
+                )
+            )
         return error_response(ApiError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {})))
 
     @app.exception_handler(RequestValidationError)

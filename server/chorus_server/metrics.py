@@ -78,6 +78,7 @@ class Metrics:
         self.state = _StateCollector()
         self.registry.register(self.state)
         self._labels: set[str] = set()
+        self._tenant_labels: set[str] = set()
         self._max_labels = max_adapter_labels
         self._lock = threading.Lock()
         r = self.registry
@@ -97,16 +98,34 @@ class Metrics:
         )
         self.audio_seconds = Counter("chorus_audio_seconds", "Audio seconds run through the backbone", registry=r)
         self.in_flight = Gauge("chorus_requests_in_flight", "Transcription requests being served", registry=r)
+        self.tenant_audio = Counter(
+            "chorus_tenant_audio_seconds", "Audio seconds admitted per tenant", ["tenant"], registry=r
+        )
+        self.tenant_refusals = Counter(
+            "chorus_tenant_refusals",
+            "Requests refused by a tenant's limits or the queue",
+            ["tenant", "code"],
+            registry=r,
+        )
 
     def adapter_label(self, adapter_id: str) -> str:
         """Bounded label cardinality: the first N adapter IDs seen get their own label, the rest share 'other'."""
+        return self._bounded(self._labels, adapter_id)
+
+    def _bounded(self, seen: set[str], value: str) -> str:
         with self._lock:
-            if adapter_id in self._labels:
-                return adapter_id
-            if len(self._labels) < self._max_labels:
-                self._labels.add(adapter_id)
-                return adapter_id
+            if value in seen:
+                return value
+            if len(seen) < self._max_labels:
+                seen.add(value)
+                return value
         return "other"
+
+    def observe_tenant_audio(self, tenant: str, seconds: float) -> None:
+        self.tenant_audio.labels(tenant=self._bounded(self._tenant_labels, tenant)).inc(seconds)
+
+    def observe_refusal(self, tenant: str, code: str) -> None:
+        self.tenant_refusals.labels(tenant=self._bounded(self._tenant_labels, tenant), code=code).inc()
 
     def observe_request(self, status: int, adapter_id: str, seconds: float) -> None:
         self.requests.labels(status=str(status), adapter=self.adapter_label(adapter_id) if adapter_id else "").inc()

@@ -24,8 +24,10 @@ from chorus_server.engine.engine import resolve_device
 from chorus_server.engine.random_model import write_random_model
 from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
+from chorus_server.quotas import Quotas
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
+from chorus_server.tenant_db import TenantDB
 from chorus_server.validation import BackboneValidator
 from chorus_server.worker import Worker
 from chorus_store.base import AdapterStore
@@ -121,6 +123,7 @@ class Runtime:
     metrics: Metrics
     auth: Authenticator
     audit: AuditLog
+    quotas: Quotas
     transcriber: Transcriber
     loaders: ThreadPoolExecutor
     pinned: dict[str, str]  # adapter ID -> pinned version ref
@@ -156,14 +159,16 @@ class Runtime:
         keys = key_ring(settings)
         auth = Authenticator(keys, anonymous_role(settings.auth, keys))
         audit = AuditLog(settings.audit_log or settings.data_dir / "audit.jsonl")
+        quotas = Quotas(settings.limits.tenant, TenantDB(keys.path))
         worker.start()
         logger.info("batching: %s", worker.limits)
-        return cls(settings, engine, store, cache, worker, metrics, auth, audit, transcriber, loaders, {})
+        return cls(settings, engine, store, cache, worker, metrics, auth, audit, quotas, transcriber, loaders, {})
 
     def close(self) -> None:
         """Run everything already admitted, then stop the worker and the loaders."""
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
+        self.quotas.close()
 
 
 def key_ring(settings: Settings) -> KeyRing:

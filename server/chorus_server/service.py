@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +23,7 @@ from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
 from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.errors import ApiError
+from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
 from chorus_server.settings import Settings
 from chorus_server.tenancy import resolve
 from chorus_server.worker import DeadlineExceeded, Worker
@@ -56,8 +55,7 @@ class Transcriber:
         self.engine, self.store, self.cache, self.worker = engine, store, cache, worker
         self.settings, self.default_adapter = settings, default_adapter
         self.rate = engine.preprocess.sampling_rate
-        self._inflight: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.budget = QueueBudget(settings.limits.max_queue_audio_seconds)
 
     def resolve(self, ref: str, who: Principal) -> AdapterRecord:
         """The adapter version a request means; hidden adapters look exactly like missing ones."""
@@ -68,39 +66,42 @@ class Transcriber:
     async def transcribe(
         self, audio: Audio, record: AdapterRecord, tenant: Principal, disconnected: Callable[[], Awaitable[None]]
     ) -> Result:
-        """Raises ApiError (429, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
+        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
-        self._admit(audio, tenant)
+        self._admit(audio.seconds, tenant.tenant)
         gone = asyncio.ensure_future(disconnected())
         try:
-            return await self._run(audio, record, deadline, gone)
+            return await self._run(audio, record, tenant.tenant, deadline, gone)
         finally:
             gone.cancel()
-            with self._lock:
-                self._inflight[tenant.tenant] -= 1
+            self.budget.release(tenant.tenant, audio.seconds)
 
-    def _admit(self, audio: Audio, tenant: Principal) -> None:
-        limits = self.settings.limits
-        queued = self.worker.queued_samples / self.rate
-        if queued + audio.seconds > limits.max_queue_audio_seconds:
-            retry = max(1, min(60, math.ceil(queued / max(self.worker.speed, 1.0))))
-            raise ApiError(
-                503,
-                f"the server is busy ({queued:.0f} s of audio queued); retry after {retry} s",
-                "queue_full",
-                headers={"Retry-After": str(retry)},
-            )
-        with self._lock:
-            if self._inflight[tenant.tenant] >= limits.max_inflight_per_tenant:
-                raise ApiError(
-                    429,
-                    f"too many concurrent requests for this API key (limit {limits.max_inflight_per_tenant})",
-                    "rate_limit_exceeded",
-                    headers={"Retry-After": "1"},
-                )
-            self._inflight[tenant.tenant] += 1
+    def check_queue(self, tenant: str, seconds: float = 0.0) -> None:
+        """Raise 503 now if `seconds` more for `tenant` would not be admitted (before reading or decoding)."""
+        queued = self.budget.refusal(tenant, seconds)
+        if queued is not None:
+            raise self._queue_full(queued)
 
-    async def _run(self, audio: Audio, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Result:
+    def _admit(self, seconds: float, tenant: str) -> None:
+        try:
+            self.budget.reserve(tenant, seconds)
+        except QueueFull as full:
+            raise self._queue_full(full.queued) from None
+        except TooLarge as large:
+            raise ApiError(413, str(large), "audio_too_long", "file") from None
+
+    def _queue_full(self, queued: float) -> ApiError:
+        retry = max(1, min(60, math.ceil(queued / max(self.worker.speed, 1.0))))
+        return ApiError(
+            503,
+            f"the server is busy ({queued:.0f} s of audio queued); retry after {retry} s",
+            "queue_full",
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def _run(
+        self, audio: Audio, record: AdapterRecord, tenant: str, deadline: float, gone: asyncio.Future[None]
+    ) -> Result:
         lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
         try:
             batch = self.settings.batch
@@ -109,7 +110,7 @@ class Transcriber:
             )
             now = time.monotonic()
             items = [
-                WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), lease.adapter, now, deadline)
+                WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), lease.adapter, now, deadline, tenant)
                 for w in windows
             ]
             self.worker.submit(items)
@@ -135,6 +136,8 @@ class Transcriber:
             try:
                 return task.result()
             except DeadlineExceeded:
+                for item in items:  # the request has failed: its other windows must not run for nobody
+                    item.future.cancel()
                 raise _deadline_error() from None
         for item in items:
             item.future.cancel()

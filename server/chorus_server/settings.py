@@ -32,6 +32,22 @@ class BatchSettings(BaseModel):
     )
 
 
+class TenantLimits(BaseModel):
+    """Each tenant's limits (defaults; per-tenant overrides: `PUT /v1/tenants/{tenant}/limits`). None: unlimited."""
+
+    requests_per_minute: float | None = Field(600, gt=0, description="transcription requests per minute; beyond: 429")
+    audio_seconds_per_minute: float | None = Field(
+        3600, gt=0, description="audio seconds transcribed per minute (a token bucket); beyond: 429"
+    )
+    audio_seconds_per_day: float | None = Field(
+        None, gt=0, description="audio seconds per UTC day, persisted across restarts; beyond: 429"
+    )
+    concurrent_requests: int = Field(64, ge=1, description="transcriptions in progress at once; beyond: 429")
+    storage_bytes: int | None = Field(
+        10 * 1024 * MiB, ge=0, description="adapter bytes stored (every version); beyond: 507"
+    )
+
+
 class LimitSettings(BaseModel):
     max_audio_bytes: int = Field(25 * MiB, ge=1024, description="largest transcription upload (OpenAI: 25 MB)")
     max_audio_seconds: float = Field(1800.0, gt=0, description="longest audio accepted, checked before decoding")
@@ -40,7 +56,10 @@ class LimitSettings(BaseModel):
         900.0, gt=0, description="audio admitted but not yet run; beyond it requests get 503 + Retry-After"
     )
     request_timeout_seconds: float = Field(120.0, gt=0, description="deadline per request; past it 504")
-    max_inflight_per_tenant: int = Field(64, ge=1, description="concurrent transcriptions per tenant; beyond: 429")
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest wait for the next piece of a request body; beyond: 408"
+    )
+    tenant: TenantLimits = Field(default_factory=TenantLimits)
 
 
 class CacheSettings(BaseModel):
@@ -63,6 +82,21 @@ class AuthSettings(BaseModel):
         "auto",
         description="role of callers without a key; auto: operator of tenant 'anonymous' when no key exists "
         "(loopback only), else none. On other interfaces only 'user' or 'none' are allowed",
+    )
+
+
+class ServerSettings(BaseModel):
+    """Connections (used by `chorus serve`)."""
+
+    max_connections: int = Field(
+        4096, ge=1, description="open connections at once; beyond: 503 (keep below the open-file limit)"
+    )
+    idle_timeout_seconds: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection that has not sent a complete request head by then is closed"
+    )
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0, description="on SIGTERM, longest wait for requests in progress before exiting"
     )
 
 
@@ -94,6 +128,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
 
 @lru_cache

@@ -1,7 +1,8 @@
 """The inference thread: the only code that touches the device. collect -> pad -> forward -> resolve, forever.
 
-Requests of every tenant and adapter share one queue; `collect_batch` picks each batch; the engine runs one
-mixed-adapter forward for it. If a batch fails, its members are retried alone once so only the culprit fails.
+Requests of every tenant and adapter share one queue; `collect_batch` picks each batch (fairly across tenants,
+by the audio each has been served); the engine runs one mixed-adapter forward for it. If a batch fails, its
+members are retried alone once so only the culprit fails.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ class Worker:
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
         self._queue: list[WorkItem] = []
         self._queued_samples = 0
+        self._served: dict[str, float] = {}  # tenant -> audio samples run (relative: only differences matter)
         self._cond = threading.Condition()
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
+        self._speed_measured = False
         self._thread = threading.Thread(target=self._run, name="chorus-inference", daemon=True)
 
     # ---- called from request handlers ----------------------------------------------------------------------
@@ -42,6 +45,12 @@ class Worker:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the worker is shutting down")
+            active = {item.tenant for item in self._queue}
+            for tenant in {item.tenant for item in items} - active:
+                # A tenant returning from idle starts just below the least-served active tenant: its next item
+                # leads the next batch, but it banks no credit for the time it was idle.
+                floor = min((self._served.get(t, 0.0) for t in active), default=0.0)
+                self._served[tenant] = max(self._served.get(tenant, 0.0), floor - 1)
             self._queue.extend(items)
             self._queued_samples += sum(len(item) for item in items)
             self._cond.notify()
@@ -79,7 +88,17 @@ class Worker:
     def _next_batch(self) -> list[WorkItem] | None:
         with self._cond:
             while True:
-                collected = collect_batch(self._queue, self.limits, self.clock(), draining=self._stopping)
+                # Once the speed is known, a window that could not finish before its deadline is not started.
+                rate = self.engine.preprocess.sampling_rate
+                per_sample = 1 / (rate * self.speed) if self._speed_measured else 0.0
+                collected = collect_batch(
+                    self._queue,
+                    self.limits,
+                    self.clock(),
+                    draining=self._stopping,
+                    served=self._served,
+                    seconds_per_sample=per_sample,
+                )
                 dropped = collected.batch + collected.expired + collected.cancelled
                 if dropped:
                     gone = {id(item) for item in dropped}
@@ -90,6 +109,10 @@ class Worker:
                         item.future.set_exception(DeadlineExceeded())
                 # An item whose caller already gave up (timeout, disconnect) is cancelled here and never runs.
                 batch = [item for item in collected.batch if item.future.set_running_or_notify_cancel()]
+                for item in batch:
+                    self._served[item.tenant] = self._served.get(item.tenant, 0.0) + len(item)
+                if not self._queue:
+                    self._served.clear()  # nobody waits: shares start afresh
                 if batch:
                     return batch
                 if self._stopping and not self._queue:
@@ -117,7 +140,9 @@ class Worker:
         elapsed = self.clock() - started
         audio = sum(len(item) for item in batch) / self.engine.preprocess.sampling_rate
         self.metrics.observe_batch(batch, elapsed, audio, started)
-        self.speed = 0.8 * self.speed + 0.2 * audio / max(elapsed, 1e-6)
+        measured = audio / max(elapsed, 1e-6)
+        self.speed = 0.8 * self.speed + 0.2 * measured if self._speed_measured else measured
+        self._speed_measured = True
         for item, result in zip(batch, logits, strict=True):
             item.future.set_result(result)
 

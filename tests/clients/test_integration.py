@@ -79,13 +79,13 @@ def server(model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def strict(model_dir, tmp_path_factory):
-    """Batches wait 10 s for company but requests time out after 3 s; one request per tenant; 1 s of queue."""
+    """Batches wait 10 s for company but requests time out after 3 s; one request per tenant; 2 s of queue."""
     workdir = tmp_path_factory.mktemp("strict")
     env = base_env(model_dir, workdir) | {
         "CHORUS_BATCH__MAX_WAIT_MS": "10000",
         "CHORUS_LIMITS__REQUEST_TIMEOUT_SECONDS": "3",
-        "CHORUS_LIMITS__MAX_INFLIGHT_PER_TENANT": "1",
-        "CHORUS_LIMITS__MAX_QUEUE_AUDIO_SECONDS": "1.0",
+        "CHORUS_LIMITS__TENANT__CONCURRENT_REQUESTS": "1",
+        "CHORUS_LIMITS__MAX_QUEUE_AUDIO_SECONDS": "2.0",
     }
     with ServerProcess(env, workdir) as live:
         yield live.url
@@ -214,11 +214,12 @@ def test_rate_limit_overload_and_deadline_with_retry_after(strict, model_dir, au
                 alice.transcribe(audio["short"], "limits")
             assert limited.value.code == "rate_limit_exceeded" and limited.value.retry_after == 1.0
             assert sleeps == [1.0] * alice.retry.max_retries
+        with Chorus(strict, "k-bob", sleep=sleeps.append) as bob:  # over its share of the full queue: 503
             sleeps.clear()
             with pytest.raises(OverloadedError) as overloaded:
-                alice.transcribe(audio["long"], "limits")
+                bob.transcribe(audio["long"], "limits")
             assert overloaded.value.code == "queue_full" and overloaded.value.retry_after is not None
-            assert sleeps == [overloaded.value.retry_after] * alice.retry.max_retries
+            assert sleeps == [overloaded.value.retry_after] * bob.retry.max_retries
     finally:
         holder.join(timeout=60)
     assert len(holder_error) == 1 and isinstance(holder_error[0], DeadlineExceededError)

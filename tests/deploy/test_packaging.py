@@ -29,6 +29,8 @@ CONTRACT_METRICS = {
         "chorus_adapter_loads_total",
         "chorus_adapter_load_seconds_total",
         "chorus_adapter_evictions_total",
+        "chorus_tenant_audio_seconds_total",
+        "chorus_tenant_refusals_total",
     },
     "histogram": {
         "chorus_request_duration_seconds",

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from chorus_server.engine import Engine
+from chorus_server.settings import TenantLimits
 from tests.server.conftest import encode, make_settings, running_app, tone, transcribe, wav
 
 
@@ -102,7 +103,8 @@ def wait_until(predicate, seconds: float = 10.0) -> None:
 
 
 def test_full_queue_is_503_with_retry_after(tmp_path, model_dir):
-    settings = make_settings(tmp_path, model_dir, limits={"max_queue_audio_seconds": 5.0}, batch={"max_items": 1})
+    # The bound counts audio admitted and not finished: the running 3 s and the queued 3 s fit in 7 s.
+    settings = make_settings(tmp_path, model_dir, limits={"max_queue_audio_seconds": 7.0}, batch={"max_items": 1})
     with running_app(settings) as client:
         gate, _ = gate_forward(client)
         worker = client.app.state.chorus.worker
@@ -120,11 +122,11 @@ def test_full_queue_is_503_with_retry_after(tmp_path, model_dir):
 
 
 def test_tenant_concurrency_limit_is_429(tmp_path, model_dir):
-    settings = make_settings(tmp_path, model_dir, limits={"max_inflight_per_tenant": 1})
+    settings = make_settings(tmp_path, model_dir, limits={"tenant": TenantLimits(concurrent_requests=1)})
     with running_app(settings) as client:
         gate, _ = gate_forward(client)
         first, first_out = in_background(transcribe, client, wav(1.0), "default")
-        wait_until(lambda: client.app.state.chorus.transcriber._inflight["anonymous"] == 1)
+        wait_until(lambda: client.app.state.chorus.quotas.usage("anonymous")["requests_in_progress"] == 1)
         error_of(transcribe(client, wav(1.0), "default"), 429, "rate_limit_exceeded")
         gate.set()
         first.join(30)
@@ -138,8 +140,7 @@ def test_deadline_is_504_and_the_queued_work_is_dropped(tmp_path, model_dir):
         blocker, blocker_out = in_background(transcribe, client, wav(1.0), "default")
         wait_until(
             lambda: (
-                client.app.state.chorus.worker.queued_items == 0
-                and client.app.state.chorus.transcriber._inflight["anonymous"] == 1
+                client.app.state.chorus.worker.queued_items == 0 and client.app.state.chorus.transcriber.budget.held > 0
             )
         )
         late = transcribe(client, wav(1.0, seed=5), "default")  # waits behind the blocked batch

@@ -107,7 +107,12 @@ def _answer(client, method: str, target: str, kwargs: dict, key: str) -> tuple[i
         response = transcribe_as(client, key, target)
     else:
         response = client.request(method, target, headers=auth(key), **kwargs)
-    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "content-length")}
+    # The request ID is new every time and the rate-limit headers count the caller's own requests.
+    headers = {
+        k: v
+        for k, v in response.headers.items()
+        if k not in ("x-request-id", "content-length") and not k.startswith("x-ratelimit-")
+    }
     return response.status_code, response.text, headers
 
 

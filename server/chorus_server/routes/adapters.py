@@ -121,8 +121,14 @@ async def put_adapter(
         if version is not None:
             raise ApiError(422, "upload to an adapter ID, not to a version: versions are numbered by the server")
         entry["target"] = full_id
+        owner = full_id.partition("/")[0]
+        quota = (await asyncio.to_thread(runtime.quotas.db.limits, owner, runtime.settings.limits.tenant)).storage_bytes
+        used = await asyncio.to_thread(runtime.store.owner_bytes, owner)
+        declared = request.headers.get("content-length", "")
+        _check_storage(quota, used, int(declared) if declared.isdigit() else 0)  # before reading the body
         path = await _receive_upload(request, runtime.settings.store / "tmp", runtime.settings.limits.max_adapter_bytes)
         try:
+            _check_storage(quota, used, path.stat().st_size)
             record = await asyncio.to_thread(
                 runtime.store.publish, full_id, path, visibility, expected_version, allow_fingerprint_mismatch
             )
@@ -132,6 +138,15 @@ async def put_adapter(
     if record.id in runtime.pinned:  # a pinned adapter stays pinned across versions
         await _pin(runtime, record)
     return adapter_json(runtime, record)
+
+
+def _check_storage(quota: int | None, used: int, adding: int) -> None:
+    if quota is not None and used + adding > quota:
+        raise ApiError(
+            507,
+            f"storage quota exceeded: {used} of {quota} bytes used, the upload needs {adding}; delete old versions",
+            "storage_quota_exceeded",
+        )
 
 
 async def _receive_upload(request: Request, scratch: Path, limit: int) -> Path:

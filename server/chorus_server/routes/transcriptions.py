@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chorus_server import formats
-from chorus_server.audio import decode_audio
+from chorus_server.audio import decode_audio, probe_seconds
 from chorus_server.auth import Principal, current_principal
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
@@ -50,9 +50,15 @@ async def create_transcription(
     # Request metrics: private adapters are never named (whoever scrapes may not see them).
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
     data = await file.read()
+    probed = probe_seconds(data) or 0.0  # from the header, where it tells: refusals cost no decoding
+    runtime.quotas.check_audio(who.tenant, probed)
+    runtime.transcriber.check_queue(who.tenant, probed)
     audio = await asyncio.to_thread(
         decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
     )
+    runtime.quotas.check_audio(who.tenant, audio.seconds)
+    runtime.quotas.charge_audio(who.tenant, audio.seconds)
+    runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
     try:
         result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request))
     except ClientGone:

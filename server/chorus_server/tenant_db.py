@@ -1,0 +1,78 @@
+"""The tenant database: per-tenant limit overrides and daily usage, in the SQLite file that also holds the API
+keys (`CHORUS_AUTH__KEY_FILE`), so a tenant's keys, limits and usage live together and survive restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from chorus_server.settings import TenantLimits
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS tenant_limits (tenant TEXT PRIMARY KEY, limits TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS usage_daily (tenant TEXT NOT NULL, day TEXT NOT NULL, requests INTEGER NOT NULL, "
+    "audio_seconds REAL NOT NULL, PRIMARY KEY (tenant, day))",
+)
+
+
+class TenantDB:
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=10)
+        try:
+            for statement in SCHEMA:
+                connection.execute(statement)
+            with connection:
+                yield connection
+        finally:
+            connection.close()
+
+    def overrides(self, tenant: str) -> dict[str, Any]:
+        with self._db() as db:
+            row = db.execute("SELECT limits FROM tenant_limits WHERE tenant = ?", (tenant,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def limits(self, tenant: str, defaults: TenantLimits) -> TenantLimits:
+        """The defaults with the tenant's overrides applied."""
+        return defaults.model_copy(update=self.overrides(tenant))
+
+    def set_overrides(self, tenant: str, overrides: dict[str, Any]) -> None:
+        """Replace the tenant's overrides (an empty dict: back to the defaults)."""
+        with self._db() as db:
+            if overrides:
+                db.execute(
+                    "INSERT INTO tenant_limits (tenant, limits) VALUES (?, ?) "
+                    "ON CONFLICT (tenant) DO UPDATE SET limits = excluded.limits",
+                    (tenant, json.dumps(overrides)),
+                )
+            else:
+                db.execute("DELETE FROM tenant_limits WHERE tenant = ?", (tenant,))
+
+    def usage(self, tenant: str, day: str) -> tuple[int, float]:
+        """(requests, audio seconds) recorded for `tenant` on `day` (YYYY-MM-DD, UTC)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT requests, audio_seconds FROM usage_daily WHERE tenant = ? AND day = ?", (tenant, day)
+            ).fetchone()
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+    def add_usage(self, tenant: str, day: str, requests: int, audio_seconds: float) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO usage_daily (tenant, day, requests, audio_seconds) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tenant, day) DO UPDATE SET requests = requests + excluded.requests, "
+                "audio_seconds = audio_seconds + excluded.audio_seconds",
+                (tenant, day, requests, audio_seconds),
+            )
+
+    def tenants_with_usage(self, day: str) -> list[str]:
+        with self._db() as db:
+            return [row[0] for row in db.execute("SELECT tenant FROM usage_daily WHERE day = ?", (day,))]
