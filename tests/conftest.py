@@ -88,3 +88,12 @@ def random_model_dir(request, tmp_path_factory) -> tuple[str, Path]:
     path = tmp_path_factory.mktemp(f"random-{request.param}")
     write_random_model(path, request.param, num_adapters=6, seed=3)
     return request.param, path
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the session; tests use their own prefixes in its bucket."""
+    from tests.s3_server import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint

@@ -27,6 +27,7 @@ from chorus_server.metrics import Metrics
 from chorus_server.quotas import Quotas
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
+from chorus_server.store_watch import StoreWatcher
 from chorus_server.tenant_db import TenantDB
 from chorus_server.validation import BackboneValidator
 from chorus_server.worker import Worker
@@ -127,6 +128,7 @@ class Runtime:
     transcriber: Transcriber
     loaders: ThreadPoolExecutor
     pinned: dict[str, str]  # adapter ID -> pinned version ref
+    watcher: StoreWatcher
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -135,7 +137,7 @@ class Runtime:
         loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
         engine = loaded.engine
         validator = BackboneValidator.for_engine(engine)
-        store = LocalStore(settings.store, validator, max_bytes=settings.limits.max_adapter_bytes)
+        store = open_store(settings, validator)
         if settings.seed_store:
             seed_store(store, loaded.default_adapter, source)
         loaders = ThreadPoolExecutor(
@@ -160,15 +162,39 @@ class Runtime:
         auth = Authenticator(keys, anonymous_role(settings.auth, keys))
         audit = AuditLog(settings.audit_log or settings.data_dir / "audit.jsonl")
         quotas = Quotas(settings.limits.tenant, TenantDB(keys.path))
+        pinned: dict[str, str] = {}
+        watcher = StoreWatcher(store, cache, pinned, settings.cache.watch_seconds)
         worker.start()
+        watcher.start()
         logger.info("batching: %s", worker.limits)
-        return cls(settings, engine, store, cache, worker, metrics, auth, audit, quotas, transcriber, loaders, {})
+        return cls(
+            settings, engine, store, cache, worker, metrics, auth, audit, quotas, transcriber, loaders, pinned, watcher
+        )
 
     def close(self) -> None:
         """Run everything already admitted, then stop the worker and the loaders."""
+        self.watcher.stop()
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
         self.quotas.close()
+
+
+def open_store(settings: Settings, validator: BackboneValidator) -> AdapterStore:
+    """`CHORUS_STORE`: s3://bucket/prefix (S3Store, needs chorus-asr[s3]) or a local directory (LocalStore)."""
+    if settings.store.startswith("s3://"):
+        from chorus_store.s3 import S3Store
+
+        return S3Store.from_url(
+            settings.store, validator, settings.limits.max_adapter_bytes, scratch=upload_dir(settings)
+        )
+    return LocalStore(Path(settings.store), validator, max_bytes=settings.limits.max_adapter_bytes)
+
+
+def upload_dir(settings: Settings) -> Path:
+    """Where uploads are spooled before they are published: beside a local store, else under DATA_DIR."""
+    if settings.store.startswith("s3://"):
+        return settings.data_dir / "uploads"
+    return Path(settings.store) / "tmp"
 
 
 def key_ring(settings: Settings) -> KeyRing:

@@ -66,6 +66,9 @@ class CacheSettings(BaseModel):
     device_budget_mb: int = Field(2048, ge=1, description="adapter bytes resident on the device")
     host_budget_mb: int = Field(8192, ge=1, description="adapter bytes kept in host RAM (CPU: the only tier)")
     loader_threads: int = Field(2, ge=1, le=64, description="threads reading adapters from the store")
+    watch_seconds: float = Field(
+        2.0, gt=0, description="how often cached adapters are checked against the store (deletes via other workers)"
+    )
 
 
 class AuthSettings(BaseModel):
@@ -106,7 +109,10 @@ class Settings(BaseSettings):
     backbone: Path | None = Field(
         None, description="local HF wav2vec 2.0 directory; unset: the bundled demo model, else a tiny random one"
     )
-    store: Path = Field(Path("data/store"), description="local adapter store directory")
+    store: str = Field(
+        "data/store",
+        description="adapter store: a local directory, or s3://bucket/prefix (endpoint and credentials from AWS_*)",
+    )
     data_dir: Path = Field(Path("data"), description="where first-start files (random backbone) are written")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA when present")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

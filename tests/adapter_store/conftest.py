@@ -1,10 +1,20 @@
+"""Store fixtures. `store` is every backend in turn — `LocalStore` and `S3Store` on a real S3 server (SeaweedFS) —
+so one contract suite runs on both; `damage` and `reopen` do per-backend what a test needs underneath."""
+
 from __future__ import annotations
+
+import uuid
+from pathlib import Path
 
 import pytest
 
 from chorus_server.engine import Engine
 from chorus_server.validation import BackboneValidator
 from chorus_store import LocalStore
+from chorus_store.s3 import S3Store
+from tests.s3_server import BUCKET
+
+MAX_BYTES = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +33,49 @@ def adapter_files(tiny_model):
     return sorted((tiny_model[0] / "adapters").glob("*.safetensors"))
 
 
-@pytest.fixture
-def store(tmp_path, tiny_model):
-    return LocalStore(tmp_path / "store", tiny_model[2], max_bytes=4 * 1024 * 1024)
+def s3_options(endpoint: str) -> dict[str, str]:
+    return {"endpoint": endpoint, "access_key_id": "test", "secret_access_key": "test", "region": "us-east-1"}
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path, tiny_model):
+    if request.param == "local":
+        return LocalStore(tmp_path / "store", tiny_model[2], max_bytes=MAX_BYTES)
+    endpoint = request.getfixturevalue("s3_endpoint")
+    prefix = f"t-{uuid.uuid4().hex[:12]}"  # a fresh store per test in the session's bucket
+    return S3Store(BUCKET, prefix, tiny_model[2], MAX_BYTES, scratch=tmp_path / "scratch", **s3_options(endpoint))
+
+
+def reopen(store):
+    """A second instance on the same storage (LocalStore runs its crash recovery on open)."""
+    if isinstance(store, LocalStore):
+        return LocalStore(store.root, store.validator, max_bytes=store.max_bytes)
+    return S3Store(store.bucket, store.prefix, store.validator, store.max_bytes, store.scratch, **store.options)
+
+
+def damage(store, adapter_id: str, which: str, garbage: bytes) -> None:
+    """Overwrite part of a stored adapter: `pointer` (its current-version state), `meta` (visibility),
+    `record` (version 1's record) or `data` (version 1's bytes)."""
+    if isinstance(store, LocalStore):
+        name = {"pointer": "CURRENT", "meta": "adapter.json", "record": "v000001.json", "data": "v000001.safetensors"}
+        (store.adapters_dir / adapter_id / name[which]).write_bytes(garbage)
+        return
+    import obstore
+
+    name = {"pointer": "meta.json", "meta": "meta.json", "record": "v000001.json", "data": "v000001.safetensors"}
+    obstore.put(store.client, store._adapter_key(adapter_id, name[which]), garbage)
+
+
+def spec_of(store) -> str:
+    """How a child process opens the same store (see test_crash_and_concurrency)."""
+    if isinstance(store, LocalStore):
+        return f"local:{store.root}"
+    return f"s3:{store.options['endpoint']}|{store.prefix}"
+
+
+def open_spec(spec: str, validator) -> LocalStore | S3Store:
+    kind, _, where = spec.partition(":")
+    if kind == "local":
+        return LocalStore(Path(where), validator)
+    endpoint, _, prefix = where.partition("|")
+    return S3Store(BUCKET, prefix, validator, **s3_options(endpoint))

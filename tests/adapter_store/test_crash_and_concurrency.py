@@ -1,8 +1,10 @@
-"""Real child processes: killed mid-publish leaves nothing partial; concurrent publishers never tear."""
+"""Real child processes, on every store backend: a publisher killed mid-publish leaves nothing partial; 16
+concurrent publishers get one version number each and never tear; deletes during reads fail cleanly."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,18 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from chorus_store import AdapterNotFound, LocalStore
+from chorus_store import AdapterNotFound, LocalStore, VersionNotFound
+from tests.adapter_store.conftest import reopen, spec_of
 
+ROOT = Path(__file__).parents[2]
 CHILD = textwrap.dedent(
     """
     import io, sys, time
     from pathlib import Path
     import chorus_store.local as local
-    from chorus_store import LocalStore
+    from chorus_store.s3 import S3Store
     from chorus_server.validation import BackboneValidator
+    from tests.adapter_store.conftest import open_spec
 
-    root, hidden, layers, fp, src, marker, mode, go = sys.argv[1:9]
-    store = LocalStore(root, BackboneValidator(int(hidden), int(layers), fp))
+    spec, hidden, layers, fp, src, marker, mode, go = sys.argv[1:9]
+    store = open_spec(spec, BackboneValidator(int(hidden), int(layers), fp))
     data = Path(src).read_bytes()
 
     def hang():
@@ -44,13 +49,17 @@ CHILD = textwrap.dedent(
 
     if mode == "mid-upload":
         store.publish("acme/fr", Stalling())
-    elif mode == "after-data":
-        original = local._write_json_atomic
-        def patched(path, body):
+    elif mode == "after-data":  # the data is stored, its record is not yet written
+        original_json, original_put = local._write_json_atomic, S3Store._put
+        def patched_json(path, body):
             if path.name.startswith("v"):
-                hang()  # data file is in place, its record is not yet written
-            original(path, body)
-        local._write_json_atomic = patched
+                hang()
+            original_json(path, body)
+        def patched_put(self, key, data, mode="overwrite"):
+            if key.rsplit("/", 1)[-1].startswith("v") and key.endswith(".json"):
+                hang()
+            return original_put(self, key, data, mode)
+        local._write_json_atomic, S3Store._put = patched_json, patched_put
         store.publish("acme/fr", Path(src))
     else:  # concurrent publisher: wait for the starting gun, then publish
         while not Path(go).exists():
@@ -60,10 +69,11 @@ CHILD = textwrap.dedent(
 )
 
 
-def spawn(store: LocalStore, src: Path, marker: Path, mode: str, go: Path) -> subprocess.Popen:
+def spawn(store, src: Path, marker: Path, mode: str, go: Path) -> subprocess.Popen:
     spec = store.validator
-    args = [str(store.root), str(spec.hidden_size), str(spec.num_layers), spec.fingerprint, str(src), str(marker)]
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args, mode, str(go)], stderr=subprocess.PIPE)
+    args = [spec_of(store), str(spec.hidden_size), str(spec.num_layers), spec.fingerprint, str(src), str(marker)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", CHILD, *args, mode, str(go)], stderr=subprocess.PIPE, env=env)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -88,7 +98,7 @@ def test_killed_publisher_leaves_no_partial_version(store, adapter_files, tmp_pa
     proc.kill()
     proc.wait()
 
-    reopened = LocalStore(store.root, store.validator)  # recovery runs on open
+    reopened = reopen(store)  # LocalStore's recovery runs on open
     if with_previous_version:
         record = reopened.get("acme/fr")
         assert record.version == 1 and [r.version for r in reopened.versions("acme/fr")] == [1]
@@ -96,23 +106,34 @@ def test_killed_publisher_leaves_no_partial_version(store, adapter_files, tmp_pa
     else:
         with pytest.raises(AdapterNotFound):
             reopened.get("acme/fr")
-    leftovers = [p.name for p in reopened.tmp_dir.iterdir() if p.suffix != ".lock"]
-    assert leftovers == []
-    assert not list((reopened.adapters_dir / "acme" / "fr").glob("v*.safetensors")) or with_previous_version
+    if isinstance(reopened, LocalStore):
+        assert [p.name for p in reopened.tmp_dir.iterdir() if p.suffix != ".lock"] == []
+        assert not list((reopened.adapters_dir / "acme" / "fr").glob("v*.safetensors")) or with_previous_version
     after = reopened.publish("acme/fr", adapter_files[2])
     assert reopened.get("acme/fr").sha256 == after.sha256
     assert reopened.read(after) == adapter_files[2].read_bytes()
 
 
-def test_concurrent_publishers_produce_clean_versions(store, adapter_files, tmp_path):
+def test_sixteen_concurrent_publishers_get_one_version_each(store, adapter_files, tmp_path):
     go = tmp_path / "go"
-    procs = [spawn(store, adapter_files[i], tmp_path / f"m{i}", "concurrent", go) for i in range(2)]
+    procs = [spawn(store, adapter_files[i % 2], tmp_path / f"m{i}", "concurrent", go) for i in range(16)]
+    time.sleep(1.0)  # let the children import before the starting gun
     go.touch()
     for proc in procs:
-        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode() if proc.stderr else ""
     records = store.versions("acme/shared")
-    assert [r.version for r in records] == [1, 2]
+    assert [r.version for r in records] == list(range(1, 17))
+    assert store.get("acme/shared").version == 16
     expected = {hashlib.sha256(f.read_bytes()).hexdigest() for f in adapter_files[:2]}
     assert {r.sha256 for r in records} == expected
     for record in records:
         assert hashlib.sha256(store.read(record)).hexdigest() == record.sha256
+
+
+def test_a_delete_during_reads_fails_them_cleanly(store, adapter_files):
+    record = store.publish("acme/gone", adapter_files[0])
+    store.delete("acme/gone")
+    with pytest.raises(VersionNotFound):
+        store.read_unverified(record)  # a reader holding the old record
+    with pytest.raises(AdapterNotFound):
+        store.get("acme/gone")

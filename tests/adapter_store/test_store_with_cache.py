@@ -10,6 +10,7 @@ import torch
 from chorus_server.engine import pad_batch
 from chorus_server.runtime import adapter_cache
 from chorus_store.errors import AdapterCorrupt
+from tests.adapter_store.conftest import damage
 
 
 @pytest.fixture
@@ -40,8 +41,7 @@ def test_hot_swap_and_delete_while_running(store, cache, adapter_files, tiny_mod
 def test_corrupt_file_fails_only_that_adapter(store, cache, adapter_files):
     store.publish("acme/good", adapter_files[0])
     bad = store.publish("acme/bad", adapter_files[1])
-    path = store.adapters_dir / "acme" / "bad" / "v000001.safetensors"
-    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    damage(store, "acme/bad", "data", adapter_files[1].read_bytes()[:-3] + b"xyz")
     with pytest.raises(AdapterCorrupt):
         cache.lease(bad.ref).result(timeout=30)
     with cache.acquire("acme/good@1", timeout=30) as adapter:

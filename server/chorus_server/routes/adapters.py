@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
-from chorus_server.runtime import Runtime
+from chorus_server.runtime import Runtime, upload_dir
 from chorus_server.tenancy import own_id, resolve
 from chorus_store.base import AdapterRecord, split_ref
 from chorus_store.errors import StoreUnavailable
@@ -126,7 +126,8 @@ async def put_adapter(
         used = await asyncio.to_thread(runtime.store.owner_bytes, owner)
         declared = request.headers.get("content-length", "")
         _check_storage(quota, used, int(declared) if declared.isdigit() else 0)  # before reading the body
-        path = await _receive_upload(request, runtime.settings.store / "tmp", runtime.settings.limits.max_adapter_bytes)
+        scratch = upload_dir(runtime.settings)
+        path = await _receive_upload(request, scratch, runtime.settings.limits.max_adapter_bytes)
         try:
             _check_storage(quota, used, path.stat().st_size)
             record = await asyncio.to_thread(
