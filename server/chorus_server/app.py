@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -29,13 +29,16 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 SMALL_BODY = 64 * 1024  # every other endpoint takes at most a few form fields
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, start: Callable[[Settings], Runtime] = Runtime.start) -> FastAPI:
+    """The app; `start` builds the runtime it serves on, unless `app.state.chorus` is set before it starts."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await asyncio.to_thread(Runtime.start, settings)
-        app.state.chorus = runtime
+        runtime: Runtime | None = getattr(app.state, "chorus", None)  # a cluster ingress builds its own first
+        if runtime is None:
+            runtime = await asyncio.to_thread(start, settings)
+            app.state.chorus = runtime
         logger.info("Chorus ready (backbone %s on %s)", runtime.engine.fingerprint, runtime.engine.device)
         try:
             yield

@@ -35,6 +35,14 @@ def _serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"chorus serve: {problem}", file=sys.stderr)
         return 2
+    if args.ray:
+        try:
+            from chorus_server.cluster.app import run
+        except ImportError:
+            print("chorus serve: --ray needs Ray Serve: pip install 'chorus-asr[ray]'", file=sys.stderr)
+            return 2
+        run(settings, args.host, args.port, args.workers, args.ray_address)
+        return 0
     open_files = raise_open_file_limit()
     if open_files < settings.server.max_connections + 64:
         print(
@@ -96,6 +104,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--ray", action="store_true", help="serve as a Ray Serve cluster (docs/scale-out.md)")
+    serve.add_argument("--workers", type=int, default=2, help="--ray: worker replicas, one backbone each (default 2)")
+    serve.add_argument("--ray-address", default=None, help="--ray: join this Ray cluster (default: start a local one)")
     serve.set_defaults(func=_serve)
     keys = commands.add_parser(
         "keys", help="create, list and revoke API keys in the configured key file (no server needed)"

@@ -11,6 +11,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +36,9 @@ from chorus_store.base import AdapterStore
 from chorus_store.errors import StoreError
 from chorus_store.loader import make_loader
 from chorus_store.local import LocalStore
+
+if TYPE_CHECKING:
+    from chorus_server.cluster.remote import RemoteWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +133,10 @@ class Runtime:
     loaders: ThreadPoolExecutor
     pinned: dict[str, str]  # adapter ID -> pinned version ref
     watcher: StoreWatcher
+    remote: RemoteWorkers | None = None  # a cluster ingress: transcription runs on worker replicas
 
     @classmethod
-    def start(cls, settings: Settings) -> Runtime:
+    def start(cls, settings: Settings, remote: RemoteWorkers | None = None) -> Runtime:
         source = model_source(settings)
         device = resolve_device(settings.device)
         loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
@@ -168,7 +173,20 @@ class Runtime:
         watcher.start()
         logger.info("batching: %s", worker.limits)
         return cls(
-            settings, engine, store, cache, worker, metrics, auth, audit, quotas, transcriber, loaders, pinned, watcher
+            settings,
+            engine,
+            store,
+            cache,
+            worker,
+            metrics,
+            auth,
+            audit,
+            quotas,
+            transcriber,
+            loaders,
+            pinned,
+            watcher,
+            remote,
         )
 
     def close(self) -> None:

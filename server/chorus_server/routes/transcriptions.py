@@ -59,16 +59,19 @@ async def create_transcription(
     runtime.quotas.check_audio(who.tenant, audio.seconds)
     runtime.quotas.charge_audio(who.tenant, audio.seconds)
     runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
+    granularities: set[str] = set(timestamp_granularities or [])
+    if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
+        return await runtime.remote.transcribe(audio, record, who, response_format, granularities, language)
     try:
         result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    response = _render(result, response_format, set(timestamp_granularities or []), language, audio.seconds)
+    response = render(result, response_format, granularities, language, audio.seconds)
     response.headers["x-chorus-adapter"] = record.ref
     return response
 
 
-def _render(
+def render(
     result: Result, response_format: str, granularities: set[str], language: str | None, duration: float
 ) -> Response:
     transcript = result.transcript
