@@ -49,6 +49,7 @@ class WorkItem:
     enqueued: float
     deadline: float
     tenant: str = ""
+    label: str = ""  # the adapter as metrics may name it: its full ID if public, else ""
     future: Future[torch.Tensor] = field(default_factory=Future)  # resolves to (T, V) float32 logits
 
     def __len__(self) -> int:

@@ -29,6 +29,8 @@ class _StateCollector(Collector):
 
     def __init__(self) -> None:
         self.queue_state: Callable[[], tuple[int, float]] | None = None  # (items, audio seconds)
+        self.adapters_info: Callable[[], tuple[list[str], list[str]]] | None = None  # (running, waiting)
+        self.max_adapters = 0  # most adapters one batch can hold
         self.cache: AdapterCache | None = None
         self.device: torch.device | None = None
 
@@ -37,6 +39,16 @@ class _StateCollector(Collector):
             items, seconds = self.queue_state()
             yield GaugeMetricFamily("chorus_queue_depth", "Audio windows waiting for the inference thread", items)
             yield GaugeMetricFamily("chorus_queue_audio_seconds", "Audio seconds waiting in the queue", seconds)
+        if self.adapters_info is not None:
+            running, waiting = self.adapters_info()
+            # Shaped like vLLM's lora_requests_info, so LoRA-affinity endpoint pickers can route to Chorus too.
+            info = GaugeMetricFamily(
+                "chorus_lora_requests_info",
+                "Adapters running and waiting (public ones), like vLLM's lora_requests_info",
+                labels=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+            )
+            info.add_metric([",".join(running), ",".join(waiting), str(self.max_adapters)], time.time())
+            yield info
         if self.cache is not None:
             yield from _cache_metrics(self.cache)
         if self.device is not None and self.device.type == "cuda":

@@ -161,6 +161,7 @@ class Runtime:
         worker = Worker(engine, resolve_batch_limits(settings.batch, engine.device, rate), metrics)
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device
+        metrics.state.adapters_info, metrics.state.max_adapters = worker.adapters_info, worker.limits.max_items
         default = settings.default_adapter or f"{SEED_OWNER}/{source.head_id}"
         transcriber = Transcriber(engine, store, cache, worker, settings, default)
         keys = key_ring(settings)

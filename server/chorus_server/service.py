@@ -110,7 +110,14 @@ class Transcriber:
             )
             now = time.monotonic()
             items = [
-                WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), lease.adapter, now, deadline, tenant)
+                WorkItem(
+                    np.ascontiguousarray(audio.samples[w.start : w.stop]),
+                    lease.adapter,
+                    now,
+                    deadline,
+                    tenant,
+                    record.id if record.visibility == "public" else "",
+                )
                 for w in windows
             ]
             self.worker.submit(items)

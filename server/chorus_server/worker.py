@@ -32,7 +32,8 @@ class Worker:
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
         self._queue: list[WorkItem] = []
         self._queued_samples = 0
-        self._served: dict[str, float] = {}  # tenant -> audio samples run (relative: only differences matter)
+        self._served: dict[str, float] = {}
+        self._running: list[WorkItem] = []  # tenant -> audio samples run (relative: only differences matter)
         self._cond = threading.Condition()
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
@@ -120,7 +121,20 @@ class Worker:
                 if not collected.batch:
                     self._cond.wait(collected.wait)
 
+    def adapters_info(self) -> tuple[list[str], list[str]]:
+        """(adapters in the batch running now, adapters waiting in the queue): public ones, by full ID."""
+        with self._cond:
+            waiting = sorted({item.label for item in self._queue if item.label})
+        return sorted({item.label for item in self._running if item.label}), waiting
+
     def _run_batch(self, batch: list[WorkItem]) -> None:
+        self._running = batch
+        try:
+            self._run_items(batch)
+        finally:
+            self._running = []
+
+    def _run_items(self, batch: list[WorkItem]) -> None:
         started = self.clock()
         try:
             logits = self._forward(batch)

@@ -46,6 +46,7 @@ CONTRACT_METRICS = {
         "chorus_adapter_resident_bytes",
         "chorus_adapters_resident",
         "chorus_device_memory_bytes",
+        "chorus_lora_requests_info",
     },
 }
 

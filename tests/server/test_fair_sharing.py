@@ -317,3 +317,14 @@ def test_windows_that_cannot_finish_before_their_deadline_are_not_started():
     # At 10x real time a 20 s window needs 2 s: with 1 s left it could only finish for nobody.
     collected = collect_batch([long_window, short_window], LIMITS, now=10.0, seconds_per_sample=1 / 160000)
     assert collected.expired == [long_window] and collected.batch == [short_window]
+
+
+def test_the_lora_info_gauge_names_public_adapters_only():
+    from chorus_server.worker import Worker
+
+    worker = Worker.__new__(Worker)
+    worker._cond, worker._running = threading.Condition(), [item("a")]
+    worker._running[0].label = "acme/fr"
+    worker._queue = [item("b"), item("c")]
+    worker._queue[0].label = "chorus/en"  # the other queued item's adapter is private: no label
+    assert worker.adapters_info() == (["acme/fr"], ["chorus/en"])

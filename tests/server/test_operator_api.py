@@ -75,6 +75,7 @@ def test_health_readiness_and_metrics(client):
     transcribe(client, wav(1.0), "klingon")
     text = client.get("/metrics").text
     assert 'chorus_requests_total{adapter="anonymous/eng-0",status="200"} 1.0' in text
+    assert 'chorus_lora_requests_info{max_lora="4",running_lora_adapters="",waiting_lora_adapters=""}' in text
     assert 'chorus_requests_total{adapter="",status="404"} 1.0' in text
     assert "chorus_audio_seconds_total 2.0" in text
     assert 'chorus_adapter_loads_total{result="ok"}' in text
