@@ -7,48 +7,55 @@
 The model. A cluster of N workers (one Chorus server process per device). Each worker has:
 
 - an **adapter cache** of C adapters, LRU, that never evicts an adapter a queued request holds (a lease); when
-  every entry is leased the cache exceeds C until a lease is released, as `AdapterCache` does;
+  every entry is leased the cache exceeds C until a lease is released, as `AdapterCache` does (docs/store.md);
 - a **loader** running at most L cold loads at once (`CHORUS_CACHE__LOADER_THREADS`); concurrent misses for one
   adapter share one load (single flight). A request whose adapter is not resident waits for its load, then
   joins the inference queue. Loads run beside inference and do not slow it (measured: no dip, see below);
-- one **inference loop** running one mixed-adapter batch at a time: it starts with the oldest ready item, adds
-  up to B - 1 queued items closest to it in length (among the next 4·B), within the padded-audio limit, and
-  dispatches when the batch is full or the oldest item has waited `max_wait` (10 ms, `CHORUS_BATCH__MAX_WAIT_MS`).
-  A batch takes `overhead + per_audio_s × items × longest item`; the mix of adapters costs nothing extra
-  (measured 0.97× with 64 distinct adapters in a batch).
+- one **inference loop** running one mixed-adapter batch at a time, as `collect_batch` does (docs/server.md):
+  the oldest ready item, then up to B - 1 queued items closest to it in length (among the next 4·B), within
+  the padded-audio limit; dispatched when full or when the oldest item has waited `max_wait`. A batch takes
+  `overhead + per_audio_s × (⅓ × real audio + ⅔ × items × longest item)`: the conv front end, a third of the
+  FLOPs, runs on real audio only and the encoder on the padded batch (docs/engine.md). The mix of adapters
+  costs nothing extra (measured 0.97× of single-adapter throughput with 64 distinct adapters).
 
-Traffic: Poisson arrivals at `load` × the cluster's capacity (capacity = N × one worker's audio seconds per
-second with full batches, estimated from the same length distribution); each request names one of 10,000
+Traffic: Poisson arrivals at `load` × the cluster's capacity, where capacity is N × what one saturated worker
+serves (full, length-matched batches from a deep queue; `worker_capacity`); each request names one of 10,000
 adapters with Zipf(s) popularity (rank k has weight 1/k^s) and carries lognormal audio (median 5 s, σ 0.6,
 clipped to 0.5–20 s, so it is one window: `CHORUS_BATCH__CHUNK_SECONDS` = 20).
 
-Policies (`POLICIES`): random; least-loaded (fewest queued audio seconds, i.e. admitted and not finished,
-ties broken at random); consistent hashing of the adapter ID on a ring with 100 virtual nodes per worker;
-affinity + power of two choices (two random workers among those holding the adapter, topped up from the
-adapter's two ring candidates when fewer hold it; the less loaded wins, unless it is above
-1.25 × mean load + one full batch of audio, then least-loaded).
+Policies (`POLICIES`): random; least-loaded (fewest queued audio seconds, i.e. admitted and not finished, ties
+broken at random); consistent hashing of the adapter ID on a ring with 100 virtual nodes per worker; affinity +
+power of two choices (two random workers among those holding the adapter, resident or loading, topped up from
+the adapter's two ring candidates when fewer hold it; the less loaded wins unless its load is above a bound,
+then least-loaded), with three bounds: `affinity_p2c` 1.25 × mean load + one full batch of audio (B × mean
+length); `affinity_p2c_tight` 1.25 × mean load + the audio one worker serves during one cold load (p50);
+`affinity_p2c_delay` the least-loaded worker's load + that same allowance, i.e. a holder wins unless a cold load
+on the least-loaded worker is expected to finish the request sooner. `affinity_p2c_ray` (mean load + 2 requests,
+the bound of `chorus_server/cluster/router.py`, with exact loads here) runs only when named in `--policies`.
 
-Simplifications: the router sees every worker's exact load instantly (no staleness, no network time); one
-request is one window; no tenant fairness (deficit round robin), deadlines, admission limits or failures;
-cache capacity is counted in adapters of one size; cold-load time does not depend on how busy the store is.
+Simplifications: the router sees every worker's exact load instantly (no staleness, no network hop, one
+router); one request is one window; no tenant fairness (deficit round robin), deadlines, admission limits or
+failures; the cache counts adapters of one size; a cold load's time does not depend on how busy the store is,
+and its CPU and store bandwidth are not charged to anything (the run reports cold loads per second instead).
 
 Numbers (defaults; all are options):
 
 - cold load: lognormal with p50 23.5 ms and p95 42.3 ms (mean 25 ms) — docs/benchmarks.md, "Adapter cold
-  load" (MMS-size adapter, 8.9 MB, from a LocalStore on the 2-core CPU; loader mean 25.9 ms); "throughput
-  during 10 cold loads / quiet 0.945 (noise ±0.078)" is why loads do not slow inference here;
-- CPU-like worker: B = 4 items, 60 padded s (docs/server.md, CPU defaults); 0.048 s per padded audio second =
-  (1952 ms − 15 ms) / 40 s, Chorus bf16 B=4 × 10 s in docs/benchmarks.md ("Backbone speed and batch curve");
-- GPU-like worker: B = 64, 1200 padded s (docs/server.md, GPU defaults); 0.02 s per padded audio second is an
-  assumption (no GPU measurement in docs/benchmarks.md);
-- batch overhead 15 ms: an assumption (collecting, padding, decoding per batch), not measured on its own;
-- L = 2 loader threads and `max_wait` 10 ms: docs/server.md defaults; C = 64 adapters is deliberately small
-  (the 2048 MB device budget holds ≈ 230 MMS-size adapters), sweep it with `--cache`.
+  load" (MMS-size adapter, 8.9 MB, from a LocalStore on a 2-core CPU; loader mean 25.9 ms). "Throughput during
+  10 cold loads / quiet: 0.945 (noise ±0.078)" in the same file is why loads do not slow inference here;
+- CPU-like worker: B = 4 items and 60 padded s (docs/server.md, CPU defaults); overhead 0.10 s per batch and
+  0.0463 s per audio second, the line through Chorus bf16 at B=1 (562 ms) and B=4 (1952 ms) on 10 s clips
+  (docs/benchmarks.md, "Backbone speed and batch curve"; random-weight base model, 2 shared cores);
+- GPU-like worker (`--hardware gpu`): B = 64 and 1200 padded s (docs/server.md, GPU defaults); 15 ms per batch
+  and 0.02 s per audio second are assumptions: docs/benchmarks.md has no GPU measurement;
+- L = 2 loader threads and `max_wait` 10 ms: docs/server.md defaults. C = 64 adapters is deliberately small
+  (the default 2048 MB device budget holds about 230 MMS-size adapters); sweep it with `--cache`.
 
 Output per (policy, N, s, load, C): throughput (audio s per s), p50/p95 latency (arrival to result), cache hit
 ratio (requests whose adapter was resident on arrival), cold loads per second. The first 20% of requests warm
-the caches and are left out of every statistic. Runs are deterministic for a seed, and all policies of one
-(N, s, load) see the same traffic and the same cold-load durations.
+the caches and are left out of every statistic; throughput counts audio finished while the rest arrived, so
+throughput/offered below 1 means a backlog was still growing. Runs are deterministic for a seed, and all
+policies of one (N, s, load, C) see the same traffic and the same cold-load durations.
 """
 
 from __future__ import annotations
@@ -331,9 +338,10 @@ class ConsistentHash:
 @dataclass
 class AffinityP2C:
     """Two random holders of the adapter (topped up from its ring candidates), the less loaded one; least-loaded
-    instead when that one is above `slack` × mean load + an allowance (audio seconds, see `Cluster.allowances`)."""
+    instead when that one is above the bound: `slack` × mean load, or the least load when `slack` is None, plus
+    an allowance in audio seconds (`Cluster.allowances`)."""
 
-    slack: float = 1.25
+    slack: float | None = 1.25
     allowance: str = "batch"
 
     def choose(self, adapter: int, cluster: Cluster) -> int:
@@ -342,19 +350,26 @@ class AffinityP2C:
             if len(candidates) < 2 and w not in candidates:
                 candidates.append(w)
         best = min(candidates, key=lambda w: cluster.load[w])
-        bound = self.slack * cluster.mean_load() + cluster.allowances[self.allowance]
-        return best if cluster.load[best] <= bound else cluster.least_loaded()
+        base = float(cluster.load.min()) if self.slack is None else self.slack * cluster.mean_load()
+        return best if cluster.load[best] <= base + cluster.allowances[self.allowance] else cluster.least_loaded()
 
 
 POLICIES: dict[str, Callable[[], Policy]] = {
     "random": RandomPolicy,
     "least_loaded": LeastLoaded,
     "consistent_hash": ConsistentHash,
-    # bound 1.25 × mean + one full batch of audio (B × mean length)
+    # bound: 1.25 × mean load + one full batch of audio (B × mean length)
     "affinity_p2c": AffinityP2C,
-    # bound 1.25 × mean + the audio a worker serves while one cold load (p50) runs
+    # bound: 1.25 × mean load + the audio one worker serves while a cold load (p50) runs
     "affinity_p2c_tight": functools.partial(AffinityP2C, allowance="cold_load"),
+    # bound: the least-loaded worker's load + that same allowance (a holder wins unless a cold load elsewhere is
+    # expected to finish sooner)
+    "affinity_p2c_delay": functools.partial(AffinityP2C, slack=None, allowance="cold_load"),
+    # bound: mean load + 2 requests, the rule of chorus_server/cluster/router.py (SLACK = 2); not in the default
+    # sweep, run it with --policies
+    "affinity_p2c_ray": functools.partial(AffinityP2C, slack=1.0, allowance="two_requests"),
 }
+DEFAULT_POLICIES = tuple(name for name in POLICIES if name != "affinity_p2c_ray")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,6 +416,7 @@ class Simulation:
         allowances = {
             "batch": self.hw.max_items * mean_audio(sc.workload),
             "cold_load": self.hw.cold_load_p50_s * worker_capacity(self.hw, sc.workload),
+            "two_requests": 2 * mean_audio(sc.workload),
         }
         policy_rng = random.Random(f"{sc.seed}/{sc.n_workers}/{sc.workload.zipf_s}/{sc.workload.load}")
         self.cluster = Cluster(sc.n_workers, sc.workload.n_adapters, allowances, policy_rng)
@@ -587,7 +603,7 @@ def simulate(sc: Scenario) -> Result:
 
 @dataclass(frozen=True)
 class Sweep:
-    policies: tuple[str, ...] = tuple(POLICIES)
+    policies: tuple[str, ...] = DEFAULT_POLICIES
     workers: tuple[int, ...] = (1, 2, 4, 16, 64, 256)
     zipf: tuple[float, ...] = (0.8, 1.0, 1.2)
     loads: tuple[float, ...] = (0.5, 0.8, 0.95)
@@ -600,12 +616,15 @@ class Sweep:
 QUICK = Sweep(workers=(1, 4, 16), zipf=(1.0, 1.2), loads=(0.8, 0.95), requests=3_000)
 
 
-def requests_for(n_workers: int) -> int:
-    """Simulated requests per run in the full sweep: enough per worker to warm its cache, within ~3 min on 2 cores.
+REQUESTS = {1: 8_000, 2: 8_000, 4: 8_000, 16: 12_000, 64: 24_000, 256: 48_000}
 
-    Per policy, s, load and C: 8k each for N = 1, 2, 4; 12k for 16; 24k for 64; 48k for 256 (about 100 per
-    worker at N = 256, so large clusters are measured with caches still filling: see the caveats)."""
-    return {1: 8_000, 2: 8_000, 4: 8_000, 16: 12_000, 64: 24_000, 256: 48_000}.get(n_workers, max(8_000, 190 * n_workers))
+
+def requests_for(n_workers: int) -> int:
+    """Simulated requests per run in the full sweep (`REQUESTS`), sized to finish in ~3 min on 2 cores.
+
+    That is 190–8,000 requests per worker (190 at N = 256): small clusters reach steady state, large ones are
+    measured with caches still warming and, at load 0.95, queues still growing (see throughput/offered)."""
+    return REQUESTS.get(n_workers, min(48_000, max(8_000, 190 * n_workers)))
 
 
 def scenarios(sweep: Sweep) -> list[Scenario]:
@@ -645,7 +664,8 @@ def _seconds(value: float) -> str:
 
 
 def plot(results: Sequence[Result], path: Path) -> None:
-    """p95 latency, cache hit ratio and throughput/offered against N at the highest load, one column per s."""
+    """Against N, one column per s: p95 latency at the two highest loads, cache hit ratio at the second highest,
+    throughput/offered at the highest."""
     try:
         import matplotlib
 
@@ -654,13 +674,23 @@ def plot(results: Sequence[Result], path: Path) -> None:
     except ImportError:
         print(f"matplotlib is not installed: no plot written to {path}", file=sys.stderr)
         return
-    load, cache = max(r.load for r in results), min(r.cache_capacity for r in results)
+    loads, cache = sorted({r.load for r in results}), min(r.cache_capacity for r in results)
+    high, second = loads[-1], loads[-2] if len(loads) > 1 else loads[-1]
     zipfs = sorted({r.zipf_s for r in results})
-    fig, axes = plt.subplots(3, len(zipfs), figsize=(4.2 * len(zipfs), 9), squeeze=False, sharex=True)
-    rows = [("p95 latency (s)", lambda r: r.p95_s, "log"), ("cache hit ratio", lambda r: r.hit_ratio, "linear")]
-    rows.append(("throughput / offered", lambda r: r.throughput_audio_per_s / r.offered_audio_per_s, "linear"))
+    rows: list[tuple[str, float, Callable[[Result], float], str]] = [
+        (f"p95 latency (s), load {second}", second, lambda r: r.p95_s, "log"),
+        (f"p95 latency (s), load {high}", high, lambda r: r.p95_s, "log"),
+        (f"cache hit ratio, load {second}", second, lambda r: r.hit_ratio, "linear"),
+        (
+            f"throughput / offered, load {high}",
+            high,
+            lambda r: r.throughput_audio_per_s / r.offered_audio_per_s,
+            "linear",
+        ),
+    ]
+    fig, axes = plt.subplots(len(rows), len(zipfs), figsize=(4.4 * len(zipfs), 11), squeeze=False, sharex=True)
     for col, s in enumerate(zipfs):
-        for row, (label, value, scale) in enumerate(rows):
+        for row, (label, load, value, scale) in enumerate(rows):
             ax = axes[row][col]
             for policy in dict.fromkeys(r.policy for r in results):
                 pts = sorted(
@@ -668,14 +698,14 @@ def plot(results: Sequence[Result], path: Path) -> None:
                     for r in results
                     if r.policy == policy and r.zipf_s == s and r.load == load and r.cache_capacity == cache
                 )
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=policy)
             ax.set_xscale("log", base=2)
             ax.set_yscale(scale)
             ax.grid(True, which="both", alpha=0.3)
             if col == 0:
-                ax.set_ylabel(label)
+                ax.set_ylabel(label, fontsize=9)
             if row == 0:
-                ax.set_title(f"Zipf s={s}, load {load}, C={cache}")
+                ax.set_title(f"Zipf s={s}, C={cache}, {results[0].hardware}-like workers")
             if row == len(rows) - 1:
                 ax.set_xlabel("workers N")
     axes[0][0].legend(fontsize=8)
@@ -695,7 +725,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--zipf", type=float, nargs="+", help="Zipf exponents s")
     p.add_argument("--loads", type=float, nargs="+", help="offered load, fractions of cluster capacity")
     p.add_argument("--cache", type=int, nargs="+", help="adapter cache capacity per worker C (default 64)")
-    p.add_argument("--policies", nargs="+", choices=list(POLICIES), help="policies (default all)")
+    p.add_argument("--policies", nargs="+", choices=list(POLICIES), help="default: all but affinity_p2c_ray")
     p.add_argument("--requests", type=int, help="simulated requests per run (default: by N, see requests_for)")
     p.add_argument("--batch-items", type=int, help="B, most items per batch")
     p.add_argument("--batch-overhead-ms", type=float, help="fixed cost per batch")

@@ -2,9 +2,11 @@
 load so a hot adapter does not pile onto one worker.
 
 Among the workers holding the adapter (from each replica's routing stats, refreshed every second) pick the
-less loaded of two at random (power of two choices); if even that one is busier than the average worker by
-more than `slack` requests, or nobody holds the adapter, prefer the least-loaded workers instead (the adapter
-then loads there). docs/scale-out.md compares this with Ray's default router and, by simulation, other policies.
+less loaded of two at random (power of two choices); if that one is busier than the least-loaded worker by more
+than a cold load's worth of work, or nobody holds the adapter, prefer the least-loaded worker (the adapter then
+loads there). The simulation in docs/scale-out.md (`benchmarks/routing_sim.py`, policy `affinity_p2c_delay`)
+chose this rule: least-loaded latency everywhere, with fewer cold loads; bounds relative to the mean load
+(tried first) let hot adapters pile up and cost 2-6x the p95.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-SLACK = 2.0  # requests a holder may be above the mean load and still be preferred
+# Requests a holder may be above the least-loaded worker and still be preferred: a cold load (~25 ms on CPU) is
+# worth well under one request's work (~0.5 s), so a holder wins ties and near-ties only.
+SLACK = 0.5
 
 
 def _stats(replica: RunningReplica) -> dict[str, Any]:
@@ -33,8 +37,7 @@ def rank(adapter: str | None, replicas: list[Any], load: Any, holds: Any, rng: r
     holders = [r for r in replicas if adapter is not None and holds(r, adapter)]
     if holders:
         pick = min(rng.sample(holders, min(2, len(holders))), key=load)
-        mean = sum(load(r) for r in replicas) / len(replicas)
-        if load(pick) <= mean + SLACK:
+        if load(pick) <= load(by_load[0]) + SLACK:
             return [[pick], [r for r in by_load if r is not pick]]
     return [by_load[:1], by_load[1:]]
 
