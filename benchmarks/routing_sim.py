@@ -31,7 +31,8 @@ then least-loaded), with three bounds: `affinity_p2c` 1.25 × mean load + one fu
 length); `affinity_p2c_tight` 1.25 × mean load + the audio one worker serves during one cold load (p50);
 `affinity_p2c_delay` the least-loaded worker's load + that same allowance, i.e. a holder wins unless a cold load
 on the least-loaded worker is expected to finish the request sooner. `affinity_p2c_ray` (mean load + 2 requests,
-the bound of `chorus_server/cluster/router.py`, with exact loads here) runs only when named in `--policies`.
+the first bound `chorus_server/cluster/router.py` used, with exact loads here; it now implements
+`affinity_p2c_delay`) runs only when named in `--policies`.
 
 Simplifications: the router sees every worker's exact load instantly (no staleness, no network hop, one
 router); one request is one window; no tenant fairness (deficit round robin), deadlines, admission limits or
