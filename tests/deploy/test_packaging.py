@@ -277,3 +277,23 @@ def test_the_client_distribution_installs_without_torch_or_the_server(tmp_path):
     (wheel,) = wheel_dir.glob("chorus_client-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert tops == {"chorus_client", "chorus_client-0.1.0.dist-info"}
+
+
+def test_the_kuberay_manifest_deploys_the_chorus_application():
+    """The RayService's shape (KubeRay's ray.io/v1 CRD: the fields the operator requires) and the Serve config it
+    carries, whose import path must name Chorus's application builder."""
+    import importlib
+
+    manifest = load_yaml(DEPLOY / "kuberay" / "rayservice.yaml")
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    for group in cluster["workerGroupSpecs"]:
+        assert group["groupName"] and group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert group["template"]["spec"]["containers"][0]["image"]
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    application = serve_config["applications"][0]
+    module, _, name = application["import_path"].partition(":")
+    assert callable(getattr(importlib.import_module(module), name))
+    assert application["runtime_env"]["env_vars"]["CHORUS_STORE"].startswith("s3://")
+    assert int(application["args"]["workers"]) >= 1

@@ -67,3 +67,12 @@ def run(settings: Settings, host: str, port: int, workers: int, address: str | N
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For `serve run` / KubeRay's `serveConfigV2` (`import_path: chorus_server.cluster.app:app_builder`): the
+    application from CHORUS_* settings, with `workers` (default 2) and `router` ("default" for Ray's own)."""
+    from chorus_server.settings import get_settings
+
+    router = args.get("router", ROUTER)
+    return build(get_settings(), int(args.get("workers", 2)), None if router == "default" else router)
