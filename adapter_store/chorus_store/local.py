@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+STALE_SECONDS = 3600.0  # staging files and server uploads older than this belong to dead processes
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,8 +141,7 @@ class LocalStore:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
-            with _io("store the upload"), tmp.open("wb") as out:
-                fcntl.flock(out, fcntl.LOCK_EX)  # tells _recover in another process this upload is alive
+            with _io("store the upload"), self._locked_part(tmp) as out:
                 sha256, size = self._receive(source, out)
                 summary = self.validator.validate(_read_all(tmp), allow_fingerprint_mismatch)
                 version = self._place(adapter_id, tmp, visibility, expected_version, sha256, size, summary)
@@ -230,6 +230,17 @@ class LocalStore:
             return self.get(adapter_id).visibility == "public"
         except (AdapterNotFound, VersionNotFound, AdapterCorrupt):
             return False
+
+    @contextlib.contextmanager
+    def _locked_part(self, path: Path) -> Iterator[BinaryIO]:
+        """`path` opened for writing, locked *before* it appears under its name: a store opening in another
+        process recovers unlocked `.part` files as leftovers of dead publishers, and must never see a live one
+        between its creation and its lock."""
+        staging = path.with_name(f".{path.name}.creating")
+        with staging.open("wb") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)  # held until closed: tells _recover this upload is alive
+            os.rename(staging, path)
+            yield out
 
     def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> tuple[str, int]:
         """Copy the upload to `out`, enforcing the size limit while reading; returns (sha256, size)."""
@@ -492,17 +503,20 @@ class LocalStore:
         Live publishers hold locks (on their upload, and on the adapter), so only dead processes' files go.
         """
         for leftover in self.tmp_dir.iterdir():
-            if leftover.suffix == ".lock":
-                continue
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-                continue
-            with leftover.open("rb") as f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # an upload in progress in a live process
-                leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and leftover.name.startswith("deleted-"):
+                shutil.rmtree(leftover, ignore_errors=True)  # a purge that died before removing its files
+            elif leftover.suffix == ".part":
+                with leftover.open("rb") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # an upload in progress in a live process
+                    leftover.unlink(missing_ok=True)
+            elif leftover.name.endswith(".creating") or leftover.name.startswith("upload-"):
+                # Staging files live for microseconds, server uploads for minutes; older ones are orphans.
+                with contextlib.suppress(OSError):
+                    if time.time() - leftover.stat().st_mtime > STALE_SECONDS:
+                        leftover.unlink()
         for owner in list(self.adapters_dir.iterdir()):
             if (owner / "adapter.json").is_file():
                 owner = self._migrate_flat(owner)

@@ -56,3 +56,23 @@ def test_a_store_from_before_namespaces_is_migrated(tmp_path, tiny_model, adapte
     assert migrated.read(migrated.get("acme/fr@2")) == adapter_files[2].read_bytes()
     assert migrated.get("default/default").visibility == "public" and migrated.public_owner("default") == "default"
     assert sorted(r.id for r in migrated.list_adapters().items) == ["acme/fr", "default/default"]
+
+
+def test_a_store_opening_elsewhere_never_removes_a_live_upload(store, adapter_files, monkeypatch):
+    """Another process's recovery runs exactly between an upload's creation and its lock (the race 16 publisher
+    processes hit): the upload must survive it."""
+    import fcntl
+
+    import chorus_store.local as local
+
+    real_flock = fcntl.flock
+    recovered = []
+
+    def flock_after_a_recovery(f, op):
+        if op == fcntl.LOCK_EX and not recovered:
+            recovered.append(LocalStore(store.root, store.validator))  # runs _recover, as a new process would
+        return real_flock(f, op)
+
+    monkeypatch.setattr(local.fcntl, "flock", flock_after_a_recovery)
+    assert store.publish("acme/live", adapter_files[0]).version == 1
+    assert recovered
