@@ -20,7 +20,7 @@ from chorus_server.auth import Authenticator, anonymous_role, env_keys, key_file
 from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
 from chorus_server.engine import Adapter, Engine, save_adapter
-from chorus_server.engine.cache import AdapterCache, single_threaded_torch
+from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.engine import resolve_device
 from chorus_server.engine.random_model import write_random_model
 from chorus_server.keys import KeyRing
@@ -146,7 +146,9 @@ class Runtime:
         if settings.seed_store:
             seed_store(store, loaded.default_adapter, source)
         loaders = ThreadPoolExecutor(
-            settings.cache.loader_threads, thread_name_prefix="chorus-loader", initializer=single_threaded_torch
+            # No torch.set_num_threads(1) here: it is process-wide, and would leave inference on one core.
+            settings.cache.loader_threads,
+            thread_name_prefix="chorus-loader",
         )
         cache = adapter_cache(
             store,

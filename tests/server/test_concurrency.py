@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -89,3 +90,23 @@ def _char_error_rate(hypothesis: str, reference: str) -> float:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r)))
         previous = current
     return previous[-1] / max(1, len(reference))
+
+
+def test_loading_an_adapter_leaves_inference_all_its_threads(tmp_path, model_dir, adapter_files):
+    """torch.set_num_threads is process-wide: a loader thread setting it once slowed every forward 1.7x."""
+    import torch
+
+    from tests.server.conftest import make_settings, running_app, transcribe, wav
+
+    def threads_of_a_new_thread() -> int:  # what a thread started now (like the inference thread) gets
+        seen: list[int] = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    threads = threads_of_a_new_thread()
+    with running_app(make_settings(tmp_path, model_dir), adapter_files[:2]) as client:
+        for path in adapter_files[:2]:  # cold loads on the loader threads
+            assert transcribe(client, wav(1.0), path.stem).status_code == 200
+        assert threads_of_a_new_thread() == threads

@@ -29,12 +29,6 @@ from chorus_server.engine.adapters import Adapter
 logger = logging.getLogger(__name__)
 
 
-def single_threaded_torch() -> None:
-    """Loader threads run torch ops on one intra-op thread (a per-thread setting): a load then never waits at a
-    parallel-region barrier behind the inference thread's work, and never takes its cores."""
-    torch.set_num_threads(1)
-
-
 @dataclass(frozen=True)
 class CacheStats:
     device_hits: int = 0
@@ -100,9 +94,7 @@ class AdapterCache:
         self._load, self._prepare, self._clock = load, prepare, clock
         self.shared_memory = device.type == "cpu"
         self.device_budget, self.host_budget = device_budget_bytes, host_budget_bytes
-        self._executor = executor or ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="adapter-loader", initializer=single_threaded_torch
-        )
+        self._executor = executor or ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-loader")
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._tick = itertools.count(1)
