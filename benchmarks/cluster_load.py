@@ -2,8 +2,8 @@
 
 For each setup — `chorus serve`, `chorus serve --ray` with 1 worker and with 2 workers — 5 s clips at
 concurrency 1 (latency) and 4 (throughput). Then adapter affinity with 2 workers and 5 adapters requested in
-turn, for Chorus's router and Ray's default router: the share of requests that reach a worker which had
-served their adapter before (a holder), once each adapter has been seen.
+turn by 2 concurrent clients, for Chorus's router and Ray's default router: cold loads (distinct adapter-worker
+pairs; 5 at best) and the share of requests that reach a worker which had served their adapter before.
 
     python -m benchmarks.cluster_load [--requests 24] [--json out.json]
 """
@@ -108,8 +108,14 @@ def measure_ray(tmp: Path, wav: bytes, requests: int, workers: int, router: str 
         url = f"http://127.0.0.1:{port}"
         if affinity:
             models = ["en", "fr", "de", "es", "it"]
-            result = asyncio.run(load(url, wav, 6 * len(models), 1, models))
-            return {"holder_share": holder_share(result["workers"]), "x_real_time": result["x_real_time"]}
+            result = asyncio.run(load(url, wav, 6 * len(models), 2, models))
+            pairs = len(set(result["workers"]))  # (adapter, worker) pairs: every one is a cold load
+            return {
+                "holder_share": holder_share(result["workers"]),
+                "cold_loads": pairs,
+                "minimum_cold_loads": len(models),
+                "x_real_time": result["x_real_time"],
+            }
         return {
             "c1": asyncio.run(load(url, wav, requests, 1, ["en"])),
             "c4": asyncio.run(load(url, wav, requests, 4, ["en"])),
