@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,6 +41,15 @@ from chorus_store.base import (
     parse_ref,
     verify_sha256,
 )
+from chorus_store.common import (
+    DEFAULT_MAX_BYTES,
+    copy_upload,
+    damaged,
+    new_record,
+    not_found,
+    parse_record,
+    version_file,
+)
 from chorus_store.errors import (
     AdapterCorrupt,
     AdapterNotFound,
@@ -56,8 +63,6 @@ from chorus_store.errors import (
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 STALE_SECONDS = 3600.0  # staging files and server uploads older than this belong to dead processes
 
 
@@ -83,20 +88,12 @@ def _write_json_atomic(path: Path, body: dict) -> None:
     _write_text_atomic(path, json.dumps(body))
 
 
-def _not_found(adapter_id: str) -> AdapterNotFound:
-    return AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
-
-
 def _read_all(path: Path) -> bytearray:
     """A file's bytes straight into a writable buffer (tensors built from it view it without a copy)."""
     with path.open("rb") as f:
         data = bytearray(os.fstat(f.fileno()).st_size)
         f.readinto(data)
     return data
-
-
-def _version_file(version: int) -> str:
-    return f"v{version:06d}"
 
 
 @contextlib.contextmanager
@@ -177,17 +174,9 @@ class LocalStore:
             self._write_int(folder, "LAST", version)
             if meta.get("visibility") != wanted or current is None:
                 _write_json_atomic(folder / "adapter.json", {**meta, "visibility": wanted})
-            os.replace(tmp, folder / f"{_version_file(version)}.safetensors")
-            record = {
-                "id": adapter_id,
-                "version": version,
-                "sha256": sha256,
-                "size": size,
-                "created_at": time.time(),
-                "fingerprint_override": summary.backbone_fingerprint != self.validator.fingerprint,
-                **asdict(summary),
-            }
-            _write_json_atomic(folder / f"{_version_file(version)}.json", record)
+            os.replace(tmp, folder / f"{version_file(version)}.safetensors")
+            record = new_record(adapter_id, version, sha256, size, summary, self.validator.fingerprint)
+            _write_json_atomic(folder / f"{version_file(version)}.json", record)
             self._set_current(folder, version)
             _fsync_dir(folder)
             if wanted == "private":
@@ -243,22 +232,10 @@ class LocalStore:
             yield out
 
     def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> tuple[str, int]:
-        """Copy the upload to `out`, enforcing the size limit while reading; returns (sha256, size)."""
-        digest = hashlib.sha256()
-        size = 0
-        with contextlib.ExitStack() as stack:
-            reader = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-            while chunk := reader.read(CHUNK):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise AdapterRejected(f"adapter file exceeds the {self.max_bytes}-byte limit")
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size == 0:
-            raise AdapterRejected("adapter file is empty")
-        return digest.hexdigest(), size
+        """Copy the upload to `out` (size cap, sha256 on the fly) and make it durable."""
+        sha256, size = copy_upload(source, out, self.max_bytes)
+        os.fsync(out.fileno())
+        return sha256, size
 
     # ---- read ----------------------------------------------------------------------------------------------
 
@@ -269,7 +246,7 @@ class LocalStore:
             meta = self._adapter_meta(folder)
             current = self._current(folder)
             if meta is None or current is None:
-                raise _not_found(adapter_id)
+                raise not_found(adapter_id)
             wanted = current if version is None else version
             return self._record(folder, meta, wanted, current)
 
@@ -278,7 +255,7 @@ class LocalStore:
         with _io(f"read adapter {adapter_id!r}"):
             meta, current = self._adapter_meta(folder), self._current(folder)
             if meta is None or current is None:
-                raise _not_found(adapter_id)
+                raise not_found(adapter_id)
             records = []
             for v in self._version_numbers(folder):
                 with contextlib.suppress(VersionNotFound):  # deleted meanwhile
@@ -335,7 +312,7 @@ class LocalStore:
 
     def read_unverified(self, record: AdapterRecord) -> bytearray:
         """The version's bytes in a writable buffer, *not yet checked*: pair with `verify`."""
-        path = self._folder(record.id) / f"{_version_file(record.version)}.safetensors"
+        path = self._folder(record.id) / f"{version_file(record.version)}.safetensors"
         try:
             data = _read_all(path)
         except FileNotFoundError as exc:
@@ -360,7 +337,7 @@ class LocalStore:
             current = self._current(folder, strict=False)  # a damaged pointer must not block the delete
             remaining = self._version_numbers(folder)
             if not (folder / "CURRENT").exists() and not remaining and not purge:
-                raise _not_found(adapter_id)  # a tombstone: already deleted
+                raise not_found(adapter_id)  # a tombstone: already deleted
             if version is not None:
                 if version not in remaining:
                     raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {remaining}")
@@ -387,8 +364,8 @@ class LocalStore:
         logger.info("deleted adapter %s%s%s", adapter_id, "" if version is None else f"@{version}", purge * " (purged)")
 
     def _remove_version(self, folder: Path, version: int) -> None:
-        (folder / f"{_version_file(version)}.json").unlink(missing_ok=True)
-        (folder / f"{_version_file(version)}.safetensors").unlink(missing_ok=True)
+        (folder / f"{version_file(version)}.json").unlink(missing_ok=True)
+        (folder / f"{version_file(version)}.safetensors").unlink(missing_ok=True)
 
     # ---- internals -----------------------------------------------------------------------------------------
 
@@ -402,7 +379,7 @@ class LocalStore:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
         elif not folder.is_dir():
-            raise _not_found(adapter_id)
+            raise not_found(adapter_id)
         lock_path = self.tmp_dir / f"{adapter_id.replace('/', '@')}.lock"  # outside the folder: purges move it
         with lock_path.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -410,7 +387,7 @@ class LocalStore:
                 if create:
                     folder.mkdir(parents=True, exist_ok=True)  # a purge may have moved it while we waited
                 elif not folder.is_dir():
-                    raise _not_found(adapter_id)
+                    raise not_found(adapter_id)
                 yield folder
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -435,9 +412,7 @@ class LocalStore:
         return meta if meta is not None else {"visibility": "private", "created_at": time.time()}
 
     def _damaged(self, folder: Path, file: str, exc: Exception) -> AdapterCorrupt:
-        adapter_id = f"{folder.parent.name}/{folder.name}"
-        logger.error("adapter %s is damaged: %s: %s", adapter_id, file, exc)
-        return AdapterCorrupt(f"adapter {adapter_id!r} is damaged in the store; its owner can delete it")
+        return damaged(f"{folder.parent.name}/{folder.name}", file, exc)
 
     def _current(self, folder: Path, strict: bool = True) -> int | None:
         return self._read_int(folder, "CURRENT", strict)
@@ -477,25 +452,13 @@ class LocalStore:
 
     def _record(self, folder: Path, meta: dict[str, Any], version: int, current: int) -> AdapterRecord:
         adapter_id = f"{folder.parent.name}/{folder.name}"
-        path = folder / f"{_version_file(version)}.json"
         try:
-            body = json.loads(path.read_text())
+            raw = (folder / f"{version_file(version)}.json").read_bytes()
         except FileNotFoundError as exc:
             raise VersionNotFound(
                 f"adapter {adapter_id!r} has no version {version}; versions: {self._version_numbers(folder)}"
             ) from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._damaged(folder, path.name, exc) from exc
-        try:
-            return AdapterRecord(
-                **{**body, "id": adapter_id, "version": version},
-                owner=folder.parent.name,
-                visibility=meta["visibility"],
-                is_current=version == current,
-                versions=self._version_numbers(folder),
-            )
-        except TypeError as exc:  # missing or unknown fields
-            raise self._damaged(folder, path.name, exc) from exc
+        return parse_record(raw, adapter_id, version, meta["visibility"], current, self._version_numbers(folder))
 
     def _recover(self) -> None:
         """Clear leftovers of processes killed mid-publish: partial uploads and data without a record.

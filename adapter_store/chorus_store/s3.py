@@ -21,14 +21,12 @@ and one small wheel instead of botocore).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -43,6 +41,15 @@ from chorus_store.base import (
     parse_ref,
     verify_sha256,
 )
+from chorus_store.common import (
+    DEFAULT_MAX_BYTES,
+    copy_upload,
+    damaged,
+    new_record,
+    not_found,
+    parse_record,
+    version_file,
+)
 from chorus_store.errors import (
     AdapterCorrupt,
     AdapterNotFound,
@@ -56,17 +63,7 @@ from chorus_store.errors import (
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 MAX_ATTEMPTS = 64  # compare-and-set retries before giving up (each retry means another writer made progress)
-
-
-def _version_file(version: int) -> str:
-    return f"v{version:06d}"
-
-
-def _not_found(adapter_id: str) -> AdapterNotFound:
-    return AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
 
 
 @contextlib.contextmanager
@@ -162,7 +159,7 @@ class S3Store:
             if not all(isinstance(v, int) for v in meta.get("versions", [])):
                 raise ValueError("bad version list")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise self._damaged(adapter_id, "meta.json", exc) from exc
+            raise damaged(adapter_id, "meta.json", exc) from exc
         return meta, found[1]
 
     def _update_meta(
@@ -204,7 +201,7 @@ class S3Store:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="s3-upload-", suffix=".part") as tmp:
-            sha256, size = self._receive(source, tmp)  # type: ignore[arg-type]
+            sha256, size = copy_upload(source, tmp, self.max_bytes)  # type: ignore[arg-type]
             data = Path(tmp.name).read_bytes()
         summary = self.validator.validate(bytearray(data), allow_fingerprint_mismatch)
 
@@ -225,18 +222,10 @@ class S3Store:
         meta = self._update_meta(adapter_id, reserve, tolerate=True)
         assert meta is not None
         version = int(meta["last"])
-        stem = _version_file(version)
+        stem = version_file(version)
         if self._put(self._adapter_key(adapter_id, f"{stem}.safetensors"), data, "create") is None:
             raise StoreUnavailable(f"version {version} of {adapter_id!r} already has data; retry")
-        record = {
-            "id": adapter_id,
-            "version": version,
-            "sha256": sha256,
-            "size": size,
-            "created_at": time.time(),
-            "fingerprint_override": summary.backbone_fingerprint != self.validator.fingerprint,
-            **asdict(summary),
-        }
+        record = new_record(adapter_id, version, sha256, size, summary, self.validator.fingerprint)
         self._put(self._adapter_key(adapter_id, f"{stem}.json"), json.dumps(record).encode(), "create")
         wanted = visibility or (meta["visibility"] if meta.get("current") is not None else "private")
         if wanted == "public":
@@ -253,23 +242,6 @@ class S3Store:
             self._release_public(adapter_id)
         logger.info("published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, size, sha256[:12])
         return self.get(f"{adapter_id}@{version}")
-
-    def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> tuple[str, int]:
-        """Copy the upload to `out`, enforcing the size limit while reading; returns (sha256, size)."""
-        digest = hashlib.sha256()
-        size = 0
-        with contextlib.ExitStack() as stack:
-            reader = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
-            while chunk := reader.read(CHUNK):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise AdapterRejected(f"adapter file exceeds the {self.max_bytes}-byte limit")
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-        if size == 0:
-            raise AdapterRejected("adapter file is empty")
-        return digest.hexdigest(), size
 
     # ---- public names --------------------------------------------------------------------------------------
 
@@ -307,13 +279,13 @@ class S3Store:
         adapter_id, version = parse_ref(ref)
         meta, _ = self._meta(adapter_id)
         if meta is None or meta.get("current") is None:
-            raise _not_found(adapter_id)
+            raise not_found(adapter_id)
         return self._record(adapter_id, meta, meta["current"] if version is None else version)
 
     def versions(self, adapter_id: str) -> list[AdapterRecord]:
         meta, _ = self._meta(check_id(adapter_id))
         if meta is None or meta.get("current") is None:
-            raise _not_found(adapter_id)
+            raise not_found(adapter_id)
         records = []
         for v in meta["versions"]:
             with contextlib.suppress(VersionNotFound):
@@ -362,7 +334,7 @@ class S3Store:
         return bytes(data)
 
     def read_unverified(self, record: AdapterRecord) -> bytearray:
-        found = self._get(self._adapter_key(record.id, f"{_version_file(record.version)}.safetensors"))
+        found = self._get(self._adapter_key(record.id, f"{version_file(record.version)}.safetensors"))
         if found is None:
             raise VersionNotFound(f"adapter {record.ref} was deleted")
         return bytearray(found[0])
@@ -376,12 +348,12 @@ class S3Store:
         check_id(adapter_id)
         existing = [m["path"] for m in self._list(self._adapter_key(adapter_id))]
         if not existing:
-            raise _not_found(adapter_id)
+            raise not_found(adapter_id)
 
         def remove(meta: dict[str, Any] | None) -> dict[str, Any] | None:
             versions = list(meta.get("versions", [])) if meta else []
             if meta is not None and meta.get("current") is None and not versions and not purge:
-                raise _not_found(adapter_id)  # a tombstone: already deleted
+                raise not_found(adapter_id)  # a tombstone: already deleted
             if version is not None:
                 if version not in versions:
                     raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {versions}")
@@ -403,7 +375,7 @@ class S3Store:
         meta = self._update_meta(adapter_id, remove, tolerate=True)
         assert meta is not None
         if version is not None:
-            stem = _version_file(version)
+            stem = version_file(version)
             self._delete([k for k in existing if k.rsplit("/", 1)[-1].startswith(stem + ".")])
         if purge:
             self._delete(existing)
@@ -420,27 +392,13 @@ class S3Store:
         stems = (k.rsplit("/", 1)[-1].split(".", 1)[0] for k in keys)
         return [int(s[1:]) for s in stems if s.startswith("v") and s[1:].isascii() and s[1:].isdigit()]
 
-    def _damaged(self, adapter_id: str, file: str, exc: Exception) -> AdapterCorrupt:
-        logger.error("adapter %s is damaged: %s: %s", adapter_id, file, exc)
-        return AdapterCorrupt(f"adapter {adapter_id!r} is damaged in the store; its owner can delete it")
-
     def _record(self, adapter_id: str, meta: dict[str, Any], version: int) -> AdapterRecord:
         if version not in meta["versions"]:
             raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {meta['versions']}")
-        found = self._get(self._adapter_key(adapter_id, f"{_version_file(version)}.json"))
+        found = self._get(self._adapter_key(adapter_id, f"{version_file(version)}.json"))
         if found is None:
             raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {meta['versions']}")
-        try:
-            body = json.loads(found[0])
-            return AdapterRecord(
-                **{**body, "id": adapter_id, "version": version},
-                owner=adapter_id.partition("/")[0],
-                visibility=meta["visibility"],
-                is_current=version == meta["current"],
-                versions=list(meta["versions"]),
-            )
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise self._damaged(adapter_id, f"{_version_file(version)}.json", exc) from exc
+        return parse_record(found[0], adapter_id, version, meta["visibility"], meta["current"], meta["versions"])
 
 
 def _client_config(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""What every store backend shares: upload copying with the size cap, version naming, the records written and
+read back, and the errors for missing and damaged adapters — so the backends differ only in how they store."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from chorus_store.base import AdapterRecord, AdapterSummary
+from chorus_store.errors import AdapterCorrupt, AdapterNotFound, AdapterRejected
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+def version_file(version: int) -> str:
+    """`v000003`: the stem of version 3's data (`.safetensors`) and record (`.json`)."""
+    return f"v{version:06d}"
+
+
+def not_found(adapter_id: str) -> AdapterNotFound:
+    return AdapterNotFound(f"adapter {adapter_id!r} not found; list adapters with GET /v1/adapters")
+
+
+def damaged(adapter_id: str, file: str, exc: Exception) -> AdapterCorrupt:
+    """The error for a damaged record or pointer; the log has the cause, the message never echoes content."""
+    logger.error("adapter %s is damaged: %s: %s", adapter_id, file, exc)
+    return AdapterCorrupt(f"adapter {adapter_id!r} is damaged in the store; its owner can delete it")
+
+
+def copy_upload(source: BinaryIO | Path, out: BinaryIO, max_bytes: int) -> tuple[str, int]:
+    """Copy an upload to `out`, enforcing `max_bytes` while reading; returns (sha256, size)."""
+    digest = hashlib.sha256()
+    size = 0
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
+        while chunk := reader.read(CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise AdapterRejected(f"adapter file exceeds the {max_bytes}-byte limit")
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+    if size == 0:
+        raise AdapterRejected("adapter file is empty")
+    return digest.hexdigest(), size
+
+
+def new_record(
+    adapter_id: str, version: int, sha256: str, size: int, summary: AdapterSummary, serving_fingerprint: str
+) -> dict[str, Any]:
+    """The record written beside a version's data."""
+    return {
+        "id": adapter_id,
+        "version": version,
+        "sha256": sha256,
+        "size": size,
+        "created_at": time.time(),
+        "fingerprint_override": summary.backbone_fingerprint != serving_fingerprint,
+        **asdict(summary),
+    }
+
+
+def parse_record(
+    raw: bytes | str, adapter_id: str, version: int, visibility: str, current: int | None, versions: list[int]
+) -> AdapterRecord:
+    """A stored record back as an `AdapterRecord`; `AdapterCorrupt` if it is damaged."""
+    file = f"{version_file(version)}.json"
+    try:
+        body = json.loads(raw)
+        return AdapterRecord(
+            **{**body, "id": adapter_id, "version": version},
+            owner=adapter_id.partition("/")[0],
+            visibility=visibility,
+            is_current=version == current,
+            versions=list(versions),
+        )
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:  # bad JSON, missing or unknown fields
+        raise damaged(adapter_id, file, exc) from exc
