@@ -53,6 +53,7 @@ def test_the_openai_and_operator_apis_work_through_the_cluster(cluster, adapter_
     assert verbose.duration == pytest.approx(2.0) and isinstance(verbose.text, str)
     answer = transcribe(cluster, "fr")
     assert answer.headers["x-chorus-adapter"] == "acme/fr@1" and answer.headers["x-chorus-worker"]
+    assert httpx.get(f"{cluster}/readyz").json()["workers"] == 2
     assert answer.headers["x-ratelimit-limit-requests"]  # limits are the ingress's
     error = transcribe(cluster, "klingon")
     assert error.status_code == 404 and error.json()["error"]["code"] == "adapter_not_found"

@@ -16,8 +16,19 @@ logger = logging.getLogger(__name__)
 
 
 class RemoteWorkers:
-    def __init__(self, handle: Any):
-        self.handle = handle
+    def __init__(self, handle: Any, deployment: str = "chorus-worker"):
+        self.handle, self.deployment = handle, deployment
+
+    def live_workers(self) -> int:
+        """Worker replicas Ray reports running (for /readyz)."""
+        from ray import serve
+
+        for application in serve.status().applications.values():
+            status = application.deployments.get(self.deployment)
+            if status is not None:
+                states = {str(state).rsplit(".", 1)[-1]: count for state, count in status.replica_states.items()}
+                return int(states.get("RUNNING", 0))
+        return 0
 
     async def transcribe(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -24,14 +25,17 @@ async def readyz(request: Request) -> JSONResponse:
     if runtime is None or not runtime.worker.is_alive():
         return JSONResponse({"status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
     engine = runtime.engine
-    return JSONResponse(
-        {
-            "status": "ready",
-            "backbone": engine.fingerprint,
-            "device": str(engine.device),
-            "dtype": str(engine.dtype).removeprefix("torch."),
-        }
-    )
+    body = {
+        "status": "ready",
+        "backbone": engine.fingerprint,
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+    }
+    if runtime.remote is not None:  # a cluster ingress: ready while at least one worker runs
+        body["workers"] = await asyncio.to_thread(runtime.remote.live_workers)
+        if not body["workers"]:
+            return JSONResponse({**body, "status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(body)
 
 
 @router.get("/metrics", summary="Prometheus metrics (role metrics or admin)", response_class=Response)
