@@ -469,7 +469,11 @@ class LocalStore:
             if leftover.is_dir() and leftover.name.startswith("deleted-"):
                 shutil.rmtree(leftover, ignore_errors=True)  # a purge that died before removing its files
             elif leftover.suffix == ".part":
-                with leftover.open("rb") as f:
+                try:
+                    f = leftover.open("rb")
+                except FileNotFoundError:
+                    continue  # its publisher finished meanwhile
+                with f:
                     try:
                         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except BlockingIOError:
@@ -483,8 +487,9 @@ class LocalStore:
         for owner in list(self.adapters_dir.iterdir()):
             if (owner / "adapter.json").is_file():
                 owner = self._migrate_flat(owner)
-            for folder in owner.iterdir() if owner.is_dir() else ():
-                self._recover_adapter(folder)
+            with contextlib.suppress(FileNotFoundError):  # purged meanwhile by a live process
+                for folder in owner.iterdir() if owner.is_dir() else ():
+                    self._recover_adapter(folder)
 
     def _migrate_flat(self, folder: Path) -> Path:
         """A store written before namespaces (`adapters/<id>/`, owner in adapter.json) moves to

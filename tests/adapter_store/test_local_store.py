@@ -76,3 +76,19 @@ def test_a_store_opening_elsewhere_never_removes_a_live_upload(store, adapter_fi
     monkeypatch.setattr(local.fcntl, "flock", flock_after_a_recovery)
     assert store.publish("acme/live", adapter_files[0]).version == 1
     assert recovered
+
+
+def test_an_upload_finishing_during_recovery_does_not_break_opening(store, monkeypatch):
+    """Another process's upload is listed, then finishes and removes its file before recovery opens it."""
+    from pathlib import Path
+
+    (store.tmp_dir / "finishing.part").write_bytes(b"x")
+    real_open = Path.open
+
+    def gone_meanwhile(self, *args, **kwargs):
+        if self.suffix == ".part":
+            self.unlink(missing_ok=True)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", gone_meanwhile)
+    assert LocalStore(store.root, store.validator).list_adapters().items == []
