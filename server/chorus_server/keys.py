@@ -16,14 +16,19 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from chorus_server.sqlite_file import session
 from chorus_store.base import check_tenant
 
 KEY_PREFIX = "chorus_sk_"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, "
+    "tenant TEXT NOT NULL, role TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, "
+    "last_used_at REAL, revoked_at REAL)",
+)
 TOUCH_EVERY_SECONDS = 60.0  # last_used_at is written at most this often per key
 
 
@@ -86,20 +91,8 @@ class KeyRing:
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=10)
-        try:
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS api_keys (id TEXT PRIMARY KEY, hash BLOB NOT NULL UNIQUE, "
-                "tenant TEXT NOT NULL, role TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL, "
-                "last_used_at REAL, revoked_at REAL)"
-            )
-            with connection:
-                yield connection
-        finally:
-            connection.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return session(self.path, SCHEMA)
 
     def create(self, tenant: str, role: Role, expires_at: float | None = None) -> tuple[KeyInfo, str]:
         """A new key: (its record, the secret — shown this once, never stored)."""

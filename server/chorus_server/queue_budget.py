@@ -29,13 +29,8 @@ class QueueBudget:
         A cheap early check (before a body is read or decoded); `reserve` still decides."""
         if seconds > self.bound:
             return None  # never admissible: `reserve` answers TooLarge (413), not "retry later"
-        seconds = max(seconds, 1e-3)
         with self._lock:
-            total = sum(self._held.values())
-            if total + seconds <= self.bound:
-                return None
-            share = self.bound / (len(self._held) + (tenant not in self._held))
-            return total if self._held.get(tenant, 0.0) + seconds > share else None
+            return self._refused(tenant, max(seconds, 1e-3))
 
     def reserve(self, tenant: str, seconds: float) -> None:
         """Admit `seconds` for `tenant` or raise `QueueFull` / `TooLarge`. Pair with `release`."""
@@ -44,12 +39,19 @@ class QueueBudget:
                 f"the audio is {seconds:.0f} s long; this server admits at most {self.bound:.0f} s at a time"
             )
         with self._lock:
-            total = sum(self._held.values())
-            if total + seconds > self.bound:
-                share = self.bound / (len(self._held) + (tenant not in self._held))
-                if self._held.get(tenant, 0.0) + seconds > share:
-                    raise QueueFull(total)
+            queued = self._refused(tenant, seconds)
+            if queued is not None:
+                raise QueueFull(queued)
             self._held[tenant] += seconds
+
+    def _refused(self, tenant: str, seconds: float) -> float | None:
+        """The queued total if the bound is reached and `tenant` would hold more than an equal share of it
+        (call under the lock); None if `seconds` more may be admitted."""
+        total = sum(self._held.values())
+        if total + seconds <= self.bound:
+            return None
+        share = self.bound / (len(self._held) + (tenant not in self._held))
+        return total if self._held.get(tenant, 0.0) + seconds > share else None
 
     def release(self, tenant: str, seconds: float) -> None:
         with self._lock:

@@ -52,7 +52,6 @@ class TokenBucket:
 @dataclass
 class TenantState:
     limits: TenantLimits
-    loaded: float
     requests: TokenBucket | None
     audio: TokenBucket | None
     in_progress: int = 0
@@ -171,7 +170,7 @@ class Quotas:
         if state is None:
             limits = self.db.limits(tenant, self.defaults)
             state = TenantState(
-                limits, now, _bucket(limits.requests_per_minute, now), _bucket(limits.audio_seconds_per_minute, now)
+                limits, _bucket(limits.requests_per_minute, now), _bucket(limits.audio_seconds_per_minute, now)
             )
             self._tenants[tenant] = state
         day = utc_day(now)

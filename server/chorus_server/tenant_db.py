@@ -1,16 +1,16 @@
-"""The tenant database: per-tenant limit overrides and daily usage, in the SQLite file that also holds the API
-keys (`CHORUS_AUTH__KEY_FILE`), so a tenant's keys, limits and usage live together and survive restarts."""
+"""Per-tenant limit overrides and daily usage, in the tenant database file beside the API keys
+(`chorus_server.sqlite_file`), so a tenant's keys, limits and usage live together and survive restarts."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from chorus_server.settings import TenantLimits
+from chorus_server.sqlite_file import session
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS tenant_limits (tenant TEXT PRIMARY KEY, limits TEXT NOT NULL)",
@@ -23,17 +23,8 @@ class TenantDB:
     def __init__(self, path: Path):
         self.path = path
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=10)
-        try:
-            for statement in SCHEMA:
-                connection.execute(statement)
-            with connection:
-                yield connection
-        finally:
-            connection.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return session(self.path, SCHEMA)
 
     def overrides(self, tenant: str) -> dict[str, Any]:
         with self._db() as db:

@@ -32,8 +32,8 @@ class Worker:
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
         self._queue: list[WorkItem] = []
         self._queued_samples = 0
-        self._served: dict[str, float] = {}
-        self._running: list[WorkItem] = []  # tenant -> audio samples run (relative: only differences matter)
+        self._served: dict[str, float] = {}  # tenant -> audio samples run (relative: only differences matter)
+        self._running: list[WorkItem] = []  # the batch on the device now
         self._cond = threading.Condition()
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates

@@ -4,6 +4,7 @@ transcribes decoded audio for the ingress and reports what it holds, for the rou
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,12 @@ class ChorusWorker:
             error = exc if isinstance(exc, ApiError) else from_domain(exc)
             assert error is not None
             body = envelope(error.status_code, error.message, error.code, error.param)
-            return error.status_code, "application/json", _json(body), {**headers, **(error.headers or {})}
+            return (
+                error.status_code,
+                "application/json",
+                json.dumps(body).encode(),
+                {**headers, **(error.headers or {})},
+            )
         headers["x-chorus-adapter"] = record.ref
         return response.status_code, response.media_type or "application/json", bytes(response.body), headers
 
@@ -72,9 +78,3 @@ class ChorusWorker:
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.close()
-
-
-def _json(body: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(body).encode()

@@ -4,10 +4,9 @@ the admin's per-tenant limit overrides, stored in the tenant database beside the
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
@@ -18,6 +17,7 @@ from chorus_store.base import NAME
 router = APIRouter(tags=["tenants"])
 Caller = Annotated[Principal, Depends(current_principal)]
 TenantName = Annotated[str, Query(pattern=f"^{NAME}$")]
+TenantPath = Annotated[str, Path(pattern=f"^{NAME}$")]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -36,16 +36,16 @@ async def usage(request: Request, who: Caller, tenant: TenantName | None = None)
 
 
 @router.get("/v1/tenants/{tenant}/limits", summary="A tenant's limits: defaults with its overrides (admin)")
-async def get_limits(request: Request, tenant: str, who: Caller) -> dict[str, Any]:
+async def get_limits(request: Request, tenant: TenantPath, who: Caller) -> dict[str, Any]:
     who.require("manage")
     runtime = _runtime(request)
-    overrides = await asyncio.to_thread(runtime.quotas.db.overrides, _checked(tenant))
+    overrides = await asyncio.to_thread(runtime.quotas.db.overrides, tenant)
     limits = runtime.settings.limits.tenant.model_copy(update=overrides)
     return {"object": "tenant.limits", "tenant": tenant, "limits": limits.model_dump(), "overrides": overrides}
 
 
 @router.put("/v1/tenants/{tenant}/limits", summary="Replace a tenant's limit overrides (admin); {} = defaults")
-async def put_limits(request: Request, tenant: str, overrides: dict[str, Any], who: Caller) -> dict[str, Any]:
+async def put_limits(request: Request, tenant: TenantPath, overrides: dict[str, Any], who: Caller) -> dict[str, Any]:
     runtime = _runtime(request)
     async with runtime.audit.action(request, "tenant.limits", tenant) as entry:
         who.require("manage")
@@ -57,12 +57,6 @@ async def put_limits(request: Request, tenant: str, overrides: dict[str, Any], w
         except ValueError as exc:
             raise ApiError(422, f"invalid limits: {exc}".splitlines()[0], "invalid_parameter") from None
         entry["overrides"] = overrides
-        await asyncio.to_thread(runtime.quotas.db.set_overrides, _checked(tenant), overrides)
+        await asyncio.to_thread(runtime.quotas.db.set_overrides, tenant, overrides)
         runtime.quotas.forget_limits(tenant)
     return await get_limits(request, tenant, who)
-
-
-def _checked(tenant: str) -> str:
-    if not re.fullmatch(NAME, tenant, re.ASCII):
-        raise ApiError(422, f"invalid tenant name {tenant!r}", "invalid_parameter", "tenant")
-    return tenant
