@@ -2,6 +2,12 @@
 
 Adapters enter through `apply_site(h, segments, layer, site)` at three sites per layer: the attention output
 ("attn"), the feed-forward output ("ffn"), both before their residual add, and the layer output ("output").
+
+Bitwise batch invariance on CPU: every op whose result for one item could depend on the padded length or on the
+number of items — attention (softmax and score reductions over the key axis) and the positional conv — runs per
+item over that item's own frames (`spans`). The rest is per frame (linears, layer norms, activations, adapters), and
+those kernels give a row the same bits whatever the number of rows. On CUDA one masked batched attention is kept
+(per-item launches would cost more than batching gains there; see docs/engine.md).
 """
 
 from __future__ import annotations
@@ -34,8 +40,15 @@ class PositionalConv(nn.Module):
         self.trim = 1 if k % 2 == 0 else 0
         self.act = activation(config.feat_extract_activation)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """h: (B, T, H) with padded frames zeroed -> (B, T, H)."""
+    def forward(self, h: torch.Tensor, spans: Sequence[int] | None = None) -> torch.Tensor:
+        """h: (B, T, H) with padded frames zeroed -> (B, T, H). With `spans` (each item's valid frames) every item
+        is convolved alone over its own frames; padded frames of the result are then zero."""
+        if spans is not None:
+            out = torch.zeros_like(h)
+            for i, n in enumerate(spans):
+                if n:
+                    out[i, :n] = self(h[i : i + 1, :n])[0]
+            return out
         x = self.conv(h.transpose(1, 2))  # (B, H, T + trim)
         if self.trim:
             x = x[:, :, : -self.trim]
@@ -52,15 +65,23 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        """h: (B, T, H); key_mask: (B, 1, 1, T) bool (True = attend) or None -> (B, T, H)."""
+    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None, spans: Sequence[int] | None = None) -> torch.Tensor:
+        """h: (B, T, H); key_mask: (B, 1, 1, T) bool (True = attend) or None; spans: each item's valid frames, to
+        attend per item over exactly those (then `key_mask` is unused) -> (B, T, H)."""
         batch, frames, hidden = h.shape
 
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, frames, self.heads, hidden // self.heads).transpose(1, 2)  # (B, nh, T, hd)
 
         q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, nh, T, hd)
+        if spans is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, nh, T, hd)
+        else:
+            out = torch.zeros_like(q)
+            for i, n in enumerate(spans):
+                if n:
+                    one = slice(i, i + 1)
+                    out[one, :, :n] = F.scaled_dot_product_attention(q[one, :, :n], k[one, :, :n], v[one, :, :n])
         return self.out_proj(out.transpose(1, 2).reshape(batch, frames, hidden))
 
 
@@ -87,14 +108,20 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None, segments: Sequence[Segment]) -> torch.Tensor:
-        """h: (B, T, H) -> (B, T, H)."""
+    def forward(
+        self,
+        h: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        segments: Sequence[Segment],
+        spans: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """h: (B, T, H) -> (B, T, H); `key_mask` and `spans` as for `Attention`."""
         i = self.index
         if self.pre_ln:
-            h = h + apply_site(self.attention(self.layer_norm(h), key_mask), segments, i, "attn")
+            h = h + apply_site(self.attention(self.layer_norm(h), key_mask, spans), segments, i, "attn")
             h = h + apply_site(self.feed_forward(self.final_layer_norm(h)), segments, i, "ffn")
         else:
-            h = self.layer_norm(h + apply_site(self.attention(h, key_mask), segments, i, "attn"))
+            h = self.layer_norm(h + apply_site(self.attention(h, key_mask, spans), segments, i, "attn"))
             h = self.final_layer_norm(h + apply_site(self.feed_forward(h), segments, i, "ffn"))
         return apply_site(h, segments, i, "output")
 
@@ -116,14 +143,23 @@ class Encoder(nn.Module):
         with gate.stage(self.pos_conv_embed, self.layer_norm):
             # Padded frames must be zero before the positional conv, exactly as in a solo run.
             h = h * frame_mask[:, :, None].to(h.dtype)
-            h = h + self.pos_conv_embed(h)
+            spans = per_item_spans(frame_mask)
+            h = h + self.pos_conv_embed(h, spans)
             if not self.pre_ln:
                 h = self.layer_norm(h)
-        key_mask = None if bool(frame_mask.all()) else frame_mask[:, None, None, :]  # (B, 1, 1, T)
+        key_mask = None if spans is not None or bool(frame_mask.all()) else frame_mask[:, None, None, :]  # (B, 1, 1, T)
         for i, layer in enumerate(self.layers):
             with gate.stage(layer, trains=functools.partial(_adapters_train, segments, i)):
-                h = layer(h, key_mask, segments)
+                h = layer(h, key_mask, segments, spans)
         if self.pre_ln:
             with gate.stage(self.layer_norm):
                 h = self.layer_norm(h)
         return h
+
+
+def per_item_spans(frame_mask: torch.Tensor) -> list[int] | None:
+    """Each item's valid frames when attention and the positional conv must run per item (a CPU batch of more
+    than one), else None (one item, or CUDA). frame_mask: (B, T) bool."""
+    if frame_mask.shape[0] == 1 or frame_mask.device.type != "cpu":
+        return None
+    return frame_mask.sum(dim=1).tolist()

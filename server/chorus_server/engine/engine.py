@@ -48,13 +48,16 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 def normalize(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero-mean, unit-variance per item over its real samples (as HF's feature extractor); padding stays 0.
 
+    Each item's statistics are reduced over its own samples only, so they cannot depend on the padded length.
     waveforms: (B, L) float32; lengths: (B,) -> (B, L) float32.
     """
-    mask = time_mask(lengths, waveforms.shape[1]).float()
-    count = lengths.clamp(min=1).float()[:, None]
-    mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
-    var = ((waveforms - mean) * mask).square().sum(dim=1, keepdim=True) / count
-    return (waveforms - mean) / torch.sqrt(var + 1e-7) * mask
+    out = torch.zeros_like(waveforms)
+    for i, n in enumerate(lengths.tolist()):
+        x = waveforms[i, :n]
+        mean = x.mean() if n else x.new_zeros(())
+        var = (x - mean).square().mean() if n else x.new_zeros(())
+        out[i, :n] = (x - mean) / torch.sqrt(var + 1e-7)
+    return out
 
 
 def default_language(vocab_json: dict) -> str:
