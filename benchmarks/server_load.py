@@ -2,7 +2,10 @@
 
 Runs `chorus serve` in its own process, as deployed. Measures, in one run and on the same backbone: throughput
 (audio seconds per wall second) and p50/p95 latency at each concurrency, and the overhead of HTTP + decoding +
-queueing over calling the engine directly for one clip at concurrency 1 (target: at most 5%).
+queueing over calling the engine directly for one clip at concurrency 1 (target: at most 5%). The direct engine
+runs in a fresh process of its own that does nothing else, so a setting the server's other threads change
+process-wide (a loader thread's `torch.set_num_threads(1)` once made the server 1.7x slower) shows up as overhead
+instead of slowing both sides alike; both sides report the CPU cores they kept busy while inferring.
 
     python -m benchmarks.server_load [--preset base] [--clip 5] [--requests 24] [--concurrency 1 4 16]
                                      [--dtype float32] [--json out.json]
@@ -14,14 +17,17 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -31,6 +37,8 @@ from benchmarks.adapter_cold_load import percentile
 from chorus_server.background import ServerProcess
 from chorus_server.engine import Engine, load_adapter
 from chorus_server.engine.random_model import write_random_model
+
+T = TypeVar("T")
 
 
 def clip_bytes(seconds: float, seed: int = 0) -> tuple[np.ndarray, bytes]:
@@ -64,14 +72,55 @@ async def load(url: str, wav: bytes, adapters: list[str], requests: int, concurr
     return {"wall": wall, "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95), "n": requests}
 
 
-def direct(engine: Engine, adapter: Any, audio: np.ndarray) -> float:
-    """Seconds of one engine.transcribe call (the in-process lower bound of a request)."""
-    started = time.perf_counter()
-    engine.transcribe([audio], [adapter])
-    return time.perf_counter() - started
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def settle(value: float) -> float:
+def engine_child(model: Path, adapter_path: Path, clip: float, dtype: str, device: str) -> None:
+    """The direct engine in a process of its own: per line on stdin, one transcription of the clip on an
+    inference thread (as in the server); prints its wall seconds and the cores busy meanwhile."""
+    engine = Engine.from_pretrained(model, device=device, dtype=dtype).engine
+    adapter = engine.prepare(load_adapter(adapter_path))
+    audio, _ = clip_bytes(clip)
+    inference_thread = ThreadPoolExecutor(1)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        cpu, started = time.process_time(), time.perf_counter()
+        inference_thread.submit(engine.transcribe, [audio], [adapter]).result()
+        wall = time.perf_counter() - started
+        print(f"{wall} {(time.process_time() - cpu) / wall}", flush=True)
+
+
+@contextmanager
+def direct_engine(model: Path, adapter_path: Path, clip: float, dtype: str, device: str) -> Iterator[Any]:
+    """A fresh `engine_child` process; yields `once() -> (wall seconds, busy cores)`."""
+    args = [str(model), str(adapter_path), str(clip), dtype, device]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.server_load", "--child", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("the direct-engine process failed to start")
+
+        def once() -> tuple[float, float]:
+            child.stdin.write("go\n")  # type: ignore[union-attr]
+            child.stdin.flush()  # type: ignore[union-attr]
+            wall, cores = child.stdout.readline().split()  # type: ignore[union-attr]
+            return float(wall), float(cores)
+
+        yield once
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+
+
+def settle(value: T) -> T:
     """Pass `value` through after a pause: the two processes' OpenMP threads spin for a while after their work,
     and each half of a pair must start on an idle machine."""
     time.sleep(0.5)
@@ -90,8 +139,8 @@ def _sums(url: str) -> dict[str, float]:
 
 
 @contextmanager
-def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterator[str]:
-    """`chorus serve` in its own process (as deployed), on a free port of 127.0.0.1; yields its URL."""
+def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterator[tuple[str, int]]:
+    """`chorus serve` in its own process (as deployed), on a free port of 127.0.0.1; yields its URL and pid."""
     env = {
         "CHORUS_BACKBONE": str(model),
         "CHORUS_STORE": str(store),
@@ -100,7 +149,8 @@ def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterato
         "CHORUS_DATA_DIR": str(store.parent),
     }
     with ServerProcess(env, store.parent, args=("--log-level", "warning")) as server:
-        yield server.url
+        assert server.process is not None
+        yield server.url, server.process.pid
 
 
 def run(
@@ -109,37 +159,35 @@ def run(
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(scratch) / "model"
         paths = write_random_model(model, preset, num_adapters=4, seed=0)
-        audio, wav = clip_bytes(clip)
+        _, wav = clip_bytes(clip)
         results: dict[str, Any] = {"preset": preset, "clip_seconds": clip, "dtype": dtype, "levels": {}}
-        engine = Engine.from_pretrained(model, device=device, dtype=dtype).engine
-        adapter = engine.prepare(load_adapter(paths[0]))
-        with server_process(model, Path(scratch) / "store", dtype, device) as url, httpx.Client(timeout=300) as client:
+        with (
+            direct_engine(model, paths[0], clip, dtype, device) as direct_once,
+            server_process(model, Path(scratch) / "store", dtype, device) as (url, pid),
+            httpx.Client(timeout=300) as client,
+        ):
             for path in paths:
                 client.put(f"{url}/v1/adapters/{path.stem}", content=path.read_bytes()).raise_for_status()
             names = [p.stem for p in paths]
             files = {"file": ("clip.wav", wav, "audio/wav")}
 
-            def http_once() -> float:
-                started = time.perf_counter()
+            def http_once() -> tuple[float, float]:
+                cpu, started = process_cpu_seconds(pid), time.perf_counter()
                 response = client.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": names[0]})
                 response.raise_for_status()
-                return time.perf_counter() - started
-
-            # The engine runs on a thread of its own, as in the server (whose inference thread is not the main
-            # thread): on a busy 2-core machine the main thread's OpenMP team runs this model ~2x slower.
-            inference_thread = ThreadPoolExecutor(1)
-
-            def direct_once() -> float:
-                return inference_thread.submit(direct, engine, adapter, audio).result()
+                wall = time.perf_counter() - started
+                return wall, (process_cpu_seconds(pid) - cpu) / wall
 
             http_once(), direct_once()  # warm-up: adapter resident, kernels primed
             # Pairs of (direct call, HTTP request) back to back; the median of the per-pair ratios is robust to
             # the slow drift of a shared machine, which hits both halves of a pair alike.
             before = _sums(url)
             pairs = [(settle(direct_once()), settle(http_once())) for _ in range(pair_runs)]
-            results["direct_seconds"] = statistics.median(d for d, _ in pairs)
-            results["http_c1_seconds"] = statistics.median(h for _, h in pairs)
-            results["overhead"] = statistics.median(h / d for d, h in pairs) - 1
+            results["direct_seconds"] = statistics.median(d[0] for d, _ in pairs)
+            results["http_c1_seconds"] = statistics.median(h[0] for _, h in pairs)
+            results["overhead"] = statistics.median(h[0] / d[0] for d, h in pairs) - 1
+            results["direct_cores"] = statistics.median(d[1] for d, _ in pairs)
+            results["server_cores"] = statistics.median(h[1] for _, h in pairs)
             # The server's own view, immune to client-side noise: request time beyond the forward passes.
             after = _sums(url)
             request, inference = (after[k] - before[k] for k in ("request", "inference"))
@@ -161,13 +209,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", type=int, default=15, help="direct/HTTP pairs for the overhead ratio")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--child", nargs=5, metavar=("MODEL", "ADAPTER", "CLIP", "DTYPE", "DEVICE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.child:
+        model, adapter, clip, dtype, device = args.child
+        engine_child(Path(model), Path(adapter), float(clip), dtype, device)
+        return
     results = run(args.preset, args.clip, args.requests, args.concurrency, args.dtype, args.device, args.pairs)
     print(f"{args.preset} {args.dtype}, {args.clip:.0f} s clip")
     print(
         f"direct engine {results['direct_seconds'] * 1000:.1f} ms, HTTP c=1 {results['http_c1_seconds'] * 1000:.1f}"
         f" ms, overhead {results['overhead'] * 100:+.1f}% end to end (target <= +5%), "
-        f"{results['server_side_overhead'] * 100:+.1f}% inside the server"
+        f"{results['server_side_overhead'] * 100:+.1f}% inside the server; cores busy: engine "
+        f"{results['direct_cores']:.2f}, server {results['server_cores']:.2f}"
     )
     for c, level in results["levels"].items():
         print(

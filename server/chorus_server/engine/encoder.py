@@ -65,7 +65,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden, hidden)
         self.out_proj = nn.Linear(hidden, hidden)
 
-    def forward(self, h: torch.Tensor, key_mask: torch.Tensor | None, spans: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, key_mask: torch.Tensor | None, spans: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """h: (B, T, H); key_mask: (B, 1, 1, T) bool (True = attend) or None; spans: each item's valid frames, to
         attend per item over exactly those (then `key_mask` is unused) -> (B, T, H)."""
         batch, frames, hidden = h.shape
