@@ -14,16 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from chorus_server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
 from chorus_server.engine.checkpoint import split_checkpoint
 from chorus_server.engine.errors import AdapterError
-from chorus_server.engine.tensor_file import DTYPES, parse_safetensors
+from chorus_server.engine.tensor_file import DTYPE_NAMES, parse_safetensors, stacked, write_safetensors
 
 FORMAT = "chorus-adapter"
 ADAPTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 FORMAT_VERSION = "1"
 # MMS / HF `adapter_layer` parameter names -> native bottleneck names (site "output").
 MMS_RENAMES = {"norm": "norm", "linear_1": "down", "linear_2": "up"}
@@ -50,8 +48,9 @@ def adapter_metadata(adapter: Adapter) -> dict[str, str]:
 
 
 def save_adapter(adapter: Adapter, path: Path, dtype: torch.dtype = torch.float32) -> None:
+    """Write the native file; each (site, part)'s layers lie back to back, so loading stacks them as one view."""
     tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in adapter.tensors().items()}
-    save_file(tensors, str(path), metadata=adapter_metadata(adapter))
+    write_safetensors(Path(path), tensors, adapter_metadata(adapter))
 
 
 def _field(meta: dict[str, str], key: str) -> str:
@@ -116,7 +115,8 @@ def all_finite(t: torch.Tensor) -> bool:
 def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Adapter:
     """Strictly load tensors (file names), naming every missing/unexpected key, wrong shape and non-finite value.
 
-    Each site's per-layer tensors are stacked once into float32 (the only copy); the adapter adopts the stacks.
+    Each site's per-layer tensors become one (layers, ...) float32 stack that the adapter adopts: a view of the file
+    buffer when the file lays them out back to back in float32 (as Chorus writes them), else one copy.
     """
     expected = adapter.expected_shapes()
     missing = sorted(set(expected) - set(tensors))
@@ -133,7 +133,7 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
                 f"adapter {adapter.name!r}: {key} has dtype {DTYPE_NAMES[tensor.dtype]}; adapters hold F32, F16 or BF16"
             )
     stacks = {
-        (site, part): torch.stack([tensors[f"layers.{i}.{site}.{part}"] for i in adapter.layer_ids]).float()
+        (site, part): stacked([tensors[f"layers.{i}.{site}.{part}"] for i in adapter.layer_ids]).float()
         for site, part in adapter.stack_keys()
     }  # each (layers, *part shape)
     head_weight = tensors["head.weight"].to(torch.float32, copy=True)

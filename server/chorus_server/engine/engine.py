@@ -23,7 +23,6 @@ from chorus_server.engine.checkpoint import fingerprint, load_backbone
 from chorus_server.engine.config import BackboneConfig, PreprocessConfig
 from chorus_server.engine.decode import Transcript, ctc_greedy_decode
 from chorus_server.engine.errors import AdapterError, CheckpointError, InputError
-from chorus_server.engine.frontend import time_mask
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
-"""The one bounded safetensors parser: every adapter file, at publish and at load, goes through `parse_safetensors`.
+"""The one bounded safetensors parser (every adapter file, at publish and at load, goes through `parse_safetensors`)
+and the writer beside it (`write_safetensors`, which lays out each stack of an adapter back to back).
 
 Layout: 8-byte little-endian header length N, N bytes of JSON, then the data buffer. The header is bounded
 (size, tensor count, shapes) before anything is allocated; every tensor's `data_offsets` must lie inside the data
 buffer, match `dtype` x `shape` exactly, and not overlap another tensor's. Tensors are zero-copy views of one
-writable buffer: the adapter loader copies each tensor exactly once anyway (into its per-site stacks), so a parser
-that copies first (as `safetensors.torch.load` does) would double the memory traffic of a cold load. Pickles and
+writable buffer, and a run of equal tensors stored back to back is stacked as one view (`stacked`): a float32
+adapter written by Chorus loads without copying its weights at all, where `safetensors.torch.load` copies every
+tensor first. Pickles and
 other formats fail here. A bad buffer raises `AdapterError` naming `source`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import torch
 
@@ -30,6 +33,7 @@ DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 4 * 1024 * 1024  # an adapter's header (names, shapes, vocabulary) is a few KB to a few 100 KB
 MAX_TENSORS = 10_000
 MAX_DIM = 2**40
@@ -95,11 +99,57 @@ def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, s
                 raise ValueError(f"tensors {name_a!r} and {name_b!r} overlap in the data buffer")
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise AdapterError(f"cannot read {source}: {exc}") from exc
-    return meta, {name: _view(buffer, start + begin, dtype, shape) for name, (dtype, shape, begin, _) in spans.items()}
+    # One uint8 view of the whole buffer; every tensor is a slice of it, so tensors the writer laid out back to
+    # back share a storage and can be stacked as one view (`stacked`).
+    base = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
+    views = {name: _view(buffer, base, start + begin, dtype, shape) for name, (dtype, shape, begin, _) in spans.items()}
+    return meta, views
 
 
-def _view(buffer: bytearray, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+def _view(buffer: bytearray, base: torch.Tensor, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
     count = math.prod(shape)
     if count == 0:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset).view(shape)
+    if offset % dtype.itemsize:  # misaligned (never in files Chorus or safetensors write): a view of its own
+        return torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset).view(shape)
+    return base[offset : offset + count * dtype.itemsize].view(dtype).view(shape)
+
+
+def stacked(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Equal-shape tensors -> (len(parts), *shape). One view, no copy, when they lie back to back in one storage
+    (as `write_safetensors` lays out each stack of an adapter); otherwise a copy."""
+    first = parts[0]
+    size = first.numel()
+    back_to_back = all(
+        p.dtype == first.dtype
+        and p.shape == first.shape
+        and p.is_contiguous()
+        and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and p.storage_offset() == first.storage_offset() + k * size
+        for k, p in enumerate(parts)
+    )
+    if back_to_back and size:
+        return first.as_strided((len(parts), *first.shape), (size, *first.stride()))
+    return torch.stack(parts)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file with the tensors' data in the dict's order (the safetensors library sorts by name).
+
+    Readable by any safetensors reader; `tensors` must share one dtype size so every offset stays aligned."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        header[name] = {
+            "dtype": DTYPE_NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
+        offset += t.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with path.open("wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for t in tensors.values():
+            f.write(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())

@@ -148,3 +148,38 @@ def test_gradients_start_at_the_lowest_trainable_stage(random_model_dir):
     assert all(adapter.stack(site, part).grad is not None for site, part in adapter.stack_keys())
     with torch.no_grad():  # inference: the gate leaves a pass without autograd alone
         assert not backbone(torch.randn(1, 8000), torch.tensor([8000]), [Segment(0, 1, adapter)])[0].requires_grad
+
+
+def test_chorus_written_files_load_without_copying_the_stacks(tmp_path):
+    """`save_adapter` lays each stack's layers back to back, so a float32 load makes each stack one view of the
+    file's buffer; the file stays a plain safetensors file that the safetensors library reads back exactly."""
+    from safetensors.torch import load_file
+
+    from chorus_server.engine.adapter_format import save_adapter
+
+    write_by_hand(tmp_path / "hand.safetensors", "mms")
+    original = load_adapter(tmp_path / "hand.safetensors")  # per-layer order: stacks are copies
+    save_adapter(original, tmp_path / "chorus.safetensors")
+    data = bytearray((tmp_path / "chorus.safetensors").read_bytes())
+    adapter = adapter_from_bytes(data)
+    buffer_start = torch.frombuffer(data, dtype=torch.uint8).data_ptr()
+    for site, part in adapter.stack_keys():
+        stack = adapter.stack(site, part)
+        assert buffer_start <= stack.data_ptr() < buffer_start + len(data), (site, part)  # a view, no copy
+    assert not buffer_start <= original.stack("output", "down.weight").data_ptr() < buffer_start + len(data)
+    written = load_file(str(tmp_path / "chorus.safetensors"))
+    for name, value in original.tensors().items():
+        assert torch.equal(adapter.tensors()[name], value), name
+        assert torch.equal(written[name], value), name
+
+
+def test_bf16_files_are_stacked_into_float32_copies(tmp_path):
+    from chorus_server.engine.adapter_format import save_adapter
+
+    write_by_hand(tmp_path / "hand.safetensors", "houlsby")
+    original = load_adapter(tmp_path / "hand.safetensors")
+    save_adapter(original, tmp_path / "bf16.safetensors", dtype=torch.bfloat16)
+    adapter = load_adapter(tmp_path / "bf16.safetensors")
+    for name, value in original.tensors().items():
+        assert adapter.tensors()[name].dtype == torch.float32
+        assert torch.equal(adapter.tensors()[name], value.bfloat16().float()), name
