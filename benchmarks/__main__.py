@@ -18,6 +18,7 @@ from benchmarks.report import write_report
 
 COMPARISONS = (
     "backbone_speed",
+    "peers",
     "precision",
     "multi_tenant",
     "swap",

@@ -26,6 +26,10 @@ is; "inside the server" is the server's own measure (request time beyond the for
 Run on the main thread instead, the direct call was about 2× slower on this busy machine (its OpenMP team), which
 is why every benchmark here times inference on a dedicated thread."""
 
+PEERS = """OpenVINO and ONNX Runtime run the ONNX export of transformers' `Wav2Vec2ForCTC` (opset 17,
+dynamic batch and length), all systems on the same random weights, round-robin on one inference thread
+(`benchmarks/peers.py`). bf16 rows appear only on CPUs with native bf16 (AVX-512 BF16 or AMX)."""
+
 ENGINE_CHANGES = """## What changed in the engine for these numbers
 
 - **Conv front end, channels-last and per item** (`chorus_server/engine/frontend.py`). Each item runs alone over its

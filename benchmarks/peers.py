@@ -4,9 +4,10 @@ Every system runs the same random model (`base`: post-LN with GroupNorm front en
 LayerNorm front end) on the same 10 s clips, B = 1 and B = 4, round-robin on one inference thread, in one
 process, so the ratios are measured side by side. OpenVINO and ONNX Runtime run the ONNX export of transformers'
 `Wav2Vec2ForCTC` (`torch.onnx.export`, opset 17, dynamic batch and length), as a user of those runtimes would;
-OpenVINO's bf16 is its `INFERENCE_PRECISION_HINT=bf16` (on CPUs without native bf16 OpenVINO runs f32 whatever
-the hint, and the report says so). Each system's speed is also given as a fraction of the measured GEMM rate of
-its precision: model FLOPs per audio second × real-time factor / GEMM FLOP/s.
+OpenVINO's bf16 is its `INFERENCE_PRECISION_HINT=bf16`. bf16 systems run only where the CPU has native bf16 (there
+Chorus's default is bf16 too); elsewhere bf16 is emulated, slow, and not what anyone would deploy. Each system's
+speed is also given as a fraction of the measured GEMM rate of its precision: model FLOPs per audio second ×
+real-time factor / GEMM FLOP/s.
 
     python -m benchmarks.peers [--reps 3] [--out result.json] [--variants base,base-mms]
 """
@@ -27,6 +28,7 @@ from chorus_server.engine import Engine
 from chorus_server.runtime import choose_dtype
 
 THREADS = torch.get_num_threads()
+BF16 = choose_dtype("auto", torch.device("cpu")) == "bfloat16"  # native bf16 (else bf16 is emulated and slow)
 GEMM_REPEATS = 20
 
 
@@ -84,18 +86,17 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
     hf32 = Wav2Vec2ForCTC.from_pretrained(path).eval()
     flops = model_flops(hf32, clip(seconds)) / seconds
     onnx = onnx_export(hf32, path / "model.onnx")
-    hf16 = Wav2Vec2ForCTC.from_pretrained(path, dtype=torch.bfloat16).eval()
-    engines = {name: Engine.from_pretrained(path, device="cpu", dtype=name) for name in ("float32", "bfloat16")}
+    dtypes = ("float32", "bfloat16") if BF16 else ("float32",)
+    hf16 = Wav2Vec2ForCTC.from_pretrained(path, dtype=torch.bfloat16).eval() if BF16 else None
+    engines = {name: Engine.from_pretrained(path, device="cpu", dtype=name) for name in dtypes}
     frames = int(engines["float32"].engine.frame_lengths(torch.tensor([int(seconds * 16000)]))[0])
     systems: dict[str, Callable[[], object]] = {}
     gemms = {name: gemm_rate(loaded.engine.dtype, loaded.engine, frames) for name, loaded in engines.items()}
     for name, fn in gemms.items():
         systems[f"gemm {name} 0"] = fn
-    peers = {
-        "openvino float32": openvino_system(onnx, "f32"),
-        "openvino bfloat16": openvino_system(onnx, "bf16"),
-        "onnxruntime float32": ort_system(onnx),
-    }
+    peers = {"openvino float32": openvino_system(onnx, "f32"), "onnxruntime float32": ort_system(onnx)}
+    if BF16:
+        peers["openvino bfloat16"] = openvino_system(onnx, "bf16")
     for batch in batches:
         x = clip(seconds, batch, seed=batch)
         lengths, xn = torch.full((batch,), x.shape[1]), x.numpy()
@@ -105,8 +106,9 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
                 x, n, [a] * b
             )
         systems[f"transformers float32 {batch}"] = lambda x=x: hf_forward(hf32, x)
-        x16 = x.bfloat16()
-        systems[f"transformers bfloat16 {batch}"] = lambda x16=x16: hf_forward(hf16, x16)
+        if hf16 is not None:
+            x16 = x.bfloat16()
+            systems[f"transformers bfloat16 {batch}"] = lambda x16=x16, m=hf16: hf_forward(m, x16)
         for key, peer in peers.items():
             if peer is not None:
                 systems[f"{key} {batch}"] = lambda p=peer, xn=xn: p(xn)
@@ -143,7 +145,7 @@ def main() -> None:
             "clip_seconds": seconds,
             "threads": THREADS,
             "default_dtype": choose_dtype("auto", torch.device("cpu")),
-            "cpu_has_bf16": choose_dtype("auto", torch.device("cpu")) == "bfloat16",
+            "cpu_has_bf16": BF16,
             "variants": results,
         },
     )

@@ -113,10 +113,39 @@ def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
                 verdict(dip >= 1 - max(noise, 0.02)),
             )
         )
+    if r := results.get("peers"):
+        rows += peer_rows(r)
     if r := results.get("server_load"):
         overhead = r["overhead"]
         rows.append(("HTTP overhead vs direct call, c=1", f"{overhead:+.1%}", "≤ 5%", verdict(overhead <= 0.05)))
         rows.append(("the same, measured inside the server", f"{r['server_side_overhead']:+.1%}", "", ""))
+        if "server_cores" in r:
+            cores = f"{r['server_cores']:.2f} served / {r['direct_cores']:.2f} direct"
+            rows.append(("CPU cores busy while inferring, c=1", cores, "equal", ""))
+    return rows
+
+
+def peer_rows(r: Result) -> list[tuple[str, str, str, str]]:
+    """Chorus's default precision against the fastest peer at that precision, per variant and batch size."""
+    rows = []
+    dtype = r["default_dtype"]
+    for variant, v in r["variants"].items():
+        for batch in sorted({x["batch"] for x in v["runs"]}):
+            at = {x["system"]: x["xrt"] for x in v["runs"] if x["dtype"] == dtype and x["batch"] == batch}
+            others = {k: x for k, x in at.items() if k not in ("chorus", "transformers")}
+            if "chorus" not in at or not others:
+                continue
+            best = max(others, key=others.__getitem__)
+            ratio = at["chorus"] / others[best]
+            label = f"Chorus {dtype} / {best} {dtype}, {variant}, B={batch}"
+            rows.append(
+                (
+                    label,
+                    f"{ratio:.2f}× ({at['chorus']:.1f} vs {others[best]:.1f}× real time)",
+                    "≥ 1.0",
+                    verdict(ratio >= 1.0),
+                )
+            )
     return rows
 
 
@@ -174,6 +203,19 @@ def details(results: dict[str, Result]) -> str:
         parts.append(
             f"### {title}\n\n" + table(rows, ("clients", "audio s/s", "p50", "p95")) + "\n\n" + notes.SERVER_PATH
         )
+    if r := results.get("peers"):
+        for variant, v in r["variants"].items():
+            rows = [
+                (x["system"], x["dtype"], str(x["batch"]), f"{x['xrt']:.1f}×", f"{x['gemm_fraction']:.0%}")
+                for x in sorted(v["runs"], key=lambda x: (x["dtype"], x["batch"], -x["xrt"]))
+            ]
+            rates = ", ".join(f"{k} {g:.0f} GFLOP/s" for k, g in v["gemm_gflops"].items())
+            parts.append(
+                f"### Runtimes side by side: `{variant}` ({r['clip_seconds']:.0f} s clips, {r['threads']} threads)\n\n"
+                + table(rows, ("system", "dtype", "B", "× real time", "of GEMM rate"))
+                + f"\n\nModel: {v['flops_per_audio_second'] / 1e9:.1f} GFLOP per audio second; GEMM at the model's "
+                f"shapes in this run: {rates}. " + notes.PEERS
+            )
     if r := results.get("memory"):
         rows = [
             (

@@ -1,0 +1,259 @@
+"""Working set larger than the cache: Zipf traffic over many adapters vs one adapter, through `chorus serve`.
+
+1,000 distinct houlsby r=16 adapters (random weights, one seed each) are published straight into the server's
+local store before it starts; the adapter cache gets a byte budget for about 100 of them. Phases of Zipf traffic
+(s = 1, seeded; adapter k has weight 1/k^s) and of single-adapter traffic (the most popular adapter) alternate
+against the same server at the same client concurrency, so the throughput ratio Zipf / single (target >= 0.9) is
+measured side by side: the median of the per-round ratios is reported. Also: p50/p95 latency of each, the cache
+hit ratio and loads per second during the Zipf phases (from `/metrics`), and the CPU cores the server kept busy.
+
+Before the timed phases the cache is filled with the most popular adapters (pin, then unpin), roughly the state a
+long-running server is in, so the first Zipf phase does not pay for an empty cache. The store is a local directory
+that fits in the page cache: a load is read + check + prepare, not a network fetch.
+
+    python -m benchmarks.working_set [--adapters 1000] [--cache-adapters 100] [--zipf-s 1.0] [--concurrency 8]
+                                     [--clip 4] [--requests 48] [--reps 3] [--quick] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from benchmarks.common import device_of, finish, model_dir, parser, percentile
+from benchmarks.server_load import clip_bytes, process_cpu_seconds
+from chorus_server.background import ServerProcess
+from chorus_server.engine.adapter_format import save_adapter
+from chorus_server.engine.checkpoint import fingerprint, load_backbone
+from chorus_server.engine.random_model import PRESETS, random_adapter
+from chorus_server.runtime import choose_dtype
+from chorus_server.validation import BackboneValidator
+from chorus_store import LocalStore
+
+MiB = 1024 * 1024
+OWNER = "anonymous"  # the tenant of a keyless loopback server's callers, so they may use these private adapters
+# The cache budget is set in whole MiB: tiny-model adapters at r=16 (21 kB) would put ~50 in the smallest budget,
+# so --quick widens the bottleneck until 5 of them fill one MiB.
+QUICK_DIM = 180
+
+
+def zipf_traffic(names: list[str], s: float, count: int, rng: random.Random) -> list[str]:
+    """`count` adapter names, the k-th of `names` (from 1) drawn with weight 1/k^s."""
+    return rng.choices(names, weights=[1 / k**s for k in range(1, len(names) + 1)], k=count)
+
+
+def publish_adapters(
+    store_dir: Path, model: Path, preset: str, count: int, dim: int, dtype: str
+) -> tuple[list[str], int]:
+    """Publish `count` random adapters into a local store; returns their IDs (most popular first) and the bytes one
+    occupies in the cache (on the device, in the server's dtype)."""
+    config = PRESETS[preset]
+    fp = fingerprint(load_backbone(model, config)[0])
+    store = LocalStore(store_dir, BackboneValidator(config.hidden_size, config.num_hidden_layers, fp))
+    layers = list(range(config.num_hidden_layers))
+    names, size = [], 0
+    with tempfile.TemporaryDirectory() as scratch:
+        upload = Path(scratch) / "adapter.safetensors"
+        for i in range(count):
+            adapter = random_adapter(config, "houlsby", f"a{i}", dim, layers, 26, i, fp)
+            save_adapter(adapter, upload)
+            names.append(store.publish(f"{OWNER}/a{i:04d}", upload, visibility="private").id)
+            size = adapter.to(dtype=getattr(torch, dtype)).nbytes()
+    return names, size
+
+
+def scrape(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value} for the samples (comments skipped)."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def delta(before: dict[str, float], after: dict[str, float], *names: str) -> float:
+    return sum(after.get(n, 0.0) - before.get(n, 0.0) for n in names)
+
+
+async def phase(client: httpx.AsyncClient, wav: bytes, sequence: list[str], concurrency: int) -> dict[str, Any]:
+    """Closed loop: `concurrency` clients, each sending the next request of `sequence` as soon as its last one ends."""
+    latencies: list[float] = []
+    pending = iter(sequence)
+
+    async def user() -> None:
+        for adapter in pending:
+            started = time.perf_counter()
+            files = {"file": ("clip.wav", wav, "audio/wav")}
+            response = await client.post("/v1/audio/transcriptions", files=files, data={"model": adapter})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user() for _ in range(concurrency)))
+    return {"wall": time.perf_counter() - started, "latencies": latencies}
+
+
+async def measured(client: httpx.AsyncClient, pid: int, run: Any) -> dict[str, Any]:
+    """`run()` (a phase) with the server's counters and CPU seconds read before and after it."""
+    before, cpu = scrape((await client.get("/metrics")).text), process_cpu_seconds(pid)
+    result: dict[str, Any] = await run()
+    after = scrape((await client.get("/metrics")).text)
+    result["cores"] = (process_cpu_seconds(pid) - cpu) / result["wall"]
+    hits = delta(
+        before, after, 'chorus_adapter_cache_hits_total{tier="device"}', 'chorus_adapter_cache_hits_total{tier="host"}'
+    )
+    result["hits"], result["misses"] = hits, delta(before, after, "chorus_adapter_cache_misses_total")
+    result["loads"] = delta(before, after, 'chorus_adapter_loads_total{result="ok"}')
+    result["load_seconds"] = delta(before, after, "chorus_adapter_load_seconds_total")
+    batches = delta(before, after, "chorus_batch_size_count")
+    result["batch_items"] = delta(before, after, "chorus_batch_size_sum") / max(batches, 1)
+    result["forward_seconds"] = delta(before, after, "chorus_inference_duration_seconds_sum") / max(batches, 1)
+    return result
+
+
+async def warm_cache(client: httpx.AsyncClient, names: list[str]) -> None:
+    """Load `names` into the cache, least popular first so the LRU evicts those first, then let them go."""
+    for name in reversed(names):
+        (await client.post(f"/v1/adapters/{name}/pin")).raise_for_status()
+    for name in names:
+        (await client.post(f"/v1/adapters/{name}/unpin")).raise_for_status()
+
+
+async def drive(url: str, pid: int, names: list[str], cached: int, args: argparse.Namespace) -> dict[str, list]:
+    """Warm up, then `reps` rounds of (Zipf phase, single-adapter phase); returns the phases of each kind."""
+    _, wav = clip_bytes(args.clip)
+    rng = random.Random(0)
+    phases: dict[str, list] = {"zipf": [], "single": []}
+    limits = httpx.Limits(max_connections=args.concurrency + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        await warm_cache(client, names[:cached])
+        await phase(client, wav, names[:1] * args.concurrency, args.concurrency)  # kernels, connections
+        for _ in range(args.reps):
+            sequences = {
+                "zipf": zipf_traffic(names, args.zipf_s, args.requests, rng),
+                "single": names[:1] * args.requests,
+            }
+            for kind, sequence in sequences.items():
+                result = await measured(client, pid, lambda s=sequence: phase(client, wav, s, args.concurrency))
+                phases[kind].append(result)
+                print(
+                    f"{kind:<6} {args.requests * args.clip / result['wall']:6.1f} audio s/s, "
+                    f"{result['misses']:.0f} misses, cores {result['cores']:.2f}",
+                    flush=True,
+                )
+    return phases
+
+
+def summary(phases: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, float]:
+    rates = [args.requests * args.clip / p["wall"] for p in phases]
+    latencies = [s for p in phases for s in p["latencies"]]
+    return {
+        "audio_per_second": statistics.median(rates),
+        "p50": percentile(latencies, 0.5),
+        "p95": percentile(latencies, 0.95),
+        "server_cores": statistics.median(p["cores"] for p in phases),
+        "items_per_batch": statistics.mean(p["batch_items"] for p in phases),
+        "forward_seconds_per_batch": statistics.mean(p["forward_seconds"] for p in phases),
+    }
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--preset", default="base", help="random backbone (default base)")
+    p.add_argument("--adapters", type=int, default=1000, help="distinct adapters in the store (default 1000)")
+    p.add_argument("--cache-adapters", type=int, default=100, help="adapters the cache budget holds (default 100)")
+    p.add_argument("--dim", type=int, default=16, help="houlsby bottleneck width (default 16)")
+    p.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent (default 1.0)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--clip", type=float, default=4.0, help="clip seconds (default 4)")
+    p.add_argument("--requests", type=int, default=48, help="requests per phase (default 48)")
+    p.add_argument("--dtype", default="auto", help="server dtype (default auto)")
+    p.set_defaults(reps=3)
+    args = p.parse_args()
+    if args.quick:
+        args.preset, args.adapters, args.cache_adapters, args.dim = "tiny", 50, 5, QUICK_DIM
+        args.clip, args.requests, args.reps = 1.0, 16, 2
+    device = device_of(args)
+    dtype = choose_dtype(args.dtype, device)
+    model = model_dir(args.models, args.preset)
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Path(scratch) / "store"
+        started = time.perf_counter()
+        names, size = publish_adapters(store, model, args.preset, args.adapters, args.dim, dtype)
+        print(f"published {len(names)} adapters of {size / MiB:.2f} MiB in {time.perf_counter() - started:.0f} s")
+        budget_mb = max(1, math.ceil(args.cache_adapters * size / MiB))
+        cached = budget_mb * MiB // size
+        env = {
+            "CHORUS_BACKBONE": str(model.resolve()),
+            "CHORUS_STORE": str(store),
+            "CHORUS_DATA_DIR": scratch,
+            "CHORUS_DEVICE": str(device),
+            "CHORUS_DTYPE": dtype,
+            "CHORUS_SEED_STORE": "false",
+            "CHORUS_CACHE__DEVICE_BUDGET_MB": str(budget_mb),
+            "CHORUS_CACHE__HOST_BUDGET_MB": str(budget_mb),
+            # The benchmark is one tenant sending far more than a tenant's default share.
+            "CHORUS_LIMITS__TENANT__REQUESTS_PER_MINUTE": "1000000",
+            "CHORUS_LIMITS__TENANT__AUDIO_SECONDS_PER_MINUTE": "100000000",
+        }
+        with ServerProcess(env, Path(scratch), args=("--log-level", "warning")) as server:
+            assert server.process is not None
+            phases = asyncio.run(drive(server.url, server.process.pid, names, cached, args))
+    report(args, phases, cached, budget_mb, size, dtype)
+
+
+def report(
+    args: argparse.Namespace, phases: dict[str, list], cached: int, budget_mb: int, size: int, dtype: str
+) -> None:
+    zipf = phases["zipf"]
+    hits, misses = sum(p["hits"] for p in zipf), sum(p["misses"] for p in zipf)
+    loads = sum(p["loads"] for p in zipf)
+    result = {
+        # Throughput ratio of each round's two phases (same request count): the single phase's wall over Zipf's.
+        "zipf_over_single": statistics.median(
+            s["wall"] / z["wall"] for z, s in zip(zipf, phases["single"], strict=True)
+        ),
+        "hit_ratio": hits / max(hits + misses, 1),
+        "loads_per_second": loads / sum(p["wall"] for p in zipf),
+        "load_seconds_mean": sum(p["load_seconds"] for p in zipf) / max(loads, 1),
+        "zipf": summary(zipf, args),
+        "single": summary(phases["single"], args),
+        "adapters": args.adapters,
+        "cache_adapters": cached,
+        "cache_budget_mb": budget_mb,
+        "adapter_bytes": size,
+        "zipf_s": args.zipf_s,
+        "concurrency": args.concurrency,
+        "clip_seconds": args.clip,
+        "requests_per_phase": args.requests,
+        "rounds": args.reps,
+        "preset": args.preset,
+        "dtype": dtype,
+    }
+    print(
+        f"Zipf/single {result['zipf_over_single']:.2f} (target >= 0.9); hit ratio {result['hit_ratio']:.2f}, "
+        f"{result['loads_per_second']:.1f} loads/s ({result['load_seconds_mean'] * 1000:.0f} ms each)"
+    )
+    for kind in ("zipf", "single"):
+        s = result[kind]
+        print(
+            f"{kind:<6} {s['audio_per_second']:6.1f} audio s/s  p50 {s['p50']:.3f} s  p95 {s['p95']:.3f} s  "
+            f"server cores {s['server_cores']:.2f}  {s['items_per_batch']:.1f} items/batch, "
+            f"{s['forward_seconds_per_batch'] * 1000:.0f} ms/forward"
+        )
+    finish("working_set", args, result)
+
+
+if __name__ == "__main__":
+    main()
