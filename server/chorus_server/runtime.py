@@ -21,7 +21,7 @@ from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
 from chorus_server.engine import Adapter, Engine, save_adapter
 from chorus_server.engine.cache import AdapterCache
-from chorus_server.engine.engine import resolve_device
+from chorus_server.engine.device import choose_dtype, resolve_device
 from chorus_server.engine.random_model import write_random_model
 from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
@@ -75,18 +75,6 @@ def model_source(settings: Settings) -> ModelSource:
         random_dir,
     )
     return ModelSource(random_dir, sorted((random_dir / "adapters").glob("*.safetensors")), "default")
-
-
-def choose_dtype(name: str, device: torch.device) -> str:
-    """`auto`: bfloat16 where the hardware has it (CPU with AVX-512 BF16/AMX, CUDA sm80+), float16 on older GPUs,
-    float32 on other CPUs."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bfloat16"
-    return "float32"
 
 
 def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) -> BatchLimits:

@@ -114,11 +114,15 @@ class Settings(BaseSettings):
         description="adapter store: a local directory, or s3://bucket/prefix (endpoint and credentials from AWS_*)",
     )
     data_dir: Path = Field(Path("data"), description="where first-start files (random backbone) are written")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA when present")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: the current CUDA device when present, else cpu; cuda:N picks a GPU (mps: unsupported)",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="auto: bfloat16 where the hardware has it (AVX-512 BF16/AMX CPUs, CUDA sm80+), "
-        "else float32 on CPU, float16 on older GPUs",
+        description="auto: bfloat16 where the hardware runs it natively (AVX-512 BF16/AMX CPUs, GPUs of compute "
+        "capability 8+), else float32 on CPU, float16 on older GPUs",
     )
     default_adapter: str | None = Field(
         None, description="adapter used when a request names `whisper-1` (OpenAI clients' default model)"
