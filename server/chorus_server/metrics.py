@@ -115,6 +115,16 @@ class Metrics:
             "chorus_batch_audio_seconds", "Audio seconds per batch", buckets=AUDIO_BUCKETS, registry=r
         )
         self.audio_seconds = Counter("chorus_audio_seconds", "Audio seconds run through the backbone", registry=r)
+        self.device_oom = Counter(
+            "chorus_device_oom", "Batches that ran out of device memory (split and retried)", registry=r
+        )
+        self.device_faults = Counter(
+            "chorus_device_faults", "Sticky device errors (the worker turns not ready)", registry=r
+        )
+        self.batch_budget = Gauge(
+            "chorus_batch_budget_ratio", "Share of the batch limits in use (below 1 after out-of-memory)", registry=r
+        )
+        self.batch_budget.set(1.0)
         self.in_flight = Gauge("chorus_requests_in_flight", "Transcription requests being served", registry=r)
         self.tenant_audio = Counter(
             "chorus_tenant_audio_seconds", "Audio seconds admitted per tenant", ["tenant"], registry=r

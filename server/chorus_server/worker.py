@@ -2,7 +2,8 @@
 
 Requests of every tenant and adapter share one queue; `collect_batch` picks each batch (fairly across tenants,
 by the audio each has been served); the engine runs one mixed-adapter forward for it. If a batch fails, its
-members are retried alone once so only the culprit fails.
+members are retried alone once so only the culprit fails; a batch that runs out of device memory is split in
+halves and the batch budget shrinks (device_failures.py); a sticky device error marks the worker not ready.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Callable
 import torch
 
 from chorus_server.batching import BatchLimits, WorkItem, collect_batch
+from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory
 from chorus_server.engine import Engine, pad_batch
+from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
 from chorus_server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ class Worker:
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
         self._speed_measured = False
+        self.budget = AdaptiveBudget(limits)  # shrinks after out-of-memory errors, regrows slowly
+        self.fault: Exception | None = None  # a sticky device error: nothing will run again in this process
         self._thread = threading.Thread(target=self._run, name="chorus-inference", daemon=True)
 
     # ---- called from request handlers ----------------------------------------------------------------------
@@ -67,6 +72,10 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def is_ready(self) -> bool:
+        """Alive and the device usable (no sticky device error): what `/readyz` reports."""
+        return self.is_alive() and self.fault is None
+
     def start(self) -> None:
         self._thread.start()
 
@@ -94,7 +103,7 @@ class Worker:
                 per_sample = 1 / (rate * self.speed) if self._speed_measured else 0.0
                 collected = collect_batch(
                     self._queue,
-                    self.limits,
+                    self.budget.limits(),
                     self.clock(),
                     draining=self._stopping,
                     served=self._served,
@@ -135,22 +144,55 @@ class Worker:
             self._running = []
 
     def _run_items(self, batch: list[WorkItem]) -> None:
+        if self.fault is not None:
+            self._fail(batch, DeviceFault(f"the device failed earlier ({self.fault}); this worker must be restarted"))
+            return
         started = self.clock()
+        error: Exception | None = None
         try:
             logits = self._forward(batch)
         except Exception as exc:
-            if len(batch) == 1:
-                logger.exception("inference failed for one item")
-                batch[0].future.set_exception(exc)
-                return
-            logger.warning("a batch of %d failed; retrying its items one by one", len(batch), exc_info=True)
-            for item in batch:
-                try:
-                    item.future.set_result(self._forward([item])[0])
-                except Exception as exc:
-                    logger.exception("inference failed for one item")
-                    item.future.set_exception(exc)
+            error = exc
+        if error is None:
+            self._succeeded(batch, logits, started)
             return
+        # Handled outside the `except` block, without the traceback: its frames hold the failed batch's tensors,
+        # which would otherwise stay allocated on the device through every retry below.
+        error = error.with_traceback(None)
+        if is_out_of_memory(error):
+            self._out_of_memory(batch, error)
+        elif is_device_fault(error):
+            self.fault = error
+            self.metrics.device_faults.inc()
+            logger.error("the device failed (%s): this worker is no longer ready and must be restarted", error)
+            self._fail(batch, DeviceFault(f"the device failed ({error}); retry on another worker"))
+        elif len(batch) == 1:
+            logger.error("inference failed for one item: %r", error)
+            batch[0].future.set_exception(error)
+        else:
+            logger.warning("a batch of %d failed (%r); retrying its items one by one", len(batch), error)
+            for item in batch:
+                self._run_items([item])
+
+    def _out_of_memory(self, batch: list[WorkItem], error: Exception) -> None:
+        """Shrink the batch budget and run the batch again in halves; one item that alone does not fit fails."""
+        self.metrics.device_oom.inc()
+        self.budget.shrink()
+        self.metrics.batch_budget.set(self.budget.scale)
+        device = getattr(self.engine, "device", None)
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()  # hand cached blocks back so the halves can allocate unfragmented memory
+        logger.warning("out of device memory in a batch of %d; batch budget now %.3g", len(batch), self.budget.scale)
+        if len(batch) == 1:
+            batch[0].future.set_exception(DeviceOutOfMemory(f"out of device memory for one window ({error})"))
+            return
+        half = len(batch) // 2
+        self._run_items(batch[:half])
+        self._run_items(batch[half:])
+
+    def _succeeded(self, batch: list[WorkItem], logits: list[torch.Tensor], started: float) -> None:
+        self.budget.succeeded()
+        self.metrics.batch_budget.set(self.budget.scale)
         elapsed = self.clock() - started
         audio = sum(len(item) for item in batch) / self.engine.preprocess.sampling_rate
         self.metrics.observe_batch(batch, elapsed, audio, started)
@@ -159,6 +201,11 @@ class Worker:
         self._speed_measured = True
         for item, result in zip(batch, logits, strict=True):
             item.future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[WorkItem], error: Exception) -> None:
+        for item in batch:
+            item.future.set_exception(error)
 
     def _forward(self, batch: list[WorkItem]) -> list[torch.Tensor]:
         waveforms, lengths = pad_batch([item.samples for item in batch])
