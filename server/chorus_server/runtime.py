@@ -23,6 +23,8 @@ from chorus_server.engine import Adapter, Engine, save_adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.device import choose_dtype, resolve_device
 from chorus_server.engine.random_model import write_random_model
+from chorus_server.engine.staging import bucket_schedule
+from chorus_server.engine.warmup import warm_up_adapter, warm_up_batch
 from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
 from chorus_server.quotas import Quotas
@@ -31,7 +33,7 @@ from chorus_server.settings import BatchSettings, Settings
 from chorus_server.store_watch import StoreWatcher
 from chorus_server.tenant_db import TenantDB
 from chorus_server.validation import BackboneValidator
-from chorus_server.worker import Worker
+from chorus_server.worker import WarmUp, Worker
 from chorus_store.base import AdapterStore
 from chorus_store.errors import StoreError
 from chorus_store.loader import make_loader
@@ -84,6 +86,16 @@ def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) 
     max_items = batch.max_items or (64 if on_gpu else 4)
     max_seconds = batch.max_audio_seconds or (1200.0 if on_gpu else 60.0)
     return BatchLimits(max_items, int(max_seconds * rate), batch.max_wait_ms / 1000)
+
+
+def warm_up_plan(engine: Engine, limits: BatchLimits, batch: BatchSettings) -> WarmUp | None:
+    """A dummy batch per shape bucket up to the longest window the server cuts (or the batch budget allows)."""
+    if batch.warmup_seconds <= 0:
+        return None
+    rate = engine.preprocess.sampling_rate
+    longest = min(int(batch.chunk_seconds * rate), limits.max_samples)
+    run = functools.partial(warm_up_batch, engine, warm_up_adapter(engine))
+    return WarmUp(run, bucket_schedule(longest, rate), batch.warmup_seconds)
 
 
 def adapter_cache(
@@ -148,7 +160,10 @@ class Runtime:
         )
         metrics = Metrics(settings.max_adapter_label_values)
         rate = engine.preprocess.sampling_rate
-        worker = Worker(engine, resolve_batch_limits(settings.batch, engine.device, rate), metrics)
+        limits = resolve_batch_limits(settings.batch, engine.device, rate)
+        on_gpu = engine.device.type == "cuda"
+        warm_up = warm_up_plan(engine, limits, settings.batch) if on_gpu else None
+        worker = Worker(engine, limits, metrics, warm_up=warm_up, prefetch=on_gpu)
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device
         metrics.state.adapters_info, metrics.state.max_adapters = worker.adapters_info, worker.limits.max_items

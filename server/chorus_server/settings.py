@@ -30,6 +30,13 @@ class BatchSettings(BaseModel):
     stride_seconds: float = Field(
         2.0, ge=0, le=30, description="context on each side of a chunk that is computed but dropped"
     )
+    warmup_seconds: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="GPU only: longest warm-up (one dummy batch per shape bucket, largest first) before /readyz "
+        "turns green; 0: none",
+    )
 
 
 class TenantLimits(BaseModel):

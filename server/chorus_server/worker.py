@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
@@ -19,20 +20,44 @@ from chorus_server.batching import BatchLimits, WorkItem, collect_batch
 from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory
 from chorus_server.engine import Engine, pad_batch
 from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
+from chorus_server.engine.staging import HostBuffers, StagedBatch
 from chorus_server.metrics import Metrics
+from chorus_server.prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
+
+
+Staged = StagedBatch | Exception | None  # a batch the stager prepared, or why it could not; None: not staged
 
 
 class DeadlineExceeded(Exception):
     """The item waited in the queue past its request's deadline and was dropped unrun."""
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """What the worker runs before it reports ready: one dummy batch per shape bucket, largest first."""
+
+    run: Callable[[int, int], None]  # (items, samples): one dummy forward
+    buckets: list[int]  # padded lengths in samples
+    seconds: float  # time bound: buckets left when it is spent stay cold
+
+
 class Worker:
     def __init__(
-        self, engine: Engine, limits: BatchLimits, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+        self,
+        engine: Engine,
+        limits: BatchLimits,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        warm_up: WarmUp | None = None,
+        prefetch: bool = False,
     ):
+        """`prefetch`: stage the next batch on another thread while this one runs (GPU; needs `engine.stage`)."""
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
+        self.warm_up, self.prefetch = warm_up, prefetch
+        self._warmed = threading.Event()
+        self._buffers = HostBuffers(engine.device) if prefetch else None
         self._queue: list[WorkItem] = []
         self._queued_samples = 0
         self._served: dict[str, float] = {}  # tenant -> audio samples run (relative: only differences matter)
@@ -73,8 +98,8 @@ class Worker:
         return self._thread.is_alive()
 
     def is_ready(self) -> bool:
-        """Alive and the device usable (no sticky device error): what `/readyz` reports."""
-        return self.is_alive() and self.fault is None
+        """Alive, warmed up and the device usable (no sticky device error): what `/readyz` reports."""
+        return self.is_alive() and self._warmed.is_set() and self.fault is None
 
     def start(self) -> None:
         self._thread.start()
@@ -89,11 +114,45 @@ class Worker:
     # ---- the inference thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        if self.warm_up is not None:
+            self._warm_up(self.warm_up)
+        self._warmed.set()
+        batches: Iterable[tuple[list[WorkItem], Staged]]
+        if self.prefetch:
+            batches = Prefetcher(self._next_batch, self._stage)
+        else:
+            batches = ((batch, None) for batch in iter(self._next_batch, None))
+        for batch, staged in batches:
             try:
-                self._run_batch(batch)
+                self._run_batch(batch, staged)
             except Exception:  # never let the thread die; _run_batch resolves its items itself
                 logger.exception("inference worker error")
+
+    def _warm_up(self, plan: WarmUp) -> None:
+        """One dummy batch per bucket, largest first, as large as the batch budget allows; out of memory shrinks
+        the budget and tries the bucket again. Bounded by `plan.seconds`."""
+        started = self.clock()
+        deadline = started + plan.seconds
+        for samples in sorted(plan.buckets, reverse=True):
+            while self.clock() < deadline and self.fault is None:
+                limits = self.budget.limits()
+                items = max(1, min(limits.max_items, limits.max_samples // samples))
+                try:
+                    plan.run(items, samples)
+                    break
+                except Exception as exc:
+                    error = exc.with_traceback(None)
+                if is_out_of_memory(error) and items > 1:
+                    self.metrics.device_oom.inc()
+                    self.budget.shrink()
+                    self.metrics.batch_budget.set(self.budget.scale)
+                    continue
+                if is_device_fault(error):
+                    self.fault = error
+                    self.metrics.device_faults.inc()
+                logger.error("warm-up failed for %d x %d samples: %r", items, samples, error)
+                break
+        logger.info("warm-up done in %.1f s; batch budget %.3g", self.clock() - started, self.budget.scale)
 
     def _next_batch(self) -> list[WorkItem] | None:
         with self._cond:
@@ -136,21 +195,21 @@ class Worker:
             waiting = sorted({item.label for item in self._queue if item.label})
         return sorted({item.label for item in self._running if item.label}), waiting
 
-    def _run_batch(self, batch: list[WorkItem]) -> None:
+    def _run_batch(self, batch: list[WorkItem], staged: Staged = None) -> None:
         self._running = batch
         try:
-            self._run_items(batch)
+            self._run_items(batch, staged)
         finally:
             self._running = []
 
-    def _run_items(self, batch: list[WorkItem]) -> None:
+    def _run_items(self, batch: list[WorkItem], staged: Staged = None) -> None:
         if self.fault is not None:
             self._fail(batch, DeviceFault(f"the device failed earlier ({self.fault}); this worker must be restarted"))
             return
         started = self.clock()
         error: Exception | None = None
         try:
-            logits = self._forward(batch)
+            logits = self._forward(batch, staged)
         except Exception as exc:
             error = exc
         if error is None:
@@ -207,6 +266,15 @@ class Worker:
         for item in batch:
             item.future.set_exception(error)
 
-    def _forward(self, batch: list[WorkItem]) -> list[torch.Tensor]:
+    def _forward(self, batch: list[WorkItem], staged: Staged = None) -> list[torch.Tensor]:
+        if isinstance(staged, Exception):
+            raise staged
+        if staged is not None:
+            return self.engine.run(staged)
         waveforms, lengths = pad_batch([item.samples for item in batch])
         return self.engine.forward(waveforms, lengths, [item.adapter for item in batch])
+
+    def _stage(self, batch: list[WorkItem]) -> StagedBatch:
+        """The stager thread (GPU): pad into pinned memory and start the copy while the device runs."""
+        waveforms, lengths = pad_batch([item.samples for item in batch])
+        return self.engine.stage(waveforms, lengths, [item.adapter for item in batch], self._buffers)
