@@ -24,6 +24,7 @@ from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.device import choose_dtype, resolve_device
 from chorus_server.engine.random_model import write_random_model
 from chorus_server.engine.staging import bucket_schedule
+from chorus_server.engine.upload import AdapterUploader
 from chorus_server.engine.warmup import warm_up_adapter, warm_up_batch
 from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
@@ -107,10 +108,13 @@ def adapter_cache(
     executor: ThreadPoolExecutor | None = None,
 ) -> AdapterCache:
     """The cache of adapters from `store`: loaded and checked by `validator` (the check publish ran), then moved to
-    the engine's device and dtype. The loader already checked the fit and kept a version's fingerprint override."""
+    the engine's device and dtype. The loader already checked the fit and kept a version's fingerprint override.
+    On CUDA the host tier is pinned and loads copy on the loader threads' own streams (engine/upload.py)."""
+    uploader = AdapterUploader(engine)
+    load = make_loader(store, validator.load_version)
     return AdapterCache(
-        make_loader(store, validator.load_version),
-        functools.partial(engine.prepare, check_fingerprint=False),
+        lambda key: uploader.pin(load(key)),
+        uploader,
         engine.device,
         device_budget,
         host_budget,

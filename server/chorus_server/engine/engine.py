@@ -121,15 +121,16 @@ class Engine:
         """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
         return self.prepare(load_mms_adapter(path, vocab_json, language, self.config.hidden_size, self.fingerprint))
 
-    def prepare(self, adapter: Adapter, check_fingerprint: bool = True) -> Adapter:
-        """Check an adapter fits this backbone, then move it to the engine's device and dtype."""
+    def prepare(self, adapter: Adapter, check_fingerprint: bool = True, non_blocking: bool = False) -> Adapter:
+        """Check an adapter fits this backbone, then move it to the engine's device and dtype (`non_blocking`:
+        from pinned memory, on the caller's stream; see upload.py)."""
         check_fit(
             adapter,
             self.config.hidden_size,
             self.config.num_hidden_layers,
             self.fingerprint if check_fingerprint else None,
         )
-        return adapter.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        return adapter.to(device=self.device, dtype=self.dtype, non_blocking=non_blocking).eval().requires_grad_(False)
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.backbone.frame_lengths(lengths)
