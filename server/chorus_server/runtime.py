@@ -148,7 +148,7 @@ class Runtime:
         validator = BackboneValidator.for_engine(engine)
         store = open_store(settings, validator)
         if settings.seed_store:
-            seed_store(store, loaded.default_adapter, source)
+            seed_store(store, loaded.default_original, source)
         loaders = ThreadPoolExecutor(
             # No torch.set_num_threads(1) here: it is process-wide, and would leave inference on one core.
             settings.cache.loader_threads,

@@ -61,10 +61,13 @@ def default_language(vocab_json: dict) -> str:
 
 @dataclass
 class LoadedModel:
-    """What a checkpoint directory provides: the engine and, when the checkpoint has an lm_head, its adapter."""
+    """What a checkpoint directory provides: the engine and, when the checkpoint has an lm_head, its adapter
+    (prepared for the engine) and that adapter as the checkpoint stores it (float32 on the host: what gets
+    published, so a bf16 server never publishes a head rounded to bf16)."""
 
     engine: Engine
     default_adapter: Adapter | None
+    default_original: Adapter | None = None
 
 
 class Engine:
@@ -94,7 +97,7 @@ class Engine:
         config = BackboneConfig.from_dir(path)
         backbone, head, adapter_layers = load_backbone(path, config)
         engine = cls(backbone, PreprocessConfig.from_dir(path), device, dtype, fingerprint(backbone))
-        default = None
+        default = built = None
         if head:
             vocab_file = path / "vocab.json"
             if not vocab_file.is_file():
@@ -115,7 +118,7 @@ class Engine:
             str(engine.dtype).removeprefix("torch."),
             engine.fingerprint,
         )
-        return LoadedModel(engine, default)
+        return LoadedModel(engine, default, built)
 
     def load_mms_adapter(self, path: Path, vocab_json: dict, language: str) -> Adapter:
         """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
@@ -130,7 +133,7 @@ class Engine:
             self.config.num_hidden_layers,
             self.fingerprint if check_fingerprint else None,
         )
-        return adapter.to(device=self.device, dtype=self.dtype, non_blocking=non_blocking).eval().requires_grad_(False)
+        return adapter.converted(self.device, self.dtype, non_blocking).eval().requires_grad_(False)
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.backbone.frame_lengths(lengths)
