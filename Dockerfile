@@ -48,8 +48,10 @@ RUN pip install --no-deps --no-build-isolation ./clients . && rm -rf build clien
 USER chorus
 # The adapter store (and a generated random backbone when none is configured) live on the data volume.
 WORKDIR /data
+# PYTORCH_CUDA_ALLOC_CONF: batches of changing shapes grow and shrink segments instead of fragmenting (CUDA only).
 ENV CHORUS_STORE=/data/store \
-    CHORUS_DATA_DIR=/data
+    CHORUS_DATA_DIR=/data \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 VOLUME ["/data"]
 EXPOSE 8000
 

@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from benchmarks.common import sync
 from chorus_server.engine.adapter_format import save_adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.config import BackboneConfig
@@ -80,8 +79,7 @@ def main() -> None:
             gc.collect()
             start, start_cpu = time.perf_counter(), time.process_time()
             with cache.acquire(f"bench/lang{i}@1"):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync(device)
                 times.append((time.perf_counter() - start) * 1000)
                 cpu.append((time.process_time() - start_cpu) * 1000)
         gc.collect()

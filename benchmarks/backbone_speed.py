@@ -4,7 +4,8 @@ The batch curve (B = 1, 2, 4, 8) runs in bf16, the CPU default; fp32 runs B = 1 
 
 Comparison 1 (limit: GEMM throughput at the model's shapes, FLOPs per audio second) and 2 (speed and batch
 curve) in one process, so the fraction of peak is a ratio within one run. Both systems run the same random
-wav2vec2-base directory with its CTC head; Chorus's time includes its input normalisation.
+wav2vec2-base directory with its CTC head, timed from the same place: float32 audio on the host (each moves it
+to the device inside the timed call); Chorus's time includes its input normalisation.
 
     python -m benchmarks.backbone_speed [--reps 5] [--device cpu] [--out result.json]
 """
@@ -52,9 +53,10 @@ def model_flops(model: Wav2Vec2ForCTC, x: torch.Tensor) -> float:
     return flops
 
 
-def hf_forward(model: Wav2Vec2ForCTC, x: torch.Tensor) -> None:
+def hf_forward(model: Wav2Vec2ForCTC, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+    """transformers timed from where Chorus is timed: float32 audio on the host, moved and cast inside the call."""
     with torch.inference_mode():
-        model(x)
+        model(x.to(device, dtype))
 
 
 def cer(ref: str, hyp: str) -> float:
@@ -84,9 +86,9 @@ def measure(
     systems: dict[str, Callable[[], object]] = {"gemm": lambda: [a @ b for _ in range(GEMM_REPEATS)]}
     for batch in batches:
         x = clip(seconds, batch, seed=batch)
-        lengths, xd = torch.full((batch,), x.shape[1]), x.to(device, dtype)
+        lengths = torch.full((batch,), x.shape[1])
         systems[f"chorus {batch}"] = lambda x=x, n=lengths, bs=batch: engine.forward(x, n, [head] * bs)
-        systems[f"transformers {batch}"] = lambda xd=xd: hf_forward(hf, xd)
+        systems[f"transformers {batch}"] = lambda x=x: hf_forward(hf, x, device, dtype)
     times = interleaved(systems, reps, device)
     peak = 2 * m * k * n * GEMM_REPEATS / median(times.pop("gemm")) / 1e9
     runs = []

@@ -27,7 +27,7 @@ DEFAULT_MODELS = Path(".bench/models")
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--quick", action="store_true", help="tiny model, one round: checks the harness, not speed")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per system (median reported)")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="where random models are cached")
@@ -44,8 +44,9 @@ def model_dir(root: Path, preset: str) -> Path:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for `device` itself (a bare `torch.cuda.synchronize()` waits for the current GPU, maybe another)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def interleaved(systems: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, list[float]]:

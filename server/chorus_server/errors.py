@@ -78,6 +78,8 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (store_errors.StoreUnavailable, 503, "store_unavailable"),
     (engine_errors.InputError, 400, "invalid_audio"),
     (engine_errors.AdapterError, 422, "invalid_adapter"),
+    (engine_errors.DeviceOutOfMemory, 503, "device_out_of_memory"),
+    (engine_errors.DeviceFault, 503, "device_unavailable"),
 )
 
 

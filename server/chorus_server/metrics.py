@@ -59,28 +59,34 @@ class _StateCollector(Collector):
 
 
 def _cache_metrics(cache: AdapterCache) -> Iterable[Metric]:
+    """Per tier. On a CPU the device bank is host RAM, the only tier: everything is reported as `tier="host"`."""
     s = cache.stats()
+    tiers = {
+        "host": (s.device_hits + s.host_hits, s.device_evictions + s.host_evictions, s.device_bytes, s.device_entries)
+    }
+    if not cache.shared_memory:
+        tiers = {
+            "device": (s.device_hits, s.device_evictions, s.device_bytes, s.device_entries),
+            "host": (s.host_hits, s.host_evictions, s.host_bytes, s.host_entries),
+        }
     hits = CounterMetricFamily("chorus_adapter_cache_hits", "Adapter lookups served from memory", labels=["tier"])
-    hits.add_metric(["device"], s.device_hits)
-    hits.add_metric(["host"], s.host_hits)
+    evictions = CounterMetricFamily("chorus_adapter_evictions", "Adapters evicted from a tier", labels=["tier"])
+    resident = GaugeMetricFamily("chorus_adapter_resident_bytes", "Adapter bytes resident", labels=["tier"])
+    entries = GaugeMetricFamily("chorus_adapters_resident", "Adapters resident", labels=["tier"])
+    for tier, (hit, evicted, size, count) in tiers.items():
+        hits.add_metric([tier], hit)
+        evictions.add_metric([tier], evicted)
+        resident.add_metric([tier], size)
+        entries.add_metric([tier], count)
     yield hits
     yield CounterMetricFamily("chorus_adapter_cache_misses", "Adapter lookups that had to load", s.misses)
     loads = CounterMetricFamily("chorus_adapter_loads", "Adapter loads from the store", labels=["result"])
-    loads.add_metric(["ok"], s.loads - s.load_failures)
+    loads.add_metric(["ok"], s.loads)  # `loads` counts finished loads only; failures are counted apart
     loads.add_metric(["error"], s.load_failures)
     yield loads
     yield CounterMetricFamily("chorus_adapter_load_seconds", "Time spent loading adapters", s.load_seconds)
-    evictions = CounterMetricFamily("chorus_adapter_evictions", "Adapters evicted from a tier", labels=["tier"])
-    evictions.add_metric(["device"], s.device_evictions)
-    evictions.add_metric(["host"], s.host_evictions)
     yield evictions
-    resident = GaugeMetricFamily("chorus_adapter_resident_bytes", "Adapter bytes resident", labels=["tier"])
-    resident.add_metric(["device"], s.device_bytes)
-    resident.add_metric(["host"], s.host_bytes)
     yield resident
-    entries = GaugeMetricFamily("chorus_adapters_resident", "Adapters resident", labels=["tier"])
-    entries.add_metric(["device"], s.device_entries)
-    entries.add_metric(["host"], s.host_entries)
     yield entries
 
 
@@ -109,6 +115,16 @@ class Metrics:
             "chorus_batch_audio_seconds", "Audio seconds per batch", buckets=AUDIO_BUCKETS, registry=r
         )
         self.audio_seconds = Counter("chorus_audio_seconds", "Audio seconds run through the backbone", registry=r)
+        self.device_oom = Counter(
+            "chorus_device_oom", "Batches that ran out of device memory (split and retried)", registry=r
+        )
+        self.device_faults = Counter(
+            "chorus_device_faults", "Sticky device errors (the worker turns not ready)", registry=r
+        )
+        self.batch_budget = Gauge(
+            "chorus_batch_budget_ratio", "Share of the batch limits in use (below 1 after out-of-memory)", registry=r
+        )
+        self.batch_budget.set(1.0)
         self.in_flight = Gauge("chorus_requests_in_flight", "Transcription requests being served", registry=r)
         self.tenant_audio = Counter(
             "chorus_tenant_audio_seconds", "Audio seconds admitted per tenant", ["tenant"], registry=r

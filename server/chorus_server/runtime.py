@@ -21,8 +21,11 @@ from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
 from chorus_server.engine import Adapter, Engine, save_adapter
 from chorus_server.engine.cache import AdapterCache
-from chorus_server.engine.engine import resolve_device
+from chorus_server.engine.device import choose_dtype, resolve_device
 from chorus_server.engine.random_model import write_random_model
+from chorus_server.engine.staging import bucket_schedule
+from chorus_server.engine.upload import AdapterUploader
+from chorus_server.engine.warmup import warm_up_adapter, warm_up_batch
 from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
 from chorus_server.quotas import Quotas
@@ -31,7 +34,7 @@ from chorus_server.settings import BatchSettings, Settings
 from chorus_server.store_watch import StoreWatcher
 from chorus_server.tenant_db import TenantDB
 from chorus_server.validation import BackboneValidator
-from chorus_server.worker import Worker
+from chorus_server.worker import WarmUp, Worker
 from chorus_store.base import AdapterStore
 from chorus_store.errors import StoreError
 from chorus_store.loader import make_loader
@@ -77,18 +80,6 @@ def model_source(settings: Settings) -> ModelSource:
     return ModelSource(random_dir, sorted((random_dir / "adapters").glob("*.safetensors")), "default")
 
 
-def choose_dtype(name: str, device: torch.device) -> str:
-    """`auto`: bfloat16 where the hardware has it (CPU with AVX-512 BF16/AMX, CUDA sm80+), float16 on older GPUs,
-    float32 on other CPUs."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bfloat16"
-    return "float32"
-
-
 def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) -> BatchLimits:
     """Per-device defaults: on CPUs throughput per audio second stops rising at about 4 items while latency keeps
     growing; GPUs need large batches to be busy (docs/server.md)."""
@@ -96,6 +87,16 @@ def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) 
     max_items = batch.max_items or (64 if on_gpu else 4)
     max_seconds = batch.max_audio_seconds or (1200.0 if on_gpu else 60.0)
     return BatchLimits(max_items, int(max_seconds * rate), batch.max_wait_ms / 1000)
+
+
+def warm_up_plan(engine: Engine, limits: BatchLimits, batch: BatchSettings) -> WarmUp | None:
+    """A dummy batch per shape bucket up to the longest window the server cuts (or the batch budget allows)."""
+    if batch.warmup_seconds <= 0:
+        return None
+    rate = engine.preprocess.sampling_rate
+    longest = min(int(batch.chunk_seconds * rate), limits.max_samples)
+    run = functools.partial(warm_up_batch, engine, warm_up_adapter(engine))
+    return WarmUp(run, bucket_schedule(longest, rate), batch.warmup_seconds)
 
 
 def adapter_cache(
@@ -107,10 +108,13 @@ def adapter_cache(
     executor: ThreadPoolExecutor | None = None,
 ) -> AdapterCache:
     """The cache of adapters from `store`: loaded and checked by `validator` (the check publish ran), then moved to
-    the engine's device and dtype. The loader already checked the fit and kept a version's fingerprint override."""
+    the engine's device and dtype. The loader already checked the fit and kept a version's fingerprint override.
+    On CUDA the host tier is pinned and loads copy on the loader threads' own streams (engine/upload.py)."""
+    uploader = AdapterUploader(engine)
+    load = make_loader(store, validator.load_version)
     return AdapterCache(
-        make_loader(store, validator.load_version),
-        functools.partial(engine.prepare, check_fingerprint=False),
+        lambda key: uploader.pin(load(key)),
+        uploader,
         engine.device,
         device_budget,
         host_budget,
@@ -144,7 +148,7 @@ class Runtime:
         validator = BackboneValidator.for_engine(engine)
         store = open_store(settings, validator)
         if settings.seed_store:
-            seed_store(store, loaded.default_adapter, source)
+            seed_store(store, loaded.default_original, source)
         loaders = ThreadPoolExecutor(
             # No torch.set_num_threads(1) here: it is process-wide, and would leave inference on one core.
             settings.cache.loader_threads,
@@ -160,7 +164,10 @@ class Runtime:
         )
         metrics = Metrics(settings.max_adapter_label_values)
         rate = engine.preprocess.sampling_rate
-        worker = Worker(engine, resolve_batch_limits(settings.batch, engine.device, rate), metrics)
+        limits = resolve_batch_limits(settings.batch, engine.device, rate)
+        on_gpu = engine.device.type == "cuda"
+        warm_up = warm_up_plan(engine, limits, settings.batch) if on_gpu else None
+        worker = Worker(engine, limits, metrics, warm_up=warm_up, prefetch=on_gpu)
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device
         metrics.state.adapters_info, metrics.state.max_adapters = worker.adapters_info, worker.limits.max_items

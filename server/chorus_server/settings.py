@@ -30,6 +30,13 @@ class BatchSettings(BaseModel):
     stride_seconds: float = Field(
         2.0, ge=0, le=30, description="context on each side of a chunk that is computed but dropped"
     )
+    warmup_seconds: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="GPU only: longest warm-up (one dummy batch per shape bucket, largest first) before /readyz "
+        "turns green; 0: none",
+    )
 
 
 class TenantLimits(BaseModel):
@@ -114,11 +121,15 @@ class Settings(BaseSettings):
         description="adapter store: a local directory, or s3://bucket/prefix (endpoint and credentials from AWS_*)",
     )
     data_dir: Path = Field(Path("data"), description="where first-start files (random backbone) are written")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto: CUDA when present")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: the current CUDA device when present, else cpu; cuda:N picks a GPU (mps: unsupported)",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="auto: bfloat16 where the hardware has it (AVX-512 BF16/AMX CPUs, CUDA sm80+), "
-        "else float32 on CPU, float16 on older GPUs",
+        description="auto: bfloat16 where the hardware runs it natively (AVX-512 BF16/AMX CPUs, GPUs of compute "
+        "capability 8+), else float32 on CPU, float16 on older GPUs",
     )
     default_adapter: str | None = Field(
         None, description="adapter used when a request names `whisper-1` (OpenAI clients' default model)"

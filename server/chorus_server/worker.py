@@ -2,7 +2,8 @@
 
 Requests of every tenant and adapter share one queue; `collect_batch` picks each batch (fairly across tenants,
 by the audio each has been served); the engine runs one mixed-adapter forward for it. If a batch fails, its
-members are retried alone once so only the culprit fails.
+members are retried alone once so only the culprit fails; a batch that runs out of device memory is split in
+halves and the batch budget shrinks (device_failures.py); a sticky device error marks the worker not ready.
 """
 
 from __future__ import annotations
@@ -10,26 +11,53 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
 from chorus_server.batching import BatchLimits, WorkItem, collect_batch
+from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory
 from chorus_server.engine import Engine, pad_batch
+from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
+from chorus_server.engine.staging import HostBuffers, StagedBatch
 from chorus_server.metrics import Metrics
+from chorus_server.prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
+
+
+Staged = StagedBatch | Exception | None  # a batch the stager prepared, or why it could not; None: not staged
 
 
 class DeadlineExceeded(Exception):
     """The item waited in the queue past its request's deadline and was dropped unrun."""
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """What the worker runs before it reports ready: one dummy batch per shape bucket, largest first."""
+
+    run: Callable[[int, int], None]  # (items, samples): one dummy forward
+    buckets: list[int]  # padded lengths in samples
+    seconds: float  # time bound: buckets left when it is spent stay cold
+
+
 class Worker:
     def __init__(
-        self, engine: Engine, limits: BatchLimits, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+        self,
+        engine: Engine,
+        limits: BatchLimits,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        warm_up: WarmUp | None = None,
+        prefetch: bool = False,
     ):
+        """`prefetch`: stage the next batch on another thread while this one runs (GPU; needs `engine.stage`)."""
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
+        self.warm_up, self.prefetch = warm_up, prefetch
+        self._warmed = threading.Event()
+        self._buffers = HostBuffers(engine.device) if prefetch else None
         self._queue: list[WorkItem] = []
         self._queued_samples = 0
         self._served: dict[str, float] = {}  # tenant -> audio samples run (relative: only differences matter)
@@ -38,6 +66,8 @@ class Worker:
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
         self._speed_measured = False
+        self.budget = AdaptiveBudget(limits)  # shrinks after out-of-memory errors, regrows slowly
+        self.fault: Exception | None = None  # a sticky device error: nothing will run again in this process
         self._thread = threading.Thread(target=self._run, name="chorus-inference", daemon=True)
 
     # ---- called from request handlers ----------------------------------------------------------------------
@@ -67,6 +97,10 @@ class Worker:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def is_ready(self) -> bool:
+        """Alive, warmed up and the device usable (no sticky device error): what `/readyz` reports."""
+        return self.is_alive() and self._warmed.is_set() and self.fault is None
+
     def start(self) -> None:
         self._thread.start()
 
@@ -80,11 +114,45 @@ class Worker:
     # ---- the inference thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        if self.warm_up is not None:
+            self._warm_up(self.warm_up)
+        self._warmed.set()
+        batches: Iterable[tuple[list[WorkItem], Staged]]
+        if self.prefetch:
+            batches = Prefetcher(self._next_batch, self._stage)
+        else:
+            batches = ((batch, None) for batch in iter(self._next_batch, None))
+        for batch, staged in batches:
             try:
-                self._run_batch(batch)
+                self._run_batch(batch, staged)
             except Exception:  # never let the thread die; _run_batch resolves its items itself
                 logger.exception("inference worker error")
+
+    def _warm_up(self, plan: WarmUp) -> None:
+        """One dummy batch per bucket, largest first, as large as the batch budget allows; out of memory shrinks
+        the budget and tries the bucket again. Bounded by `plan.seconds`."""
+        started = self.clock()
+        deadline = started + plan.seconds
+        for samples in sorted(plan.buckets, reverse=True):
+            while self.clock() < deadline and self.fault is None:
+                limits = self.budget.limits()
+                items = max(1, min(limits.max_items, limits.max_samples // samples))
+                try:
+                    plan.run(items, samples)
+                    break
+                except Exception as exc:
+                    error = exc.with_traceback(None)
+                if is_out_of_memory(error) and items > 1:
+                    self.metrics.device_oom.inc()
+                    self.budget.shrink()
+                    self.metrics.batch_budget.set(self.budget.scale)
+                    continue
+                if is_device_fault(error):
+                    self.fault = error
+                    self.metrics.device_faults.inc()
+                logger.error("warm-up failed for %d x %d samples: %r", items, samples, error)
+                break
+        logger.info("warm-up done in %.1f s; batch budget %.3g", self.clock() - started, self.budget.scale)
 
     def _next_batch(self) -> list[WorkItem] | None:
         with self._cond:
@@ -94,7 +162,7 @@ class Worker:
                 per_sample = 1 / (rate * self.speed) if self._speed_measured else 0.0
                 collected = collect_batch(
                     self._queue,
-                    self.limits,
+                    self.budget.limits(),
                     self.clock(),
                     draining=self._stopping,
                     served=self._served,
@@ -127,30 +195,63 @@ class Worker:
             waiting = sorted({item.label for item in self._queue if item.label})
         return sorted({item.label for item in self._running if item.label}), waiting
 
-    def _run_batch(self, batch: list[WorkItem]) -> None:
+    def _run_batch(self, batch: list[WorkItem], staged: Staged = None) -> None:
         self._running = batch
         try:
-            self._run_items(batch)
+            self._run_items(batch, staged)
         finally:
             self._running = []
 
-    def _run_items(self, batch: list[WorkItem]) -> None:
-        started = self.clock()
-        try:
-            logits = self._forward(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                logger.exception("inference failed for one item")
-                batch[0].future.set_exception(exc)
-                return
-            logger.warning("a batch of %d failed; retrying its items one by one", len(batch), exc_info=True)
-            for item in batch:
-                try:
-                    item.future.set_result(self._forward([item])[0])
-                except Exception as exc:
-                    logger.exception("inference failed for one item")
-                    item.future.set_exception(exc)
+    def _run_items(self, batch: list[WorkItem], staged: Staged = None) -> None:
+        if self.fault is not None:
+            self._fail(batch, DeviceFault(f"the device failed earlier ({self.fault}); this worker must be restarted"))
             return
+        started = self.clock()
+        error: Exception | None = None
+        try:
+            logits = self._forward(batch, staged)
+        except Exception as exc:
+            error = exc
+        if error is None:
+            self._succeeded(batch, logits, started)
+            return
+        # Handled outside the `except` block, without the traceback: its frames hold the failed batch's tensors,
+        # which would otherwise stay allocated on the device through every retry below.
+        error = error.with_traceback(None)
+        if is_out_of_memory(error):
+            self._out_of_memory(batch, error)
+        elif is_device_fault(error):
+            self.fault = error
+            self.metrics.device_faults.inc()
+            logger.error("the device failed (%s): this worker is no longer ready and must be restarted", error)
+            self._fail(batch, DeviceFault(f"the device failed ({error}); retry on another worker"))
+        elif len(batch) == 1:
+            logger.error("inference failed for one item: %r", error)
+            batch[0].future.set_exception(error)
+        else:
+            logger.warning("a batch of %d failed (%r); retrying its items one by one", len(batch), error)
+            for item in batch:
+                self._run_items([item])
+
+    def _out_of_memory(self, batch: list[WorkItem], error: Exception) -> None:
+        """Shrink the batch budget and run the batch again in halves; one item that alone does not fit fails."""
+        self.metrics.device_oom.inc()
+        self.budget.shrink()
+        self.metrics.batch_budget.set(self.budget.scale)
+        device = getattr(self.engine, "device", None)
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()  # hand cached blocks back so the halves can allocate unfragmented memory
+        logger.warning("out of device memory in a batch of %d; batch budget now %.3g", len(batch), self.budget.scale)
+        if len(batch) == 1:
+            batch[0].future.set_exception(DeviceOutOfMemory(f"out of device memory for one window ({error})"))
+            return
+        half = len(batch) // 2
+        self._run_items(batch[:half])
+        self._run_items(batch[half:])
+
+    def _succeeded(self, batch: list[WorkItem], logits: list[torch.Tensor], started: float) -> None:
+        self.budget.succeeded()
+        self.metrics.batch_budget.set(self.budget.scale)
         elapsed = self.clock() - started
         audio = sum(len(item) for item in batch) / self.engine.preprocess.sampling_rate
         self.metrics.observe_batch(batch, elapsed, audio, started)
@@ -160,6 +261,20 @@ class Worker:
         for item, result in zip(batch, logits, strict=True):
             item.future.set_result(result)
 
-    def _forward(self, batch: list[WorkItem]) -> list[torch.Tensor]:
+    @staticmethod
+    def _fail(batch: list[WorkItem], error: Exception) -> None:
+        for item in batch:
+            item.future.set_exception(error)
+
+    def _forward(self, batch: list[WorkItem], staged: Staged = None) -> list[torch.Tensor]:
+        if isinstance(staged, Exception):
+            raise staged
+        if staged is not None:
+            return self.engine.run(staged)
         waveforms, lengths = pad_batch([item.samples for item in batch])
         return self.engine.forward(waveforms, lengths, [item.adapter for item in batch])
+
+    def _stage(self, batch: list[WorkItem]) -> StagedBatch:
+        """The stager thread (GPU): pad into pinned memory and start the copy while the device runs."""
+        waveforms, lengths = pad_batch([item.samples for item in batch])
+        return self.engine.stage(waveforms, lengths, [item.adapter for item in batch], self._buffers)

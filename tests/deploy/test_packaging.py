@@ -31,6 +31,8 @@ CONTRACT_METRICS = {
         "chorus_adapter_evictions_total",
         "chorus_tenant_audio_seconds_total",
         "chorus_tenant_refusals_total",
+        "chorus_device_oom_total",
+        "chorus_device_faults_total",
     },
     "histogram": {
         "chorus_request_duration_seconds",
@@ -46,6 +48,7 @@ CONTRACT_METRICS = {
         "chorus_adapter_resident_bytes",
         "chorus_adapters_resident",
         "chorus_device_memory_bytes",
+        "chorus_batch_budget_ratio",
         "chorus_lora_requests_info",
     },
 }

@@ -80,6 +80,6 @@ def test_workers_serve_each_others_changes_within_two_seconds(two_workers, adapt
     def dropped_from_b() -> bool:  # the deleted versions also leave the other worker's cache
         metrics = httpx.get(f"{b}/metrics", headers=auth(ADMIN)).text
         resident = httpx.get(f"{b}/v1/adapters/chorus/default", headers=auth("k-acme")).json()["resident"]
-        return resident and 'chorus_adapters_resident{tier="device"} 1.0' in metrics
+        return resident and 'chorus_adapters_resident{tier="host"} 1.0' in metrics
 
     within(WITHIN + 1.0, dropped_from_b)

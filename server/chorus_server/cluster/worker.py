@@ -72,7 +72,13 @@ class ChorusWorker:
         }
 
     def ready(self) -> bool:
-        return self.runtime.worker.is_alive()
+        return self.runtime.worker.is_ready()
+
+    def check_health(self) -> None:
+        """Ray Serve calls this periodically; raising makes Ray replace the replica (after a sticky device error
+        or when the inference thread is gone)."""
+        if not self.ready():
+            raise RuntimeError("Chorus worker not ready: the inference thread stopped or the device failed")
 
     def __del__(self) -> None:
         runtime = getattr(self, "runtime", None)

@@ -179,7 +179,9 @@ class Adapter(nn.Module):
         shapes["head.weight"], shapes["head.bias"] = (len(self.vocab), self.hidden_size), (len(self.vocab),)
         return shapes
 
-    def adopt(self, stacks: dict[tuple[str, str], torch.Tensor], head_weight: torch.Tensor, head_bias: torch.Tensor):
+    def adopt(
+        self, stacks: dict[tuple[str, str], torch.Tensor], head_weight: torch.Tensor, head_bias: torch.Tensor
+    ) -> Adapter:
         """Take ownership of already-stacked tensors (no copy); shapes must match exactly."""
         for (site, part), tensor in stacks.items():
             expected = self.stack(site, part).shape
@@ -192,6 +194,18 @@ class Adapter(nn.Module):
         self.head.bias = nn.Parameter(head_bias, requires_grad=False)
         self._blocks = None
         return self
+
+    def converted(self, device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> Adapter:
+        """A copy with every tensor on `device` in `dtype`; this adapter stays as it is (`nn.Module.to` converts in
+        place, which turned the cache's host copy into its device copy). Tensors already right are shared."""
+        with torch.device("meta"):  # no allocation and no random init for tensors about to be replaced
+            new = Adapter(self.info, self.vocab, self.hidden_size, self.bottleneck_dim, self.layer_ids)
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.detach().to(device, dtype, non_blocking=non_blocking)
+
+        stacks = {key: move(self.stack(*key)) for key in self.stack_keys()}
+        return new.adopt(stacks, move(self.head.weight), move(self.head.bias)).train(self.training)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> Adapter:

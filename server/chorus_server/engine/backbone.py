@@ -10,7 +10,7 @@ from torch import nn
 from chorus_server.engine.adapters import Segment
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.encoder import Encoder
-from chorus_server.engine.frontend import FeatureEncoder, FeatureProjection, time_mask
+from chorus_server.engine.frontend import FeatureEncoder, FeatureProjection
 from chorus_server.engine.layers import GradGate
 
 
@@ -45,5 +45,5 @@ class Backbone(nn.Module):
             h = self.feature_projection(features)  # (B, T, H)
         if features_hook is not None:
             h = features_hook(h, frames)
-        h = self.encoder(h, time_mask(frames, h.shape[1]), segments, gate)
+        h = self.encoder(h, frames.tolist(), segments, gate)  # frames: on the host (from host lengths)
         return h, frames

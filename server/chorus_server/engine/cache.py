@@ -34,7 +34,7 @@ class CacheStats:
     device_hits: int = 0
     host_hits: int = 0
     misses: int = 0
-    loads: int = 0
+    loads: int = 0  # loads that succeeded (failures: load_failures)
     load_failures: int = 0
     load_seconds: float = 0.0
     device_evictions: int = 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from chorus_server.engine.adapters import Segment, apply_site
 from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.frontend import time_mask
 from chorus_server.engine.layers import GradGate, activation
 
 
@@ -137,19 +138,23 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
 
     def forward(
-        self, h: torch.Tensor, frame_mask: torch.Tensor, segments: Sequence[Segment], gate: GradGate | None = None
+        self, h: torch.Tensor, frames: Sequence[int], segments: Sequence[Segment], gate: GradGate | None = None
     ) -> torch.Tensor:
-        """h: (B, T, H); frame_mask: (B, T) bool, True on valid frames -> (B, T, H). `gate`: where gradients start
-        (the backbone's, so the front end counts too)."""
+        """h: (B, T, H); frames: each item's valid frames, host integers (so no device value is read) -> (B, T, H).
+        `gate`: where gradients start (the backbone's, so the front end counts too)."""
         gate = gate or GradGate()
+        batch, width = h.shape[:2]
+        mask = time_mask(torch.tensor(frames), width).to(h.device, non_blocking=True)  # (B, T) bool
+        # On the CPU a batch of more than one attends and convolves per item (see the module docstring).
+        spans = list(frames) if batch > 1 and h.device.type == "cpu" else None
         with gate.stage(self.pos_conv_embed, self.layer_norm):
             # Padded frames must be zero before the positional conv, exactly as in a solo run.
-            h = h * frame_mask[:, :, None].to(h.dtype)
-            spans = per_item_spans(frame_mask)
+            h = h * mask[:, :, None].to(h.dtype)
             h = h + self.pos_conv_embed(h, spans)
             if not self.pre_ln:
                 h = self.layer_norm(h)
-        key_mask = None if spans is not None or bool(frame_mask.all()) else frame_mask[:, None, None, :]  # (B, 1, 1, T)
+        full = all(n == width for n in frames)
+        key_mask = None if spans is not None or full else mask[:, None, None, :]  # (B, 1, 1, T)
         for i, layer in enumerate(self.layers):
             with gate.stage(layer, trains=functools.partial(_adapters_train, segments, i)):
                 h = layer(h, key_mask, segments, spans)
@@ -157,11 +162,3 @@ class Encoder(nn.Module):
             with gate.stage(self.layer_norm):
                 h = self.layer_norm(h)
         return h
-
-
-def per_item_spans(frame_mask: torch.Tensor) -> list[int] | None:
-    """Each item's valid frames when attention and the positional conv must run per item (a CPU batch of more
-    than one), else None (one item, or CUDA). frame_mask: (B, T) bool."""
-    if frame_mask.shape[0] == 1 or frame_mask.device.type != "cpu":
-        return None
-    return frame_mask.sum(dim=1).tolist()

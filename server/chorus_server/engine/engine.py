@@ -17,45 +17,47 @@ import numpy as np
 import torch
 
 from chorus_server.engine.adapter_format import adapter_from_hf, check_fit, load_mms_adapter, mms_vocab
-from chorus_server.engine.adapters import Adapter, find_segments
+from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.backbone import Backbone
 from chorus_server.engine.checkpoint import fingerprint, load_backbone
 from chorus_server.engine.config import BackboneConfig, PreprocessConfig
 from chorus_server.engine.decode import Transcript, ctc_greedy_decode
+from chorus_server.engine.device import (
+    DTYPES,
+    configure_matmul,
+    resolve_device,
+    resolve_dtype,
+    same_device,
+    to_device,
+)
 from chorus_server.engine.errors import AdapterError, CheckpointError, InputError
+from chorus_server.engine.frontend import time_mask
+from chorus_server.engine.staging import HostBuffers, StagedBatch, stage_batch
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-DTYPES |= {"float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
+__all__ = ["DTYPES", "Engine", "LoadedModel", "pad_batch", "resolve_device", "resolve_dtype"]
 
 
 def normalize(waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero-mean, unit-variance per item over its real samples (as HF's feature extractor); padding stays 0.
 
-    Each item's statistics are reduced over its own samples only, so they cannot depend on the padded length.
-    waveforms: (B, L) float32; lengths: (B,) -> (B, L) float32.
+    On the CPU each item's statistics are reduced over its own samples only, so not even their last bit depends
+    on the padded length (a reduction over a longer row may split differently across threads); on a GPU one
+    masked reduction over the batch. waveforms: (B, L) float32; lengths: (B,) on the waveforms' device.
     """
+    if waveforms.device.type != "cpu":
+        mask = time_mask(lengths, waveforms.shape[1]).float()
+        count = lengths.clamp(min=1).float()[:, None]
+        mean = (waveforms * mask).sum(dim=1, keepdim=True) / count
+        var = ((waveforms - mean) * mask).square().sum(dim=1, keepdim=True) / count
+        return (waveforms - mean) / torch.sqrt(var + 1e-7) * mask
     out = torch.zeros_like(waveforms)
     for i, n in enumerate(lengths.tolist()):
-        x = waveforms[i, :n]
-        mean = x.mean() if n else x.new_zeros(())
-        var = (x - mean).square().mean() if n else x.new_zeros(())
-        out[i, :n] = (x - mean) / torch.sqrt(var + 1e-7)
+        if n:
+            x = waveforms[i, :n]
+            mean = x.mean()
+            out[i, :n] = (x - mean) / torch.sqrt((x - mean).square().mean() + 1e-7)
     return out
 
 
@@ -69,10 +71,13 @@ def default_language(vocab_json: dict) -> str:
 
 @dataclass
 class LoadedModel:
-    """What a checkpoint directory provides: the engine and, when the checkpoint has an lm_head, its adapter."""
+    """What a checkpoint directory provides: the engine and, when the checkpoint has an lm_head, its adapter
+    (prepared for the engine) and that adapter as the checkpoint stores it (float32 on the host: what gets
+    published, so a bf16 server never publishes a head rounded to bf16)."""
 
     engine: Engine
     default_adapter: Adapter | None
+    default_original: Adapter | None = None
 
 
 class Engine:
@@ -86,8 +91,9 @@ class Engine:
     ):
         self.config: BackboneConfig = backbone.config
         self.preprocess = preprocess
-        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        configure_matmul(self.device)
         self.fingerprint = backbone_fingerprint or fingerprint(backbone)
         self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.frame_seconds = self.config.inputs_to_logits_ratio / preprocess.sampling_rate
@@ -101,7 +107,7 @@ class Engine:
         config = BackboneConfig.from_dir(path)
         backbone, head, adapter_layers = load_backbone(path, config)
         engine = cls(backbone, PreprocessConfig.from_dir(path), device, dtype, fingerprint(backbone))
-        default = None
+        default = built = None
         if head:
             vocab_file = path / "vocab.json"
             if not vocab_file.is_file():
@@ -122,21 +128,22 @@ class Engine:
             str(engine.dtype).removeprefix("torch."),
             engine.fingerprint,
         )
-        return LoadedModel(engine, default)
+        return LoadedModel(engine, default, built)
 
     def load_mms_adapter(self, path: Path, vocab_json: dict, language: str) -> Adapter:
         """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
         return self.prepare(load_mms_adapter(path, vocab_json, language, self.config.hidden_size, self.fingerprint))
 
-    def prepare(self, adapter: Adapter, check_fingerprint: bool = True) -> Adapter:
-        """Check an adapter fits this backbone, then move it to the engine's device and dtype."""
+    def prepare(self, adapter: Adapter, check_fingerprint: bool = True, non_blocking: bool = False) -> Adapter:
+        """Check an adapter fits this backbone, then move it to the engine's device and dtype (`non_blocking`:
+        from pinned memory, on the caller's stream; see upload.py)."""
         check_fit(
             adapter,
             self.config.hidden_size,
             self.config.num_hidden_layers,
             self.fingerprint if check_fingerprint else None,
         )
-        return adapter.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        return adapter.converted(self.device, self.dtype, non_blocking).eval().requires_grad_(False)
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.backbone.frame_lengths(lengths)
@@ -145,32 +152,59 @@ class Engine:
     def forward(
         self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]
     ) -> list[torch.Tensor]:
-        """One backbone pass over a mixed-adapter batch.
+        """One backbone pass over a mixed-adapter batch: `run(stage(...))`.
 
         waveforms: (B, L) float32 at the backbone's sampling rate, zero-padded; lengths: (B,) int samples;
-        adapters: B adapters (prepared by this engine). Returns B float32 logits tensors (T_i, V_i).
+        adapters: B adapters (prepared by this engine). Returns B float32 logits tensors (T_i, V_i) on the host.
         Items too short for one frame (< receptive field, 400 samples) get (0, V_i) logits.
         """
+        return self.run(self.stage(waveforms, lengths, adapters))
+
+    def stage(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        adapters: Sequence[Adapter],
+        buffers: HostBuffers | None = None,
+    ) -> StagedBatch:
+        """The host half of `forward` (any thread): check, sort by adapter, pad, start the copy to the device.
+
+        waveforms: (B, L) float32 and lengths: (B,) on the host. `buffers`: reusable pinned memory (CUDA)."""
+        waveforms, lengths = waveforms.cpu(), lengths.cpu()
         self._check_batch(waveforms, lengths, adapters)
-        frames = self.frame_lengths(lengths.cpu())
-        results: list[torch.Tensor] = [torch.zeros(0, len(a.vocab), dtype=torch.float32) for a in adapters]
-        # Sort runnable items by adapter (stable; first-appearance order) so each adapter is one segment.
-        first_seen: dict[int, int] = {}
-        runnable = [i for i in range(len(adapters)) if frames[i] > 0]
-        order = sorted(runnable, key=lambda i: first_seen.setdefault(id(adapters[i]), len(first_seen)))
-        if not order:
+        return stage_batch(
+            waveforms,
+            lengths,
+            adapters,
+            self.frame_lengths,
+            self.device,
+            self.preprocess.sampling_rate,
+            buffers,
+        )
+
+    @torch.inference_mode()
+    def run(self, staged: StagedBatch) -> list[torch.Tensor]:
+        """The device half of `forward` (the inference thread): every head is launched, then one copy back and
+        one sync. Frame counts come from the host (`staged.frames`), never from a device tensor."""
+        results: list[torch.Tensor] = [torch.zeros(0, v, dtype=torch.float32) for v in staged.vocab_sizes]
+        if not staged.order:
             return results
-        segments = find_segments([adapters[i] for i in order])
-        max_len = int(lengths[order].max())
-        batch = waveforms[order, :max_len].to(self.device, torch.float32)  # (b, L)
-        batch_lengths = lengths[order].to(self.device)
+        batch = staged.waveforms  # (b, W) float32, on the device
+        if staged.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(staged.ready)
+            batch.record_stream(stream)  # allocated on the copy stream, read on this one
+        batch_lengths = to_device(staged.lengths, self.device)
         if self.preprocess.do_normalize:
             batch = normalize(batch, batch_lengths)
-        hidden, out_frames = self.backbone(batch.to(self.dtype), batch_lengths, segments)  # (b, T, H)
-        for seg in segments:
-            logits = seg.adapter.head(hidden[seg.start : seg.stop]).float().cpu()  # (n, T, V)
-            for row, item in enumerate(order[seg.start : seg.stop]):
-                results[item] = logits[row, : int(out_frames[seg.start + row])]
+        hidden, _ = self.backbone(batch.to(self.dtype), staged.lengths, staged.segments)  # (b, T, H)
+        logits = [seg.adapter.head(hidden[seg.start : seg.stop]).float() for seg in staged.segments]  # (n, T, V)
+        host = [part.to("cpu", non_blocking=True) for part in logits]
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        for seg, part in zip(staged.segments, host, strict=True):
+            for row in range(seg.start, seg.stop):
+                results[staged.order[row]] = part[row - seg.start, : staged.frames[row]]
         return results
 
     def _check_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]) -> None:
@@ -185,7 +219,8 @@ class Engine:
         if not bool(torch.isfinite(waveforms).all()):
             raise InputError("audio contains NaN or Inf samples")
         for adapter in adapters:
-            if adapter.head.weight.device != self.device or adapter.head.weight.dtype != self.dtype:
+            weight = adapter.head.weight
+            if not same_device(weight.device, self.device) or weight.dtype != self.dtype:
                 raise AdapterError(f"adapter {adapter.name!r} is not prepared for this engine; call engine.prepare()")
 
     def transcribe(self, audios: Sequence[np.ndarray | torch.Tensor], adapters: Sequence[Adapter]) -> list[Transcript]:

@@ -15,3 +15,11 @@ class AdapterError(EngineError):
 
 class InputError(EngineError):
     """Audio handed to the engine is unusable (wrong shape, NaN/Inf, length mismatch)."""
+
+
+class DeviceOutOfMemory(EngineError):
+    """The device ran out of memory even for a batch of one item; retrying later may succeed."""
+
+
+class DeviceFault(EngineError):
+    """The device failed in a way that poisons the process (a sticky CUDA error); the worker must be replaced."""

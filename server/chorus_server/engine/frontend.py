@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.device import to_device
 from chorus_server.engine.layers import activation
 
 
@@ -156,13 +157,24 @@ class FeatureEncoder(nn.Module):
             lengths = conv_output_lengths(lengths, layer.kernel, layer.stride)
         return lengths
 
+    def frame_count(self, samples: int) -> int:
+        """Output frames of one item of `samples` samples, on the host."""
+        for layer in self.conv_layers:
+            assert isinstance(layer, ConvLayer)
+            samples = (samples - layer.kernel) // layer.stride + 1 if samples >= layer.kernel else 0
+        return samples
+
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveforms: (B, L), lengths: (B,) -> features (B, T, C) with zeros past each item's frames, frames (B,).
+        """waveforms: (B, L), lengths: (B,) -> features (B, T, C) with zeros past each item's frames, frames (B,)
+        on the waveforms' device. T is the frame count of L (the padded width), so a batch padded to a shape
+        bucket keeps that bucket's shape. Lengths on the host cost no device sync; frames then move with a
+        non-blocking copy.
 
         Each item runs alone over its valid samples (see the module docstring for why)."""
-        frames = self.frame_lengths(lengths)
-        sizes, counts = lengths.tolist(), frames.tolist()
-        out = waveforms.new_zeros(waveforms.shape[0], max(counts, default=0), self.out_channels)
+        sizes = lengths.tolist()
+        counts = [self.frame_count(size) for size in sizes]
+        width = max([*counts, self.frame_count(waveforms.shape[1])])
+        out = waveforms.new_zeros(waveforms.shape[0], width, self.out_channels)
         for b, (size, count) in enumerate(zip(sizes, counts, strict=True)):
             if count == 0:
                 continue
@@ -170,7 +182,7 @@ class FeatureEncoder(nn.Module):
             for layer in self.conv_layers:
                 x = layer(x)
             out[b, :count] = x  # (T, C)
-        return out, frames
+        return out, to_device(torch.tensor(counts, dtype=torch.int64), waveforms.device)
 
 
 class FeatureProjection(nn.Module):

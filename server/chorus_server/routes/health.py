@@ -19,10 +19,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: backbone loaded and inference worker alive")
+@router.get("/readyz", summary="Readiness: backbone loaded and warmed up, inference worker alive, device usable")
 async def readyz(request: Request) -> JSONResponse:
     runtime = getattr(request.app.state, "chorus", None)
-    if runtime is None or not runtime.worker.is_alive():
+    if runtime is None or not runtime.worker.is_ready():
         return JSONResponse({"status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
     engine = runtime.engine
     body = {
