@@ -25,6 +25,7 @@ COMPARISONS = (
     "memory",
     "adapter_cold_load",
     "load_dip",
+    "working_set",
     "server_load",
 )
 

@@ -115,6 +115,15 @@ def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
         )
     if r := results.get("peers"):
         rows += peer_rows(r)
+    if r := results.get("working_set"):
+        label = f"served throughput, {r['adapters']} adapters (Zipf s={r['zipf_s']}), cache for {r['cache_adapters']}"
+        ratio = r["zipf_over_single"]
+        rows.append((f"{label} / one adapter", f"{ratio:.2f}×", "≥ 0.9", verdict(ratio >= 0.9)))
+        rows.append(("the same per server CPU second", f"{r['zipf_over_single_per_cpu_second']:.2f}×", "", ""))
+        hits = (
+            f"{r['hit_ratio']:.0%} hits, {r['loads_per_second']:.2f} loads/s ({r['load_seconds_mean'] * 1000:.0f} ms)"
+        )
+        rows.append(("adapter cache under that traffic", hits, "", ""))
     if r := results.get("server_load"):
         overhead = r["overhead"]
         rows.append(("HTTP overhead vs direct call, c=1", f"{overhead:+.1%}", "≤ 5%", verdict(overhead <= 0.05)))
