@@ -6,14 +6,13 @@ passes one built from its backbone), so any store backend validates exactly as t
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from chorus_store.errors import AdapterCorrupt, AdapterRejected
+from chorus_store.errors import AdapterRejected
 
 NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 # `owner/name` is an adapter's full ID: every adapter lives in its owner's namespace (like a model hub's repos).
@@ -96,6 +95,7 @@ class AdapterRecord:
     layers: list[int]
     backbone_fingerprint: str
     fingerprint_override: bool = False
+    xxh3: str = ""  # fast checksum of the bytes; "" in versions published before it was recorded (sha256 then)
     is_current: bool = False
     versions: list[int] = field(default_factory=list)
 
@@ -182,7 +182,7 @@ class AdapterStore(Protocol):
         ...
 
     def read(self, record: AdapterRecord) -> bytes:
-        """The version's bytes, checked against its recorded sha256 (`AdapterCorrupt` if they differ)."""
+        """The version's bytes, checked against its recorded checksum (`AdapterCorrupt` if they differ)."""
         ...
 
     def read_unverified(self, record: AdapterRecord) -> bytearray:
@@ -191,7 +191,7 @@ class AdapterStore(Protocol):
         ...
 
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
-        """Raise `AdapterCorrupt` unless `data` matches the version's recorded sha256."""
+        """Raise `AdapterCorrupt` unless `data` matches the version's recorded checksum (xxh3, else sha256)."""
         ...
 
     def delete(self, adapter_id: str, version: int | None = None, purge: bool = False) -> None:
@@ -199,9 +199,3 @@ class AdapterStore(Protocol):
         number) so `ID@N` never names other bytes; `purge` removes the tombstone too (numbers restart at 1).
         Works on damaged adapters, so their owner can always remove them."""
         ...
-
-
-def verify_sha256(record: AdapterRecord, data: bytes | bytearray) -> None:
-    """`AdapterStore.verify` for stores that record a sha256 per version (every store so far)."""
-    if hashlib.sha256(data).hexdigest() != record.sha256:
-        raise AdapterCorrupt(f"adapter {record.ref} is corrupt in the store (checksum mismatch); publish it again")

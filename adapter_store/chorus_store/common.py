@@ -10,7 +10,9 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
+
+import xxhash
 
 from chorus_store.base import AdapterRecord, AdapterSummary
 from chorus_store.errors import AdapterCorrupt, AdapterNotFound, AdapterRejected
@@ -36,9 +38,22 @@ def damaged(adapter_id: str, file: str, exc: Exception) -> AdapterCorrupt:
     return AdapterCorrupt(f"adapter {adapter_id!r} is damaged in the store; its owner can delete it")
 
 
-def copy_upload(source: BinaryIO | Path, out: BinaryIO, max_bytes: int) -> tuple[str, int]:
-    """Copy an upload to `out`, enforcing `max_bytes` while reading; returns (sha256, size)."""
-    digest = hashlib.sha256()
+class Digest(NamedTuple):
+    """A version's checksums, taken once while its upload is received: sha256 (its identity, shown to users) and
+    xxh3-128, the fast check the cache loader repeats on every cold load (~20x faster than sha256)."""
+
+    sha256: str
+    xxh3: str
+    size: int
+
+
+def fast_checksum(data: bytes | bytearray) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def copy_upload(source: BinaryIO | Path, out: BinaryIO, max_bytes: int) -> Digest:
+    """Copy an upload to `out`, enforcing `max_bytes` while reading; returns its checksums and size."""
+    digest, fast = hashlib.sha256(), xxhash.xxh3_128()
     size = 0
     with contextlib.ExitStack() as stack:
         reader = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
@@ -47,22 +62,24 @@ def copy_upload(source: BinaryIO | Path, out: BinaryIO, max_bytes: int) -> tuple
             if size > max_bytes:
                 raise AdapterRejected(f"adapter file exceeds the {max_bytes}-byte limit")
             digest.update(chunk)
+            fast.update(chunk)
             out.write(chunk)
         out.flush()
     if size == 0:
         raise AdapterRejected("adapter file is empty")
-    return digest.hexdigest(), size
+    return Digest(digest.hexdigest(), fast.hexdigest(), size)
 
 
 def new_record(
-    adapter_id: str, version: int, sha256: str, size: int, summary: AdapterSummary, serving_fingerprint: str
+    adapter_id: str, version: int, digest: Digest, summary: AdapterSummary, serving_fingerprint: str
 ) -> dict[str, Any]:
     """The record written beside a version's data."""
     return {
         "id": adapter_id,
         "version": version,
-        "sha256": sha256,
-        "size": size,
+        "sha256": digest.sha256,
+        "xxh3": digest.xxh3,
+        "size": digest.size,
         "created_at": time.time(),
         "fingerprint_override": summary.backbone_fingerprint != serving_fingerprint,
         **asdict(summary),
@@ -85,3 +102,15 @@ def parse_record(
         )
     except (ValueError, TypeError, UnicodeDecodeError) as exc:  # bad JSON, missing or unknown fields
         raise damaged(adapter_id, file, exc) from exc
+
+
+def verify_checksum(record: AdapterRecord, data: bytes | bytearray) -> None:
+    """`AdapterStore.verify`: size, then xxh3-128 where the record has it (sha256 for older versions)."""
+    if len(data) != record.size:
+        ok = False
+    elif record.xxh3:
+        ok = fast_checksum(data) == record.xxh3
+    else:
+        ok = hashlib.sha256(data).hexdigest() == record.sha256
+    if not ok:
+        raise AdapterCorrupt(f"adapter {record.ref} is corrupt in the store (checksum mismatch); publish it again")

@@ -10,13 +10,13 @@ from chorus_store.base import AdapterRecord, AdapterStore
 
 T = TypeVar("T")
 
-# sha256 releases the GIL, so the checksum of one file runs beside the parse and build of that same file.
-_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-sha256")
+# The checksum (xxh3, sha256 for old versions) releases the GIL, so it runs beside the parse and build of the file.
+_HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-checksum")
 
 
 def make_loader(store: AdapterStore, build: Callable[[bytearray, AdapterRecord], T]) -> Callable[[str], T]:
     """A cache loader: reads a version's bytes and builds it with `build(data, record)` (the server's validating
-    builder) while the sha256 check runs beside it. The result is returned only once the check passed, and a
+    builder) while the checksum runs beside it. The result is returned only once the check passed, and a
     checksum mismatch wins over whatever error the build of corrupt bytes raised."""
 
     def load(key: str) -> T:

@@ -39,15 +39,16 @@ from chorus_store.base import (
     Page,
     check_id,
     parse_ref,
-    verify_sha256,
 )
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
+    Digest,
     copy_upload,
     damaged,
     new_record,
     not_found,
     parse_record,
+    verify_checksum,
     version_file,
 )
 from chorus_store.errors import (
@@ -139,10 +140,12 @@ class LocalStore:
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             with _io("store the upload"), self._locked_part(tmp) as out:
-                sha256, size = self._receive(source, out)
+                digest = self._receive(source, out)
                 summary = self.validator.validate(_read_all(tmp), allow_fingerprint_mismatch)
-                version = self._place(adapter_id, tmp, visibility, expected_version, sha256, size, summary)
-            logger.info("published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, size, sha256[:12])
+                version = self._place(adapter_id, tmp, visibility, expected_version, digest, summary)
+            logger.info(
+                "published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, digest.size, digest.sha256[:12]
+            )
             return self.get(f"{adapter_id}@{version}")
         finally:
             with contextlib.suppress(OSError):
@@ -154,8 +157,7 @@ class LocalStore:
         tmp: Path,
         visibility: str | None,
         expected_version: int | None,
-        sha256: str,
-        size: int,
+        digest: Digest,
         summary: AdapterSummary,
     ) -> int:
         """Under the adapter's lock: number the version, move the data in, write its record, flip CURRENT."""
@@ -175,7 +177,7 @@ class LocalStore:
             if meta.get("visibility") != wanted or current is None:
                 _write_json_atomic(folder / "adapter.json", {**meta, "visibility": wanted})
             os.replace(tmp, folder / f"{version_file(version)}.safetensors")
-            record = new_record(adapter_id, version, sha256, size, summary, self.validator.fingerprint)
+            record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint)
             _write_json_atomic(folder / f"{version_file(version)}.json", record)
             self._set_current(folder, version)
             _fsync_dir(folder)
@@ -231,11 +233,11 @@ class LocalStore:
             os.rename(staging, path)
             yield out
 
-    def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> tuple[str, int]:
-        """Copy the upload to `out` (size cap, sha256 on the fly) and make it durable."""
-        sha256, size = copy_upload(source, out, self.max_bytes)
+    def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> Digest:
+        """Copy the upload to `out` (size cap, checksums on the fly) and make it durable."""
+        digest = copy_upload(source, out, self.max_bytes)
         os.fsync(out.fileno())
-        return sha256, size
+        return digest
 
     # ---- read ----------------------------------------------------------------------------------------------
 
@@ -323,7 +325,7 @@ class LocalStore:
 
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
         """Raise `AdapterCorrupt` unless `data` matches the version's recorded sha256."""
-        verify_sha256(record, data)
+        verify_checksum(record, data)
 
     # ---- delete --------------------------------------------------------------------------------------------
 

@@ -39,7 +39,6 @@ from chorus_store.base import (
     Page,
     check_id,
     parse_ref,
-    verify_sha256,
 )
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
@@ -48,6 +47,7 @@ from chorus_store.common import (
     new_record,
     not_found,
     parse_record,
+    verify_checksum,
     version_file,
 )
 from chorus_store.errors import (
@@ -201,7 +201,7 @@ class S3Store:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="s3-upload-", suffix=".part") as tmp:
-            sha256, size = copy_upload(source, tmp, self.max_bytes)  # type: ignore[arg-type]
+            digest = copy_upload(source, tmp, self.max_bytes)  # type: ignore[arg-type]
             data = Path(tmp.name).read_bytes()
         summary = self.validator.validate(bytearray(data), allow_fingerprint_mismatch)
 
@@ -225,7 +225,7 @@ class S3Store:
         stem = version_file(version)
         if self._put(self._adapter_key(adapter_id, f"{stem}.safetensors"), data, "create") is None:
             raise StoreUnavailable(f"version {version} of {adapter_id!r} already has data; retry")
-        record = new_record(adapter_id, version, sha256, size, summary, self.validator.fingerprint)
+        record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint)
         self._put(self._adapter_key(adapter_id, f"{stem}.json"), json.dumps(record).encode(), "create")
         wanted = visibility or (meta["visibility"] if meta.get("current") is not None else "private")
         if wanted == "public":
@@ -240,7 +240,9 @@ class S3Store:
         self._update_meta(adapter_id, make_current, tolerate=True)
         if wanted == "private":
             self._release_public(adapter_id)
-        logger.info("published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, size, sha256[:12])
+        logger.info(
+            "published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, digest.size, digest.sha256[:12]
+        )
         return self.get(f"{adapter_id}@{version}")
 
     # ---- public names --------------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ class S3Store:
         return bytearray(found[0])
 
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
-        verify_sha256(record, data)
+        verify_checksum(record, data)
 
     # ---- delete --------------------------------------------------------------------------------------------
 

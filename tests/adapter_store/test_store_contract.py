@@ -160,6 +160,40 @@ def test_corrupt_bytes_on_disk_are_detected(store, adapter_files):
     assert adapter_from_bytes(store.read(good)).info.kind in ("houlsby", "mms")
 
 
+def test_loads_check_the_fast_checksum_recorded_at_publish(store, adapter_files):
+    """Every version records sha256 and xxh3-128 of its bytes; `verify` (the cache loader's check on every cold
+    load) uses the fast one, so it catches a flipped byte and a truncated file without hashing sha256."""
+    import hashlib
+
+    import xxhash
+
+    from chorus_store.errors import AdapterCorrupt as Corrupt
+
+    record = store.publish("acme/xx", adapter_files[0])
+    data = adapter_files[0].read_bytes()
+    assert record.xxh3 == xxhash.xxh3_128_hexdigest(data) and record.sha256 == hashlib.sha256(data).hexdigest()
+    store.verify(record, bytearray(data))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01
+    for bad in (flipped, bytearray(data[:-1])):
+        with pytest.raises(Corrupt, match="publish it again"):
+            store.verify(record, bad)
+
+
+def test_versions_recorded_without_the_fast_checksum_verify_by_sha256(store, adapter_files):
+    """Stores written before xxh3 was recorded keep working: their records have only the sha256."""
+    import dataclasses
+
+    from chorus_store.errors import AdapterCorrupt as Corrupt
+
+    record = dataclasses.replace(store.publish("acme/old", adapter_files[0]), xxh3="")
+    data = bytearray(adapter_files[0].read_bytes())
+    store.verify(record, data)
+    data[-5] ^= 0xFF
+    with pytest.raises(Corrupt):
+        store.verify(record, data)
+
+
 @pytest.mark.parametrize(
     "which,garbage",
     [
