@@ -9,6 +9,7 @@ See docs/adapter-format.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from chorus_server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
 from chorus_server.engine.checkpoint import split_checkpoint
 from chorus_server.engine.errors import AdapterError
-from chorus_server.engine.tensor_file import DTYPE_NAMES, parse_safetensors, stacked, write_safetensors
+from chorus_server.engine.tensor_file import DTYPE_NAMES, TensorViews, parse_safetensors, write_safetensors
 
 FORMAT = "chorus-adapter"
 ADAPTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -112,7 +113,7 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
 
 
-def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Adapter:
+def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> Adapter:
     """Strictly load tensors (file names), naming every missing/unexpected key, wrong shape and non-finite value.
 
     Each site's per-layer tensors become one (layers, ...) float32 stack that the adapter adopts: a view of the file
@@ -123,28 +124,37 @@ def load_tensors_into(adapter: Adapter, tensors: dict[str, torch.Tensor]) -> Ada
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise AdapterError(f"adapter {adapter.name!r}: missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
-    for key, tensor in tensors.items():
-        if tuple(tensor.shape) != expected[key]:
+    specs = (
+        tensors.specs()
+        if isinstance(tensors, TensorViews)
+        else {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+    )
+    for key, (dtype, shape) in specs.items():
+        if shape != expected[key]:
+            raise AdapterError(f"adapter {adapter.name!r}: {key} has shape {shape}, expected {expected[key]}")
+        if dtype not in ADAPTER_DTYPES:
             raise AdapterError(
-                f"adapter {adapter.name!r}: {key} has shape {tuple(tensor.shape)}, expected {expected[key]}"
+                f"adapter {adapter.name!r}: {key} has dtype {DTYPE_NAMES[dtype]}; adapters hold F32, F16 or BF16"
             )
-        if tensor.dtype not in ADAPTER_DTYPES:
-            raise AdapterError(
-                f"adapter {adapter.name!r}: {key} has dtype {DTYPE_NAMES[tensor.dtype]}; adapters hold F32, F16 or BF16"
-            )
+
+    def stack(names: list[str]) -> torch.Tensor:
+        if isinstance(tensors, TensorViews):
+            return tensors.stack(names)
+        return torch.stack([tensors[name] for name in names])
+
     stacks = {
-        (site, part): stacked([tensors[f"layers.{i}.{site}.{part}"] for i in adapter.layer_ids]).float()
+        (site, part): stack([f"layers.{i}.{site}.{part}" for i in adapter.layer_ids]).float()
         for site, part in adapter.stack_keys()
     }  # each (layers, *part shape)
-    head_weight = tensors["head.weight"].to(torch.float32, copy=True)
-    head_bias = tensors["head.bias"].to(torch.float32, copy=True)
+    # numpy copies on the calling thread; a torch copy this size would wait for the busy intra-op thread pool.
+    head_weight, head_bias = (torch.from_numpy(tensors[k].float().numpy().copy()) for k in ("head.weight", "head.bias"))
     if not all(all_finite(t) for t in [*stacks.values(), head_weight, head_bias]):
         bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
         raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
     return adapter.adopt(stacks, head_weight, head_bias).eval().requires_grad_(False)
 
 
-def read_adapter_file(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_adapter_file(path: Path) -> tuple[dict[str, str], TensorViews]:
     try:
         with path.open("rb") as f:  # straight into a writable buffer: the tensors view it without a copy
             data = bytearray(path.stat().st_size)
@@ -220,7 +230,7 @@ def load_mms_adapter(
 ) -> Adapter:
     """An MMS `adapter.<lang>.safetensors` (keys `wav2vec2.encoder.layers.N.adapter_layer.*` + `lm_head.*`)."""
     _, tensors = read_adapter_file(path)
-    rest, head, layers = split_checkpoint(tensors)
+    rest, head, layers = split_checkpoint(dict(tensors))
     if rest:
         raise AdapterError(f"{path.name}: unexpected tensors for an MMS adapter: {sorted(rest)[:8]}")
     if not layers:

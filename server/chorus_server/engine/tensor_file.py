@@ -4,7 +4,7 @@ and the writer beside it (`write_safetensors`, which lays out each stack of an a
 Layout: 8-byte little-endian header length N, N bytes of JSON, then the data buffer. The header is bounded
 (size, tensor count, shapes) before anything is allocated; every tensor's `data_offsets` must lie inside the data
 buffer, match `dtype` x `shape` exactly, and not overlap another tensor's. Tensors are zero-copy views of one
-writable buffer, and a run of equal tensors stored back to back is stacked as one view (`stacked`): a float32
+writable buffer, and a run of equal tensors stored back to back is stacked as one view (`TensorViews.stack`): a float32
 adapter written by Chorus loads without copying its weights at all, where `safetensors.torch.load` copies every
 tensor first. Pickles and
 other formats fail here. A bad buffer raises `AdapterError` naming `source`.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -48,10 +49,10 @@ def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int
     if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise ValueError(f"tensor {name!r}: unsupported dtype {str(dtype_name)[:40]!r}")
     if (
-        not isinstance(shape, list)
+        type(shape) is not list
         or len(shape) > MAX_RANK
-        or not all(type(d) is int and 0 <= d < MAX_DIM for d in shape)
-        or math.prod(max(d, 1) for d in shape) >= MAX_DIM  # torch cannot even describe an empty such tensor
+        or any(type(d) is not int or not 0 <= d < MAX_DIM for d in shape)
+        or math.prod([max(d, 1) for d in shape]) >= MAX_DIM  # torch cannot even describe an empty such tensor
     ):
         raise ValueError(f"tensor {name!r}: invalid shape {str(shape)[:80]}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
@@ -66,7 +67,7 @@ def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int
     return dtype, shape, begin, end
 
 
-def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, str], TensorViews]:
     """Bytes of a safetensors file -> (`__metadata__`, tensors viewing one buffer); `source` names it in errors.
 
     `bytes` are copied once into a writable buffer (torch views need one); a `bytearray` is used as it is.
@@ -99,38 +100,56 @@ def parse_safetensors(data: bytes | bytearray, source: str) -> tuple[dict[str, s
                 raise ValueError(f"tensors {name_a!r} and {name_b!r} overlap in the data buffer")
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise AdapterError(f"cannot read {source}: {exc}") from exc
-    # One uint8 view of the whole buffer; every tensor is a slice of it, so tensors the writer laid out back to
-    # back share a storage and can be stacked as one view (`stacked`).
-    base = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
-    views = {name: _view(buffer, base, start + begin, dtype, shape) for name, (dtype, shape, begin, _) in spans.items()}
-    return meta, views
+    return meta, TensorViews(buffer, start, spans)
 
 
-def _view(buffer: bytearray, base: torch.Tensor, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    count = math.prod(shape)
-    if count == 0:
-        return torch.empty(shape, dtype=dtype)
-    if offset % dtype.itemsize:  # misaligned (never in files Chorus or safetensors write): a view of its own
-        return torch.frombuffer(buffer, dtype=dtype, count=count, offset=offset).view(shape)
-    return base[offset : offset + count * dtype.itemsize].view(dtype).view(shape)
+class TensorViews(Mapping[str, torch.Tensor]):
+    """A parsed file's tensors: zero-copy views of its buffer, each built on first access. `specs` and `stack`
+    work from the header alone, so an adapter whose stacks lie back to back never builds its per-layer views."""
 
+    def __init__(self, buffer: bytearray, start: int, spans: dict[str, tuple[torch.dtype, list[int], int, int]]):
+        self._buffer, self._start, self._spans = buffer, start, spans
+        # One uint8 view of the whole buffer: every aligned tensor is a slice of it.
+        self._base = torch.frombuffer(buffer, dtype=torch.uint8) if buffer else torch.empty(0, dtype=torch.uint8)
+        self._built: dict[str, torch.Tensor] = {}
 
-def stacked(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Equal-shape tensors -> (len(parts), *shape). One view, no copy, when they lie back to back in one storage
-    (as `write_safetensors` lays out each stack of an adapter); otherwise a copy."""
-    first = parts[0]
-    size = first.numel()
-    back_to_back = all(
-        p.dtype == first.dtype
-        and p.shape == first.shape
-        and p.is_contiguous()
-        and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-        and p.storage_offset() == first.storage_offset() + k * size
-        for k, p in enumerate(parts)
-    )
-    if back_to_back and size:
-        return first.as_strided((len(parts), *first.shape), (size, *first.stride()))
-    return torch.stack(parts)
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._built:
+            dtype, shape, begin, _ = self._spans[name]
+            self._built[name] = self._view(self._start + begin, dtype, shape)
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._spans)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """name -> (dtype, shape), without building any tensor."""
+        return {name: (dtype, tuple(shape)) for name, (dtype, shape, _, _) in self._spans.items()}
+
+    def stack(self, names: Sequence[str]) -> torch.Tensor:
+        """(len(names), *shape): one view, no copy, when the tensors lie back to back with one dtype and shape (as
+        `write_safetensors` lays out each stack of an adapter); otherwise a copy."""
+        dtype, shape, begin, end = self._spans[names[0]]
+        size = end - begin
+        back_to_back = all(
+            self._spans[name][0] == dtype and self._spans[name][1] == shape and self._spans[name][2] == begin + k * size
+            for k, name in enumerate(names)
+        )
+        offset = self._start + begin
+        if back_to_back and size and offset % dtype.itemsize == 0:
+            return self._base[offset : offset + size * len(names)].view(dtype).view(len(names), *shape)
+        return torch.stack([self[name] for name in names])
+
+    def _view(self, offset: int, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+        count = math.prod(shape)
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        if offset % dtype.itemsize:  # misaligned (never in files Chorus or safetensors write): a view of its own
+            return torch.frombuffer(self._buffer, dtype=dtype, count=count, offset=offset).view(shape)
+        return self._base[offset : offset + count * dtype.itemsize].view(dtype).view(shape)
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
