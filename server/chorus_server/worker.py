@@ -218,6 +218,8 @@ class Worker:
         # Handled outside the `except` block, without the traceback: its frames hold the failed batch's tensors,
         # which would otherwise stay allocated on the device through every retry below.
         error = error.with_traceback(None)
+        if isinstance(staged, StagedBatch):
+            staged.release()  # the staged input too (retries stage their own)
         if is_out_of_memory(error):
             self._out_of_memory(batch, error)
         elif is_device_fault(error):
