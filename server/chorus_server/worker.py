@@ -143,13 +143,10 @@ class Worker:
                 except Exception as exc:
                     error = exc.with_traceback(None)
                 if is_out_of_memory(error) and items > 1:
-                    self.metrics.device_oom.inc()
-                    self.budget.shrink()
-                    self.metrics.batch_budget.set(self.budget.scale)
+                    self._shrink_budget()
                     continue
                 if is_device_fault(error):
-                    self.fault = error
-                    self.metrics.device_faults.inc()
+                    self._mark_fault(error)
                 logger.error("warm-up failed for %d x %d samples: %r", items, samples, error)
                 break
         logger.info("warm-up done in %.1f s; batch budget %.3g", self.clock() - started, self.budget.scale)
@@ -218,12 +215,12 @@ class Worker:
         # Handled outside the `except` block, without the traceback: its frames hold the failed batch's tensors,
         # which would otherwise stay allocated on the device through every retry below.
         error = error.with_traceback(None)
+        if isinstance(staged, StagedBatch):
+            staged.release()  # the staged input too (retries stage their own)
         if is_out_of_memory(error):
             self._out_of_memory(batch, error)
         elif is_device_fault(error):
-            self.fault = error
-            self.metrics.device_faults.inc()
-            logger.error("the device failed (%s): this worker is no longer ready and must be restarted", error)
+            self._mark_fault(error)
             self._fail(batch, DeviceFault(f"the device failed ({error}); retry on another worker"))
         elif len(batch) == 1:
             logger.error("inference failed for one item: %r", error)
@@ -235,12 +232,7 @@ class Worker:
 
     def _out_of_memory(self, batch: list[WorkItem], error: Exception) -> None:
         """Shrink the batch budget and run the batch again in halves; one item that alone does not fit fails."""
-        self.metrics.device_oom.inc()
-        self.budget.shrink()
-        self.metrics.batch_budget.set(self.budget.scale)
-        device = getattr(self.engine, "device", None)
-        if device is not None and device.type == "cuda":
-            torch.cuda.empty_cache()  # hand cached blocks back so the halves can allocate unfragmented memory
+        self._shrink_budget()
         logger.warning("out of device memory in a batch of %d; batch budget now %.3g", len(batch), self.budget.scale)
         if len(batch) == 1:
             batch[0].future.set_exception(DeviceOutOfMemory(f"out of device memory for one window ({error})"))
@@ -248,6 +240,19 @@ class Worker:
         half = len(batch) // 2
         self._run_items(batch[:half])
         self._run_items(batch[half:])
+
+    def _shrink_budget(self) -> None:
+        self.metrics.device_oom.inc()
+        self.budget.shrink()
+        self.metrics.batch_budget.set(self.budget.scale)
+        device = getattr(self.engine, "device", None)
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()  # hand cached blocks back so that smaller batches allocate unfragmented memory
+
+    def _mark_fault(self, error: Exception) -> None:
+        self.fault = error
+        self.metrics.device_faults.inc()
+        logger.error("the device failed (%s): this worker is no longer ready and must be restarted", error)
 
     def _succeeded(self, batch: list[WorkItem], logits: list[torch.Tensor], started: float) -> None:
         self.budget.succeeded()

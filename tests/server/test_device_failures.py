@@ -12,6 +12,7 @@ import torch
 from chorus_server.batching import BatchLimits, WorkItem
 from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory
 from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
+from chorus_server.engine.staging import StagedBatch
 from chorus_server.metrics import Metrics
 from chorus_server.worker import Worker
 from tests.server.conftest import transcribe, wav
@@ -163,3 +164,38 @@ def test_readyz_turns_red_after_a_sticky_device_error(client):
     error_of(transcribe(client, wav(1.0), "default"), 503, "device_unavailable")
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["status"] == "not_ready"
+
+
+class StagedOutOfMemory(OutOfMemoryEngine):
+    """Stages batches (as a GPU worker does) and runs out of memory for more than one item; records whether the
+    failed batch's staged input was still held when each retry ran."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        super().__init__(capacity=1)
+        self.staged: list[StagedBatch] = []
+        self.input_held_at_retry: list[bool] = []
+
+    def stage(self, waveforms, lengths, adapters, buffers):
+        staged = StagedBatch(len(adapters), [1] * len(adapters), [], [], [], waveforms.clone(), lengths)
+        self.staged.append(staged)
+        return staged
+
+    def run(self, staged):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    def forward(self, waveforms, lengths, adapters):
+        self.input_held_at_retry.append(any(s.waveforms.numel() for s in self.staged))
+        return super().forward(waveforms, lengths, adapters)
+
+
+def test_a_staged_batch_that_runs_out_of_memory_releases_its_input_before_retries():
+    engine = StagedOutOfMemory()
+    worker = Worker(engine, BatchLimits(2, 10**9, 10.0), Metrics(), prefetch=True)  # type: ignore[arg-type]
+    items = [work(1.0), work(2.0)]
+    worker.submit(items)
+    worker.start()
+    assert [float(item.future.result(10)) for item in items] == [1.0, 2.0]
+    worker.stop(10)
+    assert engine.input_held_at_retry == [False, False]

@@ -149,3 +149,17 @@ def test_a_batch_that_fails_staging_fails_only_its_culprit():
     with pytest.raises(RuntimeError, match="poisoned"):  # retried alone through forward(), which names it
         bad.future.result(10)
     worker.stop(10)
+
+
+def test_a_sticky_device_error_in_warm_up_leaves_the_worker_not_ready():
+    def run(items: int, samples: int) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    metrics = Metrics()
+    plan = WarmUp(run, [RATE, 2 * RATE], seconds=60)
+    worker = Worker(FakeEngine(), BatchLimits(8, 8 * RATE, 0.0), metrics, warm_up=plan)  # type: ignore[arg-type]
+    worker.start()
+    worker._warmed.wait(10)
+    assert worker.is_alive() and not worker.is_ready()
+    assert metrics.device_faults._value.get() == 1
+    worker.stop(10)

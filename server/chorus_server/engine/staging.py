@@ -89,6 +89,10 @@ class StagedBatch:
     lengths: torch.Tensor
     ready: torch.cuda.Event | None = None  # set when the copy to the device is done (CUDA only)
 
+    def release(self) -> None:
+        """Drop the device copy (after the batch failed, so that retries do not run beside it)."""
+        self.waveforms = self.waveforms.new_zeros(0, 0)
+
 
 def stage_batch(
     waveforms: torch.Tensor,
