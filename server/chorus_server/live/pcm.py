@@ -1,4 +1,8 @@
-"""Realtime input audio: base64 PCM16 (little-endian, mono) at 16 or 24 kHz -> float32 at the backbone's rate."""
+"""Realtime input audio: base64 PCM16 (little-endian, mono) -> float32 at the backbone's rate.
+
+OpenAI's Realtime API takes 24 kHz; Chorus also takes 16 kHz (no resampling at all) and the usual device rates,
+44.1 and 48 kHz, so a browser can send what its microphone delivers and leave the resampling to the server.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import binascii
 import numpy as np
 import soxr
 
-RATES = (16000, 24000)  # OpenAI's Realtime API sends 24 kHz; 16 kHz avoids a resampling step
+RATES = (16000, 24000, 44100, 48000)
 
 
 class PcmError(ValueError):

@@ -1,7 +1,8 @@
 """OpenAI's Realtime transcription session, as data: the session configuration a client sets with
 `session.update`, its validation, and the server events Chorus sends.
 
-Accepted: `session.type = "transcription"`; `audio.input.format` `{"type": "audio/pcm", "rate": 16000 | 24000}`;
+Accepted: `session.type = "transcription"`; `audio.input.format` `{"type": "audio/pcm", "rate": 24000}` (OpenAI's;
+16000, 44100 and 48000 too);
 `audio.input.transcription` `{"model": <adapter>, "language", "prompt"}` (language and prompt are echoed, the
 adapter decides); `audio.input.turn_detection` `{"type": "server_vad", "threshold", "prefix_padding_ms",
 "silence_duration_ms"}` or null (the client commits). `noise_reduction` and `include` are accepted and not applied.
@@ -128,7 +129,8 @@ def _format_rate(value: Any, param: str) -> int:
         raise EventError(f"only audio/pcm (PCM16) input is supported, got {fmt.get('type')!r}", "invalid_value", param)
     rate = fmt.get("rate", 24000)
     if rate not in RATES:
-        raise EventError(f"{param}.rate must be 16000 or 24000, got {rate!r}", "invalid_value", f"{param}.rate")
+        rates = ", ".join(map(str, RATES))
+        raise EventError(f"{param}.rate must be one of {rates}, got {rate!r}", "invalid_value", f"{param}.rate")
     return int(rate)
 
 
