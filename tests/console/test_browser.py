@@ -20,7 +20,7 @@ import soxr
 
 from chorus_server.background import BackgroundServer
 from chorus_server.demo_model import DEMO_DIR
-from chorus_server.live.session import RealtimeSession
+from chorus_server.live.results import Results
 from chorus_server.settings import Settings
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -117,13 +117,13 @@ def test_the_microphone_transcript_is_the_http_transcript_of_what_it_heard(
     browser, server, http_text, shots, monkeypatch
 ):
     heard: list[np.ndarray] = []
-    finish = RealtimeSession._finish
+    finish = Results._finish
 
     async def keep_audio(self, job):  # the turn's audio as the server received it
         heard.append(np.concatenate(job.turn.audio))
         await finish(self, job)
 
-    monkeypatch.setattr(RealtimeSession, "_finish", keep_audio)
+    monkeypatch.setattr(Results, "_finish", keep_audio)
     page = open_console(browser, server)
     page.get_by_role("button", name="Start microphone").click()
     final = page.wait_for_selector("#live-transcript p.final", timeout=60_000)

@@ -3,7 +3,7 @@
 Audio is resampled to the backbone's rate, cut into turns (by server VAD, or by the client's commits) and each
 turn into steps (`steps.py`). A step is queued for the inference thread as soon as its audio is in, as an
 ordinary work item of the caller's tenant, so it rides in the same mixed-adapter batches as file requests and
-shares the tenant's fair share. A consumer task awaits the steps in order and sends their text as
+shares the tenant's fair share. `results.py` awaits the steps in order and sends their text as
 `conversation.item.input_audio_transcription.delta` events (they carry `audio_end_ms`, a Chorus extension: the
 end of the audio the text accounts for). Partial text is never revised. A turn ends with `…completed`, whose
 transcript comes from one pass over the whole turn, exactly as `POST /v1/audio/transcriptions` would transcribe
@@ -17,20 +17,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chorus_server.audio import Audio
 from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
-from chorus_server.engine.cache import Lease
-from chorus_server.errors import ERROR_TYPES, ApiError, from_domain
+from chorus_server.errors import ApiError, from_domain
 from chorus_server.live.ctc_stream import IncrementalCTC
 from chorus_server.live.pcm import PcmError, Resampler, decode_pcm16
 from chorus_server.live.protocol import EventError, SessionConfig, apply_update, error_event, event_id, new_id
+from chorus_server.live.results import Results, Send, Turn, error_type
 from chorus_server.live.steps import Step, TurnSteps
 from chorus_server.live.turns import TurnDetector
 from chorus_store.base import AdapterRecord
@@ -40,38 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 MIN_COMMIT_MS = 100  # as OpenAI: a commit needs at least this much audio
-
-
-@dataclass(eq=False)
-class Turn:
-    """One committed-or-not user item: its audio steps, their work items, its decoder."""
-
-    item_id: str
-    record: AdapterRecord
-    lease: Lease
-    label: str
-    steps: TurnSteps
-    decoder: IncrementalCTC
-    start: int  # sample of the session's audio where the turn begins
-    items: list[WorkItem] = field(default_factory=list)
-    audio: list[np.ndarray] = field(default_factory=list)  # all of it, for the final pass
-    dropped: bool = False  # cleared or failed: its remaining steps are skipped
-
-
-@dataclass(frozen=True)
-class StepJob:
-    turn: Turn
-    item: WorkItem
-    step: Step
-    ready: float  # when the step became computable (for the latency metric)
-
-
-@dataclass(frozen=True)
-class EndJob:
-    turn: Turn
-    seconds: float  # the turn's audio
 
 
 class RealtimeSession:
@@ -88,25 +54,21 @@ class RealtimeSession:
         self.position = 0  # samples of session audio so far (at the backbone's rate)
         self.backlog = np.zeros(0, np.float32)  # audio not yet in a turn (VAD mode: recent audio for the prefix)
         self.backlog_start = 0
-        self.in_flight = 0  # samples queued for the inference thread and not yet decoded
-        self.jobs: asyncio.Queue[StepJob | EndJob | None] = asyncio.Queue()
-        self.consumer: asyncio.Task[None] | None = None
+        self.results = Results(runtime, who, send, self.rate)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.consumer = asyncio.create_task(self._consume(), name=f"realtime-{self.id}")
+        self.results.start(f"realtime-{self.id}")
         await self.send({"type": "session.created", "event_id": event_id(), "session": self.config.describe(self.id)})
 
     async def close(self) -> None:
         """The socket is gone: drop the open turn, let queued steps finish, release every adapter."""
         if self.turn is not None:
-            self._drop(self.turn)
-            await self.jobs.put(EndJob(self.turn, 0.0))
+            self.turn.drop()
+            self.results.end(self.turn, 0.0)
             self.turn = None
-        await self.jobs.put(None)
-        if self.consumer is not None:
-            await self.consumer
+        await self.results.close()
 
     # ---- client events -------------------------------------------------------------------------------------
 
@@ -123,7 +85,7 @@ class RealtimeSession:
         except EventError as exc:
             await self.send(error_event(exc.message, exc.code, exc.param, exc.type, client_event))
         except ApiError as exc:
-            await self.send(error_event(exc.message, exc.code, exc.param, _error_type(exc.status_code), client_event))
+            await self.send(error_event(exc.message, exc.code, exc.param, error_type(exc.status_code), client_event))
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -161,7 +123,7 @@ class RealtimeSession:
     async def _take(self, samples: np.ndarray) -> None:
         """Route (L,) samples at the backbone's rate into turns: by VAD events, or all to the open turn."""
         seconds = len(samples) / self.rate
-        buffered = self.in_flight + (self.turn.steps.pending if self.turn else 0) + len(samples)
+        buffered = self.results.in_flight + (self.turn.steps.pending if self.turn else 0) + len(samples)
         if buffered / self.rate > self.settings.max_buffer_seconds:
             self.runtime.metrics.observe_realtime_refusal("input_audio_buffer_full")
             raise EventError(
@@ -237,8 +199,8 @@ class RealtimeSession:
     async def _clear(self) -> None:
         self.resampler.flush()
         if self.turn is not None:
-            self._drop(self.turn)
-            await self.jobs.put(EndJob(self.turn, 0.0))
+            self.turn.drop()
+            self.results.end(self.turn, 0.0)
             self.turn = None
         self._drop_backlog_before(self.position)
         if self.detector is not None:
@@ -302,7 +264,7 @@ class RealtimeSession:
             }
         )
         self.previous_item = turn.item_id
-        await self.jobs.put(EndJob(turn, turn.steps.received / self.rate))
+        self.results.end(turn, turn.steps.received / self.rate)
 
     def _submit(self, turn: Turn, steps: list[Step]) -> None:
         if not steps:
@@ -315,108 +277,12 @@ class RealtimeSession:
         self.runtime.worker.submit(items)
         turn.items += items
         for step, item in zip(steps, items, strict=True):
-            self.in_flight += step.fresh
-            self.jobs.put_nowait(StepJob(turn, item, step, now))
-
-    def _drop(self, turn: Turn) -> None:
-        turn.dropped = True
-        for item in turn.items:
-            item.future.cancel()
+            self.results.step(turn, item, step, now)
 
     def _drop_backlog_before(self, sample: int) -> None:
         cut = min(len(self.backlog), max(0, sample - self.backlog_start))
         self.backlog = self.backlog[cut:]
         self.backlog_start += cut
-
-    # ---- results, in order ---------------------------------------------------------------------------------
-
-    async def _consume(self) -> None:
-        while (job := await self.jobs.get()) is not None:
-            try:
-                if isinstance(job, StepJob):
-                    await self._deliver(job)
-                else:
-                    await self._finish(job)
-            except Exception:  # a send to a closed socket, say: the session ends, its leases are still released
-                logger.debug("realtime session %s: could not deliver a result", self.id, exc_info=True)
-                if isinstance(job, EndJob):
-                    job.turn.lease.release()
-
-    async def _deliver(self, job: StepJob) -> None:
-        turn = job.turn
-        try:
-            logits = await asyncio.wrap_future(job.item.future)
-        except asyncio.CancelledError:
-            if not job.item.future.cancelled():
-                raise
-            return
-        except Exception as exc:
-            if not turn.dropped:
-                self._drop(turn)
-                await self.send(self._failed(turn, exc))
-            return
-        finally:
-            self.in_flight -= job.step.fresh
-        if turn.dropped:
-            return
-        delta = turn.decoder.push(logits[job.step.keep_from : job.step.keep_to])
-        if delta:
-            await self.send(
-                {
-                    "type": "conversation.item.input_audio_transcription.delta",
-                    "event_id": event_id(),
-                    "item_id": turn.item_id,
-                    "content_index": 0,
-                    "delta": delta,
-                    "audio_end_ms": self._ms(turn.start + job.step.end),
-                }
-            )
-            self.runtime.metrics.observe_realtime_delta(time.monotonic() - job.ready)
-
-    async def _finish(self, job: EndJob) -> None:
-        turn = job.turn
-        try:
-            if turn.dropped:
-                return
-            audio = Audio(np.concatenate(turn.audio), self.rate)
-            try:
-                result = await self.runtime.transcriber.transcribe(audio, turn.record, self.who, _forever)
-            except Exception as exc:
-                await self.send(self._failed(turn, exc))
-                return
-            await self.send(
-                {
-                    "type": "conversation.item.input_audio_transcription.completed",
-                    "event_id": event_id(),
-                    "item_id": turn.item_id,
-                    "content_index": 0,
-                    "transcript": result.transcript.text,
-                    "usage": {"type": "duration", "seconds": round(job.seconds, 3)},
-                }
-            )
-        finally:
-            turn.lease.release()
-
-    def _failed(self, turn: Turn, exc: Exception) -> dict[str, Any]:
-        mapped = exc if isinstance(exc, ApiError) else from_domain(exc)
-        if mapped is None:
-            if type(exc).__name__ == "DeadlineExceeded":
-                mapped = ApiError(504, "the server was too busy to transcribe this audio in time", "deadline_exceeded")
-            else:
-                logger.exception("realtime transcription failed", exc_info=exc)
-                mapped = ApiError(500, "internal error; the server log has the details", "internal_error")
-        return {
-            "type": "conversation.item.input_audio_transcription.failed",
-            "event_id": event_id(),
-            "item_id": turn.item_id,
-            "content_index": 0,
-            "error": {
-                "type": _error_type(mapped.status_code),
-                "code": mapped.code,
-                "message": mapped.message,
-                "param": mapped.param,
-            },
-        }
 
     # ---- helpers -------------------------------------------------------------------------------------------
 
@@ -439,12 +305,3 @@ class RealtimeSession:
 
     def _ms(self, sample: int) -> int:
         return sample * 1000 // self.rate
-
-
-async def _forever() -> None:
-    """A final pass is not abandoned when the client leaves: its lease and budget are released as it ends."""
-    await asyncio.Event().wait()
-
-
-def _error_type(status: int) -> str:
-    return ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")

@@ -12,8 +12,8 @@ import soundfile
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from chorus_server.background import BackgroundServer
+from chorus_server.live.wsclient import configure, open_session, pcm16, receive, send, until
 from tests.server.conftest import make_settings, tone
-from tests.server.live.realtime_client import configure, open_session, pcm16, receive, send, until
 
 RATE = 16000
 

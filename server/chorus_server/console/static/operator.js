@@ -99,6 +99,8 @@ async function showMetrics() {
   }));
 }
 
+// The table is rebuilt on opening the view and after each action (not on a timer: focus stays where it is);
+// the metrics panel refreshes every 3 s while the view is open.
 export async function refreshOperator() {
   if (document.getElementById("panel-operator").hidden) return;
   try {
@@ -106,9 +108,14 @@ export async function refreshOperator() {
   } catch (error) {
     say(`adapters: ${error.message}`, true);
   }
-  await showMetrics();
+  await pollMetrics();
+}
+
+async function pollMetrics() {
   clearTimeout(metricsTimer);
-  metricsTimer = setTimeout(refreshOperator, 3000);
+  if (document.getElementById("panel-operator").hidden) return;
+  await showMetrics();
+  metricsTimer = setTimeout(pollMetrics, 3000);
 }
 
 export function setUpOperator(onAdaptersChanged) {

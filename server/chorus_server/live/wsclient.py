@@ -1,4 +1,4 @@
-"""A small synchronous Realtime client for tests and benchmarks: JSON events over `websockets`."""
+"""A small synchronous Realtime client (JSON events over `websockets`) for the tests and the latency benchmark."""
 
 from __future__ import annotations
 
