@@ -104,7 +104,8 @@ class Transcriber:
     ) -> Result:
         lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
         try:
-            windows, items = self._submit(audio, lease.adapter, record, tenant, deadline)
+            windows, items = self._plan(audio, lease.adapter, record, tenant, deadline)
+            self.worker.submit(items)
             gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
             pieces: list[torch.Tensor] = await self._within(gathered, deadline, gone, items)
             logits = stitch(pieces, windows)  # (T, V)
@@ -115,10 +116,10 @@ class Transcriber:
         finally:
             lease.release()
 
-    def _submit(
+    def _plan(
         self, audio: Audio, adapter: Adapter, record: AdapterRecord, tenant: str, deadline: float
     ) -> tuple[list[Window], list[WorkItem]]:
-        """Cut `audio` into windows and queue one work item per window for the inference thread."""
+        """Cut `audio` into windows, one work item per window for the inference thread."""
         batch = self.settings.batch
         windows = plan_windows(
             len(audio.samples), int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
@@ -129,7 +130,6 @@ class Transcriber:
             WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), adapter, now, deadline, tenant, label)
             for w in windows
         ]
-        self.worker.submit(items)
         return windows, items
 
     async def stream(
@@ -137,7 +137,8 @@ class Transcriber:
     ) -> AsyncGenerator[tuple[Adapter, torch.Tensor] | None, None]:
         """`transcribe`, piece by piece. Yields None once the audio is admitted and queued (so a caller can refuse
         with a plain error until then), then (adapter, (T_k, V) logits of window k's core) in order as windows
-        finish: the pieces concatenated are exactly the logits `transcribe` decodes. Same errors as `transcribe`."""
+        finish: the pieces concatenated are exactly the logits `transcribe` decodes. Same errors as `transcribe`.
+        The first window is queued alone, so its text is not held back by a batch of the others."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
         self._admit(audio.seconds, who.tenant)
         gone = asyncio.ensure_future(disconnected())
@@ -145,10 +146,13 @@ class Transcriber:
         try:
             lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
             try:
-                windows, items = self._submit(audio, lease.adapter, record, who.tenant, deadline)
+                windows, items = self._plan(audio, lease.adapter, record, who.tenant, deadline)
+                self.worker.submit(items[:1])
                 yield None
-                for window, item in zip(windows, items, strict=True):
+                for k, (window, item) in enumerate(zip(windows, items, strict=True)):
                     piece = await self._within(asyncio.wrap_future(item.future), deadline, gone, items)
+                    if k == 0 and len(items) > 1:
+                        self.worker.submit(items[1:])
                     yield lease.adapter, piece[window.keep_from : window.keep_to]
             finally:
                 lease.release()

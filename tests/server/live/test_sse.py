@@ -121,3 +121,19 @@ def test_errors_before_the_stream_are_plain_json_errors(live):
         url, files={"file": ("a.wav", b"RIFF nonsense", "audio/wav")}, data={"model": "eng-0", "stream": "true"}
     )
     assert garbage.status_code in (400, 415) and "error" in garbage.json()
+
+
+def test_the_first_window_runs_alone_so_its_text_is_not_held_back(live, tmp_path, monkeypatch):
+    worker = live.app.state.chorus.worker
+    sizes: list[int] = []
+    submit = worker.submit
+    monkeypatch.setattr(worker, "submit", lambda items: (sizes.append(len(items)), submit(items))[1])
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused")
+    audio = tmp_path / "long.wav"
+    audio.write_bytes(wav(11.0, seed=5))
+    with audio.open("rb") as f:
+        assert list(client.audio.transcriptions.create(model="eng-0", file=f, stream=True))[-1].text
+    assert sizes == [1, 3]  # four windows: the first alone, the rest once it has run
+    with audio.open("rb") as f:
+        client.audio.transcriptions.create(model="eng-0", file=f)
+    assert sizes == [1, 3, 4]  # a plain request queues every window at once
