@@ -133,7 +133,11 @@ class RealtimeSession:
                 "audio",
                 "server_error",
             )
-        self.runtime.quotas.check_audio(self.who.tenant, seconds)
+        try:
+            self.runtime.quotas.check_audio(self.who.tenant, seconds)
+        except ApiError as refused:
+            self.runtime.metrics.observe_refusal(self.who.tenant, refused.code or str(refused.status_code))
+            raise
         self.runtime.quotas.charge_audio(self.who.tenant, seconds)
         self.runtime.metrics.observe_tenant_audio(self.who.tenant, seconds)
         self.backlog = np.concatenate([self.backlog, samples])

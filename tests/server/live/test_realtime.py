@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from chorus_server.background import BackgroundServer
 from chorus_server.live.wsclient import configure, open_session, pcm16, receive, send, until
+from chorus_server.settings import TenantLimits
 from tests.server.conftest import make_settings, tone
 
 RATE = 16000
@@ -225,3 +226,50 @@ def test_a_session_outlives_the_request_head_deadline(tmp_path, model_dir):
         time.sleep(1.0)  # past the head deadline
         send(ws, {"type": "input_audio_buffer.clear"})
         assert receive(ws)["type"] == "input_audio_buffer.cleared"
+
+
+def test_a_failed_step_fails_its_turn_and_the_session_goes_on(live, monkeypatch):
+    engine = live.app.state.chorus.engine
+    forward = engine.forward
+    broken = {"on": True}
+
+    def failing(waveforms, lengths, adapters):
+        if broken["on"]:
+            raise RuntimeError("the device fell over")
+        return forward(waveforms, lengths, adapters)
+
+    monkeypatch.setattr(engine, "forward", failing)
+    with open_session(live.url) as ws:
+        receive(ws)
+        configure(ws, "eng-0")
+        receive(ws)
+        stream(ws, quantized(tone(1.0)))
+        failed = until(ws, "conversation.item.input_audio_transcription.failed")[-1]
+        assert failed["error"]["code"] == "internal_error"
+        assert "fell over" not in failed["error"]["message"]  # the log has the details, the client does not
+        send(ws, {"type": "input_audio_buffer.commit"})
+        committed = until(ws, "input_audio_buffer.committed")[-1]
+        assert committed["item_id"] == failed["item_id"]
+        broken["on"] = False
+        audio = quantized(tone(1.0, seed=9))
+        stream(ws, audio)
+        send(ws, {"type": "input_audio_buffer.commit"})
+        events = until(ws, "conversation.item.input_audio_transcription.completed")
+    assert events[-1]["item_id"] != failed["item_id"]
+    assert all(e["type"] != "conversation.item.input_audio_transcription.completed" or e is events[-1] for e in events)
+    assert events[-1]["transcript"] == http_text(live.url, audio, "eng-0")
+
+
+def test_the_tenants_audio_rate_limits_appends(tmp_path, model_dir):
+    settings = make_settings(tmp_path, model_dir, limits={"tenant": TenantLimits(audio_seconds_per_minute=1.0)})
+    with BackgroundServer(settings) as server, open_session(server.url) as ws:
+        receive(ws)
+        configure(ws, "whisper-1")
+        receive(ws)
+        for _ in range(2):  # a full bucket lets one append overdraw it; the debt refuses the next
+            send(ws, {"type": "input_audio_buffer.append", "audio": pcm16(quantized(tone(2.0)))})
+        limited = until(ws, "error")[-1]["error"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert (limited["type"], limited["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert "audio rate limit of 1 s/min" in limited["message"]
+    assert 'chorus_tenant_refusals_total{code="rate_limit_exceeded",tenant="anonymous"} 1.0' in metrics
