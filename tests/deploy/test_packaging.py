@@ -31,6 +31,7 @@ CONTRACT_METRICS = {
         "chorus_adapter_evictions_total",
         "chorus_tenant_audio_seconds_total",
         "chorus_tenant_refusals_total",
+        "chorus_realtime_refusals_total",
     },
     "histogram": {
         "chorus_request_duration_seconds",
@@ -38,6 +39,7 @@ CONTRACT_METRICS = {
         "chorus_inference_duration_seconds",
         "chorus_batch_size",
         "chorus_batch_audio_seconds",
+        "chorus_realtime_delta_latency_seconds",
     },
     "gauge": {
         "chorus_queue_depth",
@@ -47,6 +49,7 @@ CONTRACT_METRICS = {
         "chorus_adapters_resident",
         "chorus_device_memory_bytes",
         "chorus_lora_requests_info",
+        "chorus_realtime_sessions",
     },
 }
 
