@@ -137,3 +137,27 @@ def test_the_first_window_runs_alone_so_its_text_is_not_held_back(live, tmp_path
     with audio.open("rb") as f:
         client.audio.transcriptions.create(model="eng-0", file=f)
     assert sizes == [1, 3, 4]  # a plain request queues every window at once
+
+
+def test_a_failure_mid_stream_reaches_the_sdk_as_an_error(live, tmp_path, monkeypatch):
+    engine = live.app.state.chorus.engine
+    forward = engine.forward
+    calls = {"n": 0}
+
+    def fails_after_the_first_window(waveforms, lengths, adapters):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("the device fell over")
+        return forward(waveforms, lengths, adapters)
+
+    monkeypatch.setattr(engine, "forward", fails_after_the_first_window)
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+    audio = tmp_path / "long.wav"
+    audio.write_bytes(wav(11.0, seed=5))
+    received = []
+    with audio.open("rb") as f, pytest.raises(openai.APIError) as failed:
+        for event in client.audio.transcriptions.create(model="eng-0", file=f, stream=True):
+            received.append(event)
+    assert [event.type for event in received] == ["transcript.text.delta"]  # the first window's text arrived
+    assert failed.value.code == "internal_error"
+    assert "fell over" not in str(failed.value)
