@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench loadtest clean serve image-smoke client demo-corpus demo-model demo-model-more demo-adapters
+.PHONY: install test lint format bench loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -60,6 +60,13 @@ format: install
 # and one transcription from the image's file system (root and Debian needed; tools/image-smoke.sh, docs/deploy.md).
 image-smoke:
 	tools/image-smoke.sh
+
+# The browser console in Debian's chromium driven by Playwright, a WAV as the fake microphone (about a minute).
+# Installs chromium with apt when it is missing (root), and the `browser` extra; screenshots are written to docs/.
+browser-test: install
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	$(BIN)/pip install --quiet -e ".[browser]"
+	CHORUS_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q -m browser tests/console
 
 # The blocking client (clients/chorus_client/client.py) from the asyncio one; run after editing async_client.py.
 client: install

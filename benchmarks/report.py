@@ -280,6 +280,23 @@ def plot(results: dict[str, Result], path: Path) -> bool:
     return True
 
 
+KEPT_HEADINGS = ("## Live transcription latency",)  # measured by their own scripts, not by `make bench`
+
+
+def kept_sections(docs: Path) -> list[str]:
+    """Sections of the current file that `make bench` does not produce (each runs to the next `## ` heading)."""
+    if not docs.exists():
+        return []
+    text = docs.read_text()
+    kept = []
+    for heading in KEPT_HEADINGS:
+        start = text.find(f"\n{heading}\n")
+        if start >= 0:
+            end = text.find("\n## ", start + 1)
+            kept.append(text[start + 1 : end if end >= 0 else len(text)].strip())
+    return kept
+
+
 def write_report(folder: Path, docs: Path, failures: dict[str, str] | None = None) -> str:
     """Write `docs` (markdown) and a PNG beside it; return the summary table for the terminal."""
     results = load_results(folder)
@@ -309,5 +326,6 @@ def write_report(folder: Path, docs: Path, failures: dict[str, str] | None = Non
         "## Details\n\n" + details(results),
         notes.ENGINE_CHANGES,
     ]
-    docs.write_text("\n\n".join(body) + "\n")
+    kept = kept_sections(docs)
+    docs.write_text("\n\n".join(body + kept) + "\n")
     return summary_table

@@ -19,7 +19,8 @@ from chorus_server.errors import install_error_handlers
 from chorus_server.metrics import Metrics, RequestMetrics
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
-from chorus_server.routes import adapters, health, keys, tenants, transcriptions
+from chorus_server.routes import adapters, health, keys, realtime, tenants, transcriptions
+from chorus_server.routes.console import install_console
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings, get_settings
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     app.include_router(keys.router)
     app.include_router(tenants.router)
     app.include_router(health.router)
+    app.include_router(realtime.router)
+    install_console(app)
 
     def limit_for(method: str, path: str) -> int:
         if path == TRANSCRIPTIONS_PATH:

@@ -87,7 +87,10 @@ class H11WithHeadDeadline(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._head_deadline is not None and self.cycle is not None and not self.cycle.response_complete:
+        upgraded = self.transport.get_protocol() is not self  # a WebSocket now owns the connection
+        if self._head_deadline is not None and (
+            upgraded or (self.cycle is not None and not self.cycle.response_complete)
+        ):
             self._head_deadline.cancel()  # a request head arrived
             self._head_deadline = None
 

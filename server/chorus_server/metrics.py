@@ -136,6 +136,23 @@ class Metrics:
             registry=r,
         )
 
+        self.realtime_sessions = Gauge("chorus_realtime_sessions", "Open realtime transcription sessions", registry=r)
+        self.realtime_refusals = Counter(
+            "chorus_realtime_refusals", "Realtime sessions or appends refused by a limit", ["code"], registry=r
+        )
+        self.realtime_delta_seconds = Histogram(
+            "chorus_realtime_delta_latency_seconds",
+            "From a realtime step's audio being in to its text being sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def observe_realtime_refusal(self, code: str) -> None:
+        self.realtime_refusals.labels(code=code).inc()
+
+    def observe_realtime_delta(self, seconds: float) -> None:
+        self.realtime_delta_seconds.observe(seconds)
+
     def adapter_label(self, adapter_id: str) -> str:
         """Bounded label cardinality: the first N adapter IDs seen get their own label, the rest share 'other'."""
         return self._bounded(self._labels, adapter_id)

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import torch
 from chorus_server.audio import Audio
 from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
-from chorus_server.chunking import plan_windows, stitch
+from chorus_server.chunking import Window, plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
 from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.cache import AdapterCache
@@ -104,22 +104,7 @@ class Transcriber:
     ) -> Result:
         lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
         try:
-            batch = self.settings.batch
-            windows = plan_windows(
-                len(audio.samples), int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
-            )
-            now = time.monotonic()
-            items = [
-                WorkItem(
-                    np.ascontiguousarray(audio.samples[w.start : w.stop]),
-                    lease.adapter,
-                    now,
-                    deadline,
-                    tenant,
-                    record.id if record.visibility == "public" else "",
-                )
-                for w in windows
-            ]
+            windows, items = self._plan(audio, lease.adapter, record, tenant, deadline)
             self.worker.submit(items)
             gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
             pieces: list[torch.Tensor] = await self._within(gathered, deadline, gone, items)
@@ -130,6 +115,52 @@ class Transcriber:
             return Result(record, lease.adapter, transcript)
         finally:
             lease.release()
+
+    def _plan(
+        self, audio: Audio, adapter: Adapter, record: AdapterRecord, tenant: str, deadline: float
+    ) -> tuple[list[Window], list[WorkItem]]:
+        """Cut `audio` into windows, one work item per window for the inference thread."""
+        batch = self.settings.batch
+        windows = plan_windows(
+            len(audio.samples), int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
+        )
+        now = time.monotonic()
+        label = record.id if record.visibility == "public" else ""
+        items = [
+            WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), adapter, now, deadline, tenant, label)
+            for w in windows
+        ]
+        return windows, items
+
+    async def stream(
+        self, audio: Audio, record: AdapterRecord, who: Principal, disconnected: Callable[[], Awaitable[None]]
+    ) -> AsyncGenerator[tuple[Adapter, torch.Tensor] | None, None]:
+        """`transcribe`, piece by piece. Yields None once the audio is admitted and queued (so a caller can refuse
+        with a plain error until then), then (adapter, (T_k, V) logits of window k's core) in order as windows
+        finish: the pieces concatenated are exactly the logits `transcribe` decodes. Same errors as `transcribe`.
+        The first window is queued alone, so its text is not held back by a batch of the others."""
+        deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
+        self._admit(audio.seconds, who.tenant)
+        gone = asyncio.ensure_future(disconnected())
+        items: list[WorkItem] = []
+        try:
+            lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
+            try:
+                windows, items = self._plan(audio, lease.adapter, record, who.tenant, deadline)
+                self.worker.submit(items[:1])
+                yield None
+                for k, (window, item) in enumerate(zip(windows, items, strict=True)):
+                    piece = await self._within(asyncio.wrap_future(item.future), deadline, gone, items)
+                    if k == 0 and len(items) > 1:
+                        self.worker.submit(items[1:])
+                    yield lease.adapter, piece[window.keep_from : window.keep_to]
+            finally:
+                lease.release()
+        finally:
+            for item in items:  # the caller stopped reading (or failed): windows not yet run must not run
+                item.future.cancel()
+            gone.cancel()
+            self.budget.release(who.tenant, audio.seconds)
 
     async def _within(
         self, work: Awaitable[_T], deadline: float, gone: asyncio.Future[None], items: list[WorkItem]

@@ -110,6 +110,32 @@ class ServerSettings(BaseModel):
     )
 
 
+class RealtimeSettings(BaseModel):
+    """Realtime transcription sessions over WebSocket (`GET /v1/realtime?intent=transcription`)."""
+
+    max_sessions_per_tenant: int = Field(
+        16, ge=0, description="open realtime sessions per tenant; beyond: the WebSocket is refused with 429"
+    )
+    idle_timeout_seconds: float = Field(
+        60.0, gt=0, description="a session that sends no event for this long gets an error event and is closed"
+    )
+    max_buffer_seconds: float = Field(
+        10.0, gt=0, description="audio a session sent that is not transcribed yet; appends beyond it are refused"
+    )
+    max_turn_seconds: float = Field(
+        60.0, gt=0, le=1800, description="a turn this long is committed as if the speaker had paused"
+    )
+    step_ms: int = Field(
+        320, ge=20, le=5000, description="audio per incremental step (a multiple of 20 ms): partial text this often"
+    )
+    left_context_seconds: float = Field(
+        2.0, ge=0, le=30, description="audio before each step computed with it, so its text matches a longer pass"
+    )
+    lookahead_ms: int = Field(
+        100, ge=20, le=2000, description="audio after a step awaited before the step is computed (accuracy vs latency)"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHORUS_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -146,6 +172,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
 
 
 @lru_cache

@@ -33,6 +33,7 @@ CONTRACT_METRICS = {
         "chorus_tenant_refusals_total",
         "chorus_device_oom_total",
         "chorus_device_faults_total",
+        "chorus_realtime_refusals_total",
     },
     "histogram": {
         "chorus_request_duration_seconds",
@@ -40,6 +41,7 @@ CONTRACT_METRICS = {
         "chorus_inference_duration_seconds",
         "chorus_batch_size",
         "chorus_batch_audio_seconds",
+        "chorus_realtime_delta_latency_seconds",
     },
     "gauge": {
         "chorus_queue_depth",
@@ -50,6 +52,7 @@ CONTRACT_METRICS = {
         "chorus_device_memory_bytes",
         "chorus_batch_budget_ratio",
         "chorus_lora_requests_info",
+        "chorus_realtime_sessions",
     },
 }
 

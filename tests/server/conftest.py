@@ -32,7 +32,8 @@ def model_dir(tmp_path_factory) -> Path:
 def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:
     """Settings for a test server: float32 (exact), the test model, its adapters seeded into a fresh store."""
     values = dict(backbone=model_dir, store=str(tmp_path / "store"), data_dir=tmp_path, device="cpu", dtype="float32")
-    nested = {key: overrides.pop(key) for key in ("batch", "limits", "cache", "auth") if key in overrides}
+    groups = ("batch", "limits", "cache", "auth", "server", "realtime")
+    nested = {key: overrides.pop(key) for key in groups if key in overrides}
     settings = Settings(**values, **overrides, _env_file=None)
     for group, fields in nested.items():
         setattr(settings, group, getattr(settings, group).model_copy(update=fields))

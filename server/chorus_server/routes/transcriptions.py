@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from chorus_server import formats
 from chorus_server.audio import decode_audio, probe_seconds
 from chorus_server.auth import Principal, current_principal
+from chorus_server.live.sse import check_streamable, stream_response
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
 
@@ -43,9 +44,14 @@ async def create_transcription(
         list[Literal["word", "segment"]] | None,
         Form(alias="timestamp_granularities[]", description="word and/or segment (verbose_json; word also json)"),
     ] = None,
+    stream: Annotated[
+        bool, Form(description="server-sent events: transcript.text.delta…, transcript.text.done")
+    ] = False,
 ) -> Response:
     runtime: Runtime = request.app.state.chorus
     who.require("transcribe")
+    if stream:
+        check_streamable(response_format, runtime.remote is not None)
     record = runtime.transcriber.resolve(model, who)
     # Request metrics: private adapters are never named (whoever scrapes may not see them).
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
@@ -60,6 +66,12 @@ async def create_transcription(
     runtime.quotas.charge_audio(who.tenant, audio.seconds)
     runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
     granularities: set[str] = set(timestamp_granularities or [])
+    if stream:
+        pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request))
+        try:
+            return await stream_response(pieces, audio.seconds, {"x-chorus-adapter": record.ref})
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
     if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
         return await runtime.remote.transcribe(audio, record, who, response_format, granularities, language)
     try:

@@ -1,0 +1,86 @@
+"""`stream=true` on `POST /v1/audio/transcriptions`: the transcript as OpenAI's server-sent events.
+
+`data: {"type": "transcript.text.delta", "delta": …}` as each window of the audio finishes (in order), then one
+`data: {"type": "transcript.text.done", "text": …, "usage": {"type": "duration", "seconds": …}}`; no `[DONE]`
+line. The deltas add up to the done text, which is exactly the non-streamed transcript. Errors found before the
+first byte are ordinary JSON error responses; an error after it ends the stream with
+`data: {"type": "error", "error": {"message", "type", "param", "code"}}` (the OpenAI SDKs raise it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import torch
+from fastapi.responses import StreamingResponse
+
+from chorus_server import formats
+from chorus_server.engine.adapters import Adapter
+from chorus_server.errors import ApiError, envelope, from_domain
+from chorus_server.live.ctc_stream import IncrementalCTC
+
+logger = logging.getLogger(__name__)
+
+Pieces = AsyncGenerator[tuple[Adapter, torch.Tensor] | None, None]
+
+
+STREAMABLE_FORMATS = ("json", "text")
+
+
+def check_streamable(response_format: str, remote: bool) -> None:
+    """400 for a `stream=true` request this server cannot stream (checked before the body is decoded)."""
+    if response_format not in STREAMABLE_FORMATS:
+        raise ApiError(
+            400,
+            f"stream=true sends text events; use response_format json or text, not {response_format}",
+            "unsupported_value",
+            "response_format",
+        )
+    if remote:
+        raise ApiError(400, "stream=true is not available on a cluster ingress yet", "unsupported_value", "stream")
+
+
+def sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+
+
+async def stream_response(pieces: Pieces, duration: float, headers: dict[str, str]) -> StreamingResponse:
+    """Start `pieces` (Transcriber.stream): refusals before its first yield raise here, as plain JSON errors."""
+    await anext(pieces)
+    return StreamingResponse(
+        transcript_events(pieces, duration),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+    )
+
+
+async def transcript_events(pieces: Pieces, duration: float) -> AsyncIterator[bytes]:
+    decoder: IncrementalCTC | None = None
+    async with aclosing(pieces):
+        try:
+            async for piece in pieces:
+                if piece is None:
+                    continue
+                adapter, logits = piece
+                decoder = decoder or IncrementalCTC(adapter.vocab)
+                delta = decoder.push(logits)
+                if delta:
+                    yield sse({"type": "transcript.text.delta", "delta": delta})
+        except Exception as exc:
+            yield sse({"type": "error", **error_body(exc)})
+            return
+    text = decoder.text if decoder is not None else ""
+    yield sse({"type": "transcript.text.done", "text": text, "usage": formats.usage(duration)})
+
+
+def error_body(exc: Exception) -> dict[str, Any]:
+    """`{"error": {...}}` for an exception met after a stream started (unknown ones are logged, never shown)."""
+    error = exc if isinstance(exc, ApiError) else from_domain(exc)
+    if error is None:
+        logger.exception("error in a live transcription", exc_info=exc)
+        error = ApiError(500, "internal error; the server log has the details", "internal_error")
+    return envelope(error.status_code, error.message, error.code, error.param)

@@ -1,0 +1,150 @@
+"""`GET /v1/realtime?intent=transcription`: OpenAI's Realtime transcription session over a WebSocket.
+
+Authenticated like the HTTP API, from the `Authorization: Bearer` header or, for browsers (which cannot set
+headers on a WebSocket), from the subprotocol `openai-insecure-api-key.<key>` beside `realtime`. A session
+counts as one of its tenant's concurrent requests; refusals before the upgrade are plain HTTP errors with the
+JSON envelope. The protocol itself lives in `chorus_server.live.session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from chorus_server.auth import Principal
+from chorus_server.errors import ApiError, error_response
+from chorus_server.live.protocol import error_event
+from chorus_server.live.session import RealtimeSession
+from chorus_server.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["realtime"])
+
+KEY_PROTOCOL = "openai-insecure-api-key."
+REALTIME_PROTOCOL = "realtime"
+
+
+class SessionCounts:
+    """Open realtime sessions per tenant, against `max_sessions_per_tenant`."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.open: dict[str, int] = {}
+
+    def take(self, tenant: str) -> None:
+        if self.open.get(tenant, 0) >= self.limit:
+            raise ApiError(
+                429,
+                f"this tenant has {self.limit} realtime sessions open, the most allowed; close one first",
+                "too_many_sessions",
+            )
+        self.open[tenant] = self.open.get(tenant, 0) + 1
+
+    def give_back(self, tenant: str) -> None:
+        self.open[tenant] -= 1
+        if not self.open[tenant]:
+            del self.open[tenant]
+
+
+def authorization(websocket: WebSocket) -> str | None:
+    """The bearer header, else the key a browser put in its subprotocols."""
+    header = websocket.headers.get("authorization")
+    if header:
+        return header
+    for protocol in websocket.scope.get("subprotocols", []):
+        if protocol.startswith(KEY_PROTOCOL) and len(protocol) > len(KEY_PROTOCOL):
+            return f"Bearer {protocol[len(KEY_PROTOCOL) :]}"
+    return None
+
+
+def admit(runtime: Runtime, websocket: WebSocket) -> Principal:
+    """Who is calling and may it open a session now (raises ApiError: 400, 401, 403, 429)."""
+    if websocket.query_params.get("intent") != "transcription":
+        raise ApiError(
+            400,
+            "Chorus serves realtime transcription sessions only: connect to /v1/realtime?intent=transcription",
+            "unsupported_value",
+            "intent",
+        )
+    if runtime.remote is not None:
+        raise ApiError(400, "realtime sessions are not available on a cluster ingress yet", "unsupported_value")
+    who = runtime.auth.principal_for(authorization(websocket))
+    who.require("transcribe")
+    counts = sessions(websocket, runtime)
+    counts.take(who.tenant)
+    try:
+        runtime.quotas.admit_request(who.tenant)
+    except ApiError:
+        counts.give_back(who.tenant)
+        raise
+    return who
+
+
+def sessions(websocket: WebSocket, runtime: Runtime) -> SessionCounts:
+    state = websocket.app.state
+    if getattr(state, "realtime_sessions", None) is None:
+        state.realtime_sessions = SessionCounts(runtime.settings.realtime.max_sessions_per_tenant)
+    counts: SessionCounts = state.realtime_sessions
+    return counts
+
+
+async def refuse(websocket: WebSocket, error: ApiError) -> None:
+    """An HTTP answer instead of the upgrade (where the server can send one), else a policy close."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(error))
+    else:
+        await websocket.close(code=1008, reason=error.message[:120])
+
+
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    runtime: Runtime = websocket.app.state.chorus
+    try:
+        who = admit(runtime, websocket)
+    except ApiError as error:
+        runtime.metrics.observe_realtime_refusal(error.code or str(error.status_code))
+        await refuse(websocket, error)
+        return
+    offered = websocket.scope.get("subprotocols", [])
+    lock = asyncio.Lock()
+
+    async def send(event: dict[str, Any]) -> None:
+        async with lock:  # the reader and the result task both send
+            await websocket.send_text(json.dumps(event, ensure_ascii=False))
+
+    session = RealtimeSession(runtime, who, send)
+    runtime.metrics.realtime_sessions.inc()
+    try:
+        await websocket.accept(subprotocol=REALTIME_PROTOCOL if REALTIME_PROTOCOL in offered else None)
+        await session.start()
+        await serve(websocket, session, send, runtime.settings.realtime.idle_timeout_seconds)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await session.close()
+        runtime.metrics.realtime_sessions.dec()
+        runtime.quotas.release(who.tenant)
+        sessions(websocket, runtime).give_back(who.tenant)
+
+
+async def serve(websocket: WebSocket, session: RealtimeSession, send: Any, idle_timeout: float) -> None:
+    """Read client events until the client leaves or stays silent for `idle_timeout` seconds."""
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), idle_timeout)
+        except TimeoutError:
+            session.runtime.metrics.observe_realtime_refusal("idle_timeout")
+            await send(error_event(f"no client event for {idle_timeout:g} s; closing the session", "idle_timeout"))
+            await websocket.close(code=1000, reason="idle timeout")
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            await send(error_event("client events are JSON text frames, not binary", "invalid_json"))
+            continue
+        await session.handle(text)
