@@ -1,6 +1,6 @@
-"""One transcription request from admission to transcript: resolve the adapter, hold it resident, cut the audio
-into windows, queue them for the inference thread, wait (bounded by the deadline and the caller's presence),
-stitch the logits, decode once."""
+"""One transcription request from admission to transcript: resolve the adapter, find the speech (VAD), hold the
+adapter resident, cut each speech region into windows, queue them for the inference thread, wait (bounded by the
+deadline and the caller's presence), stitch each region's logits, decode, and join the regions' transcripts."""
 
 from __future__ import annotations
 
@@ -10,22 +10,24 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 
-from chorus_server.audio import Audio
+from chorus_server.audio import MIN_SAMPLES, Audio
 from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
-from chorus_server.chunking import plan_windows, stitch
+from chorus_server.chunking import Window, plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
 from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
 from chorus_server.settings import Settings
+from chorus_server.speech import Speech, detect, join
 from chorus_server.tenancy import resolve
+from chorus_server.vad import Region, VadOptions
 from chorus_server.worker import DeadlineExceeded, Worker
 from chorus_store.base import AdapterRecord, AdapterStore
 
@@ -40,6 +42,7 @@ class Result:
     record: AdapterRecord
     adapter: Adapter
     transcript: Transcript
+    speech: Speech
 
 
 class Transcriber:
@@ -63,15 +66,26 @@ class Transcriber:
             ref = self.default_adapter
         return resolve(self.store, ref, who)
 
+    def default_vad(self) -> VadOptions | None:
+        vad = self.settings.vad
+        return VadOptions(vad.threshold, vad.silence_ms, vad.padding_ms, vad.min_speech_ms) if vad.enabled else None
+
     async def transcribe(
-        self, audio: Audio, record: AdapterRecord, tenant: Principal, disconnected: Callable[[], Awaitable[None]]
+        self,
+        audio: Audio,
+        record: AdapterRecord,
+        tenant: Principal,
+        disconnected: Callable[[], Awaitable[None]],
+        vad: VadOptions | Literal["settings"] | None = "settings",
     ) -> Result:
-        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
+        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
+        `vad`: the detector's options (None: the whole file is speech; "settings": the server's default)."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
         self._admit(audio.seconds, tenant.tenant)
         gone = asyncio.ensure_future(disconnected())
+        options = self.default_vad() if vad == "settings" else vad
         try:
-            return await self._run(audio, record, tenant.tenant, deadline, gone)
+            return await self._run(audio, record, tenant.tenant, deadline, gone, options)
         finally:
             gone.cancel()
             self.budget.release(tenant.tenant, audio.seconds)
@@ -100,36 +114,57 @@ class Transcriber:
         )
 
     async def _run(
-        self, audio: Audio, record: AdapterRecord, tenant: str, deadline: float, gone: asyncio.Future[None]
+        self,
+        audio: Audio,
+        record: AdapterRecord,
+        tenant: str,
+        deadline: float,
+        gone: asyncio.Future[None],
+        vad: VadOptions | None,
     ) -> Result:
+        hop = self.engine.config.inputs_to_logits_ratio
+        speech = await asyncio.to_thread(detect, audio.samples, self.rate, vad, hop, MIN_SAMPLES)
         lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
         try:
             batch = self.settings.batch
-            windows = plan_windows(
-                len(audio.samples), int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
-            )
+            chunk, stride = int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
+            plans = [
+                (region, plan_windows(region.stop - region.start, chunk, stride, hop)) for region in speech.regions
+            ]
             now = time.monotonic()
             items = [
                 WorkItem(
-                    np.ascontiguousarray(audio.samples[w.start : w.stop]),
+                    np.ascontiguousarray(audio.samples[region.start + w.start : region.start + w.stop]),
                     lease.adapter,
                     now,
                     deadline,
                     tenant,
                     record.id if record.visibility == "public" else "",
                 )
+                for region, windows in plans
                 for w in windows
             ]
-            self.worker.submit(items)
+            if items:  # silence alone costs no backbone time
+                self.worker.submit(items)
             gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
             pieces: list[torch.Tensor] = await self._within(gathered, deadline, gone, items)
-            logits = stitch(pieces, windows)  # (T, V)
-            transcript = await asyncio.to_thread(
-                ctc_greedy_decode, logits, lease.adapter.vocab, self.engine.frame_seconds
-            )
-            return Result(record, lease.adapter, transcript)
+            transcript = await asyncio.to_thread(self._decode, pieces, plans, lease.adapter)
+            return Result(record, lease.adapter, transcript, speech)
         finally:
             lease.release()
+
+    def _decode(
+        self, pieces: list[torch.Tensor], plans: list[tuple[Region, list[Window]]], adapter: Adapter
+    ) -> Transcript:
+        """pieces: (T_i, V) logits of every window of every region, in order -> the file's transcript."""
+        parts: list[tuple[float, Transcript]] = []
+        for region, windows in plans:
+            mine, pieces = pieces[: len(windows)], pieces[len(windows) :]
+            logits = stitch(mine, windows)  # (T, V) of this region
+            parts.append(
+                (region.start / self.rate, ctc_greedy_decode(logits, adapter.vocab, self.engine.frame_seconds))
+            )
+        return join(parts)
 
     async def _within(
         self, work: Awaitable[_T], deadline: float, gone: asyncio.Future[None], items: list[WorkItem]

@@ -63,7 +63,7 @@ def test_long_audio_is_windowed_and_stitched(tmp_path, model_dir, adapter_files)
     decoded = soundfile.read(io.BytesIO(encode(audio)), dtype="float32")[0]
     engine = Engine.from_pretrained(model_dir, device="cpu").engine
     adapter = engine.prepare(load_adapter(adapter_files[1]))
-    windows = plan_windows(len(decoded), 10 * 16000, 2 * 16000)
+    windows = plan_windows(len(decoded), 10 * 16000, 2 * 16000, 320)
     pieces = [engine.forward(*pad_batch([decoded[w.start : w.stop]]), [adapter])[0] for w in windows]
     expected = ctc_greedy_decode(stitch(pieces, windows), adapter.vocab, engine.frame_seconds)
     whole = engine.transcribe([decoded], [adapter])[0]
