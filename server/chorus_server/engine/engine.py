@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ class Engine:
         )
         return LoadedModel(engine, default)
 
-    def load_mms_adapter(self, path: Path, vocab_json: dict, language: str) -> Adapter:
+    def load_mms_adapter(self, path: str | os.PathLike[str], vocab_json: dict, language: str) -> Adapter:
         """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
         return self.prepare(load_mms_adapter(path, vocab_json, language, self.config.hidden_size, self.fingerprint))
 
