@@ -99,6 +99,11 @@ def detect(samples: np.ndarray, rate: int, options: VadOptions | None, hop: int,
     return Speech(aligned, probs, rate)
 
 
+def warm_up() -> None:
+    """Load the detector now (start-up), not on the first request."""
+    speech_probabilities(np.zeros(SAMPLE_RATE, np.float32))
+
+
 def _shift(items: list[TimedText], offset: float) -> list[TimedText]:
     return [TimedText(t.text, t.start + offset, t.end + offset, t.logprob) for t in items]
 

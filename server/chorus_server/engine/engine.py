@@ -93,7 +93,7 @@ class Engine:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str = "auto", dtype: str = "float32", language: str | None = None
+        cls, path: str | os.PathLike[str], device: str = "auto", dtype: str = "float32", language: str | None = None
     ) -> LoadedModel:
         """Load an HF wav2vec 2.0 directory; an `lm_head` (+ MMS adapter layers) becomes the default adapter."""
         path = Path(path)
