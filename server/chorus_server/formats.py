@@ -10,6 +10,7 @@ rounded to milliseconds.
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ def segments_of(words: list[TimedText], pauses: list[float] | None = None) -> li
     segments: list[Segment] = []
     current: list[TimedText] = []
     for word in words:
-        pause = any(current and current[-1].end <= t <= word.start for t in breaks)
+        # a detected pause between the previous word's end and this word's start
+        pause = bool(current) and bisect.bisect_left(breaks, current[-1].end) < bisect.bisect_right(breaks, word.start)
         if current and (
             pause or word.start - current[-1].end >= SEGMENT_PAUSE or word.end - current[0].start > SEGMENT_MAX
         ):

@@ -57,7 +57,7 @@ def options_from_form(form: Mapping[str, Any], settings: VadSettings) -> VadOpti
     if raw is not None:
         try:
             nested = json.loads(raw)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             raise _bad(f'{FIELD} must be "auto" or a JSON object {{"type": "server_vad", ...}}') from None
         if not isinstance(nested, dict):
             raise _bad(f'{FIELD} must be "auto" or a JSON object {{"type": "server_vad", ...}}')

@@ -43,6 +43,7 @@ def test_chunking_strategy(form, enabled, expected):
     [
         ({"chunking_strategy": "none"}, '"auto" or a JSON object'),
         ({"chunking_strategy": "[1, 2]"}, '"auto" or a JSON object'),
+        ({"chunking_strategy": "[" * 100_000}, '"auto" or a JSON object'),  # too deep for the JSON parser
         ({"chunking_strategy": '{"threshold": 0.5}'}, '"type": "server_vad"'),
         ({"chunking_strategy": '{"type": "server_vad", "speed": 2}'}, "unknown chunking_strategy fields ['speed']"),
         ({"chunking_strategy": '{"type": "server_vad", "threshold": "high"}'}, "threshold must be a number"),

@@ -51,7 +51,9 @@ async def create_transcription(
 ) -> Response:
     runtime: Runtime = request.app.state.chorus
     who.require("transcribe")
-    vad = options_from_form(await request.form(), runtime.settings.vad)  # the parsed form, cached by Starlette
+    # `chunking_strategy` above is for the schema; the OpenAI SDK may send it as chunking_strategy[...] fields, so
+    # the whole form (already parsed, cached by Starlette) is read.
+    vad = options_from_form(await request.form(), runtime.settings.vad)
     record = runtime.transcriber.resolve(model, who)
     # Request metrics: private adapters are never named (whoever scrapes may not see them).
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
