@@ -43,6 +43,14 @@ def test_openai_sdk_works_unchanged(live, tmp_path):
     assert verbose.text == plain.text and verbose.duration == pytest.approx(3.0)
     assert verbose.words and verbose.words[0].end > verbose.words[0].start
     assert verbose.segments and verbose.segments[0].avg_logprob <= 0
+    for strategy in ("auto", {"type": "server_vad", "threshold": 0.4, "silence_duration_ms": 800}):
+        # the SDK encodes a dict as bracketed fields; either form turns detection on for this request (the
+        # server default here is off), and the tone holds no speech
+        with audio.open("rb") as f:
+            assert client.audio.transcriptions.create(model="eng-0", file=f, chunking_strategy=strategy).text == ""
+    with audio.open("rb") as f, pytest.raises(openai.BadRequestError) as bad:
+        client.audio.transcriptions.create(model="eng-0", file=f, chunking_strategy={"type": "semantic_vad"})
+    assert bad.value.body["param"] == "chunking_strategy"  # type: ignore[index]
     with audio.open("rb") as f:
         srt = client.audio.transcriptions.create(model="eng-0", file=f, response_format="srt")
     assert "-->" in str(srt)
