@@ -162,7 +162,7 @@ def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
         options["language"] = args.language
     present = [f for f in args.files if Path(f).exists()]
     results = [  # a missing file is reported with the others; the rest are still sent
-        FileResult(Path(f), error=errors.ChorusError(f"no such file: {f}", code=FILE_NOT_FOUND))
+        FileResult(Path(f), error=errors.ChorusError("no such file", code=FILE_NOT_FOUND))
         for f in args.files
         if not Path(f).exists()
     ]
