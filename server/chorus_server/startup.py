@@ -5,10 +5,14 @@ before the failure."""
 from __future__ import annotations
 
 import errno
+import json
+import os
+import re
 import socket
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from chorus_server.settings import Settings, get_settings
 
@@ -27,12 +31,28 @@ def env_name(location: tuple[int | str, ...]) -> str:
 def load_settings() -> Settings:
     try:
         return get_settings()
+    except SettingsError as exc:  # a value that is not even JSON (dicts and lists are JSON in the environment)
+        field = re.search(r'field "(\w+)"', str(exc))
+        prefix = f"CHORUS_{field.group(1).upper() if field else ''}"
+        names = [name for name, value in os.environ.items() if name.upper().startswith(prefix) and not _json(value)]
+        where = ", ".join(f"{name}={os.environ[name]!r}" for name in sorted(names)) or str(exc)
+        raise StartupError(
+            f'invalid setting: {where} is not valid JSON (dicts and lists are JSON, e.g. \'{{"key": "tenant"}}\')'
+        ) from None
     except ValidationError as exc:
         problems = [
             f"{env_name(error['loc'])}={error.get('input')!r}: {error['msg']}"
             for error in exc.errors(include_url=False)
         ]
         raise StartupError("invalid setting: " + "; ".join(problems) + " (from the environment or .env)") from None
+
+
+def _json(value: str) -> bool:
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_paths(settings: Settings) -> None:

@@ -44,6 +44,7 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
         ({"CHORUS_VAD__THRESHOLD": "2"}, ["CHORUS_VAD__THRESHOLD='2'", "less than 1"]),
         ({"CHORUS_DEVICE": "tpu"}, ["CHORUS_DEVICE='tpu'"]),
         ({"CHORUS_BACKBONE": "/nonexistent"}, ["CHORUS_BACKBONE='/nonexistent'", "is not a directory"]),
+        ({"CHORUS_AUTH__KEYS": "{bad"}, ["CHORUS_AUTH__KEYS='{bad' is not valid JSON"]),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path, env, names):
