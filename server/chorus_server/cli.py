@@ -80,9 +80,14 @@ def _keys(args: argparse.Namespace) -> int:
 
     from chorus_server.keys import Role
     from chorus_server.runtime import key_ring
-    from chorus_server.settings import get_settings
+    from chorus_server.startup import StartupError, load_settings
 
-    keys = key_ring(get_settings())
+    try:
+        settings = load_settings()
+    except StartupError as exc:
+        print(f"chorus keys: {exc}", file=sys.stderr)
+        return 2
+    keys = key_ring(settings)
     if args.keys_command == "create":
         expires = time.time() + args.expires_days * 86400 if args.expires_days else None
         info, secret = keys.create(args.tenant, Role(args.role), expires)

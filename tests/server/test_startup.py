@@ -16,11 +16,11 @@ from chorus_server.startup import env_name
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def serve(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def serve(tmp_path: Path, env: dict[str, str], *args: str, command: str = "serve") -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CHORUS_")}
     base |= {"CHORUS_DATA_DIR": str(tmp_path / "data"), "CHORUS_STORE": str(tmp_path / "store")}
     return subprocess.run(
-        [sys.executable, "-m", "chorus_server.cli", "serve", *args],
+        [sys.executable, "-m", "chorus_server.cli", *command.split(), *args],
         env=base | env,
         cwd=tmp_path,  # no .env from the checkout
         capture_output=True,
@@ -52,6 +52,11 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path, env, names):
     assert line.startswith("chorus serve: ")
     for name in names:
         assert name in line
+
+
+def test_keys_commands_say_the_same(tmp_path):
+    line = one_line(serve(tmp_path, {"CHORUS_BATCH__MAX_ITEMS": "abc"}, command="keys list"))
+    assert line.startswith("chorus keys: invalid setting: CHORUS_BATCH__MAX_ITEMS='abc'")
 
 
 def test_a_busy_port_is_one_line_before_the_model_loads(tmp_path):
