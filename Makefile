@@ -27,6 +27,7 @@ $(VENV)/.installed-serve: $(BIN)/python pyproject.toml clients/pyproject.toml
 
 # Starts Chorus on the embedded default (./data/store; the bundled demo model) at http://$(HOST):$(PORT).
 serve: $(VENV)/.installed-serve
+	@echo "chorus: the \`chorus\` command is in $(VENV)/bin; in another terminal run: . $(VENV)/bin/activate"
 	$(BIN)/chorus serve --host $(HOST) --port $(PORT)
 
 install: $(VENV)/.installed

@@ -84,7 +84,11 @@ def holder_share(workers: list[tuple[str, str]]) -> float:
 
 
 def measure_single(tmp: Path, wav: bytes, requests: int) -> dict[str, Any]:
-    env = {"CHORUS_STORE": str(tmp / "single-store"), "CHORUS_DATA_DIR": str(tmp / "single-data")}
+    env = {
+        "CHORUS_STORE": str(tmp / "single-store"),
+        "CHORUS_DATA_DIR": str(tmp / "single-data"),
+        "CHORUS_VAD__ENABLED": "false",  # synthetic clips, not speech: measure serving, not detection
+    }
     (tmp / "single").mkdir()
     with ServerProcess(env, tmp / "single") as server:
         return {
@@ -100,6 +104,7 @@ def measure_ray(tmp: Path, wav: bytes, requests: int, workers: int, router: str 
     from chorus_server.cluster.app import ROUTER, build
 
     settings = Settings(store=str(tmp / f"ray-{workers}-{router}-store"), data_dir=tmp / "ray-data", _env_file=None)
+    settings.vad.enabled = False  # as for the single process above
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -190,6 +190,7 @@ def run_server(checkout: Path | None, scratch: Path) -> ServerProcess:
         "CHORUS_DATA_DIR": str(scratch / "data"),
         "CHORUS_AUTH__KEYS": json.dumps(KEYS),
         "CHORUS_AUTH__ADMIN_KEYS": json.dumps([ADMIN]),
+        "CHORUS_VAD__ENABLED": "false",  # synthetic clips, not speech: measure serving, not detection
     }
     if checkout is not None:  # an older checkout's code, imported ahead of this one's
         paths = [checkout / "server", checkout / "adapter_store", checkout / "clients"]

@@ -147,6 +147,7 @@ def server_process(model: Path, store: Path, dtype: str, device: str) -> Iterato
         "CHORUS_DTYPE": dtype,
         "CHORUS_DEVICE": device,
         "CHORUS_DATA_DIR": str(store.parent),
+        "CHORUS_VAD__ENABLED": "false",  # synthetic clips, not speech: measure serving, not detection
     }
     with ServerProcess(env, store.parent, args=("--log-level", "warning")) as server:
         assert server.process is not None

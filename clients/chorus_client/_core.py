@@ -95,7 +95,10 @@ def error_from_response(response: httpx.Response) -> APIError:
 
 
 def resolve_url(url: str | None) -> str:
-    return (url or os.environ.get("CHORUS_URL") or DEFAULT_URL).rstrip("/")
+    """The server's root URL. A trailing `/v1` (what OpenAI SDKs take as `base_url`) is dropped: every Chorus path
+    is under the root, so both spellings can only mean one server."""
+    root = (url or os.environ.get("CHORUS_URL") or DEFAULT_URL).rstrip("/")
+    return root.removesuffix("/v1")
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -15,7 +15,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,13 @@ EXIT_CODES = {
 SUFFIXES = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt"}
 
 
+FILE_NOT_FOUND = "file_not_found"  # the code of a local file that is not there (its run goes on without it)
+
+
 def exit_code(exc: BaseException) -> int:
     if isinstance(exc, errors.NotFoundError | FileNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, errors.ChorusError) and exc.code == FILE_NOT_FOUND:
         return EXIT_NOT_FOUND
     if isinstance(exc, errors.InvalidRequestError | errors.ConflictError | ValueError):
         return EXIT_REJECTED
@@ -136,12 +141,17 @@ def run(args: argparse.Namespace, func: Command) -> int:
         with Chorus(args.url, args.api_key) as client:
             return func(client, args)
     except (errors.ChorusError, OSError, ValueError) as exc:
-        print(f"chorus: error: {exc}", file=sys.stderr)
+        print(f"chorus: error: {for_the_cli(str(exc))}", file=sys.stderr)
         return exit_code(exc)
 
 
+def for_the_cli(message: str) -> str:
+    """The server's hints name HTTP requests; on the command line the command that does the same is the hint."""
+    return message.replace("GET /v1/adapters", "`chorus adapters list`")
+
+
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
-    print(json.dumps(payload, indent=2) if args.json else text)
+    print(json.dumps(payload, indent=2, ensure_ascii=False) if args.json else text)
 
 
 def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
@@ -150,12 +160,16 @@ def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"response_format": args.format, "word_timestamps": args.word_timestamps}
     if args.language:
         options["language"] = args.language
-    missing = [f for f in args.files if not Path(f).exists()]
-    if missing:
-        raise FileNotFoundError(f"no such file: {', '.join(missing)}")
-    results = client.transcribe_many(
-        args.files, args.adapter, concurrency=args.concurrency, progress=args.progress, **options
-    )
+    present = [f for f in args.files if Path(f).exists()]
+    results = [  # a missing file is reported with the others; the rest are still sent
+        FileResult(Path(f), error=errors.ChorusError("no such file", code=FILE_NOT_FOUND))
+        for f in args.files
+        if not Path(f).exists()
+    ]
+    if present:
+        results += client.transcribe_many(
+            present, args.adapter, concurrency=args.concurrency, progress=args.progress, **options
+        )
     if not results:
         raise FileNotFoundError(f"no audio files in {', '.join(args.files)}")
     if args.out:
@@ -165,7 +179,7 @@ def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
         entry = _report_one(item, args)
         report.append(entry)
         if item.error is not None:
-            print(f"chorus: error: {item.path}: {item.error}", file=sys.stderr)
+            print(f"chorus: error: {item.path}: {for_the_cli(str(item.error))}", file=sys.stderr)
         elif not args.json and not args.out:
             if len(results) > 1:
                 print(f"==> {item.path} <==")
@@ -173,7 +187,7 @@ def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
         elif not args.json:
             print(f"{item.path} -> {entry['output']}")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, ensure_ascii=False))
     failures = [item.error for item in results if item.error is not None]
     return exit_code(failures[0]) if failures else EXIT_OK
 
@@ -182,7 +196,7 @@ def _report_one(item: FileResult, args: argparse.Namespace) -> dict[str, Any]:
     entry: dict[str, Any] = {"file": str(item.path), "adapter": None, "output": None, "result": None, "error": None}
     if item.error is not None:
         err = item.error
-        entry["error"] = {"message": err.message, "type": err.type, "code": err.code, "status": err.status}
+        entry["error"] = {"message": for_the_cli(err.message), "type": err.type, "code": err.code, "status": err.status}
         return entry
     entry["adapter"] = item.adapter
     if isinstance(item.result, Transcription):
@@ -289,8 +303,22 @@ def installed_plugins() -> list[Plugin]:
     return [entry.load() for entry in entry_points(group=PLUGIN_GROUP)]
 
 
+def versions() -> str:
+    """`chorus X (client), server Y`, from the installed distributions' metadata."""
+
+    def installed(distribution: str) -> str | None:
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            return None
+
+    client, server = installed("chorus-client") or "unknown", installed("chorus-asr")
+    return f"chorus {client} (client), server {server}" if server else f"chorus {client} (client; no server installed)"
+
+
 def build_parser(plugins: Sequence[Plugin] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chorus", description="Chorus multi-tenant speech recognition")
+    parser.add_argument("--version", action="version", version=versions())
     commands = parser.add_subparsers(dest="command", required=True)
     add_commands(commands)
     for plugin in plugins:

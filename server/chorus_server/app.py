@@ -19,6 +19,7 @@ from chorus_server.errors import install_error_handlers
 from chorus_server.metrics import Metrics, RequestMetrics
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
+from chorus_server.route_hints import UnknownRoutes
 from chorus_server.routes import adapters, health, keys, realtime, tenants, transcriptions
 from chorus_server.routes.console import install_console
 from chorus_server.runtime import Runtime
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     app.add_middleware(Admission, runtime=runtime, transcriptions_path=TRANSCRIPTIONS_PATH)
     app.add_middleware(RequestMetrics, metrics=metrics, path=TRANSCRIPTIONS_PATH)
     app.add_middleware(BodyLimit, limit_for=limit_for, timeout=settings.limits.body_timeout_seconds)
+    # A wrong path gets a 404 naming the right one before the body limit can answer 413.
+    app.add_middleware(UnknownRoutes, routes=lambda: app.router.routes, paths=lambda: list(app.openapi()["paths"]))
     app.add_middleware(PathGuard)
     app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

@@ -1,10 +1,11 @@
 """Long audio: overlapping windows whose logits are stitched back into one (T, V) sequence.
 
-The file is cut into *cores* of `chunk - 2 * stride` samples; each window is its core plus up to `stride` samples
-of context on both sides. Every boundary is a multiple of the frame hop (320 samples), so frame `j` of a window
-that starts at sample `s` is exactly frame `s / hop + j` of the whole file. Each window keeps only the frames of
-its own core (the last one keeps everything to its end), so the stitched logits have as many frames as a single
-pass over the whole file would, and timestamps decoded from them are relative to the whole file.
+The file (or, with VAD, one speech region of it) is cut into *cores* of `chunk - 2 * stride` samples; each window is
+its core plus up to `stride` samples of context on both sides. Every boundary is a multiple of the frame hop (the
+backbone's `inputs_to_logits_ratio`: 320 samples for wav2vec 2.0's front end), so frame `j` of a window that starts
+at sample `s` is exactly frame `s / hop + j` of the whole file. Each window keeps only the frames of its own core
+(the last one keeps everything to its end), so the stitched logits have as many frames as a single pass over the
+whole file would, and timestamps decoded from them are relative to the whole file.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ class Window:
     keep_to: int | None  # one past the last kept frame; None: to the window's end
 
 
-def plan_windows(num_samples: int, chunk: int, stride: int, hop: int = 320) -> list[Window]:
-    """Windows covering `num_samples`. `chunk` and `stride` are in samples and rounded down to the hop."""
+def plan_windows(num_samples: int, chunk: int, stride: int, hop: int) -> list[Window]:
+    """Windows covering `num_samples`. `chunk` and `stride` are in samples and rounded down to the hop (samples
+    per output frame)."""
     chunk, stride = chunk // hop * hop, stride // hop * hop
     core = chunk - 2 * stride
     if core < hop:

@@ -28,9 +28,14 @@ def _serve(args: argparse.Namespace) -> int:
     from chorus_server.app import create_app
     from chorus_server.connections import install_log_filter, raise_open_file_limit, uvicorn_options
     from chorus_server.exposure import exposure_problem
-    from chorus_server.settings import get_settings
+    from chorus_server.startup import StartupError, bind, check_paths, load_settings
 
-    settings = get_settings()
+    try:
+        settings = load_settings()
+        check_paths(settings)
+    except StartupError as exc:
+        print(f"chorus serve: {exc}", file=sys.stderr)
+        return 2
     problem = exposure_problem(settings, args.host)
     if problem:
         print(f"chorus serve: {problem}", file=sys.stderr)
@@ -43,6 +48,11 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         run(settings, args.host, args.port, args.workers, args.ray_address)
         return 0
+    try:
+        sock = bind(args.host, args.port)  # before the model loads: a busy port never logs "Chorus ready"
+    except StartupError as exc:
+        print(f"chorus serve: {exc}", file=sys.stderr)
+        return 1
     open_files = raise_open_file_limit()
     if open_files < settings.server.max_connections + 64:
         print(
@@ -52,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     install_log_filter()
     # One process: the inference thread owns the device; concurrency comes from batching, not from workers.
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=args.host,
         port=args.port,
@@ -60,7 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         **uvicorn_options(settings.server),
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -68,9 +80,14 @@ def _keys(args: argparse.Namespace) -> int:
 
     from chorus_server.keys import Role
     from chorus_server.runtime import key_ring
-    from chorus_server.settings import get_settings
+    from chorus_server.startup import StartupError, load_settings
 
-    keys = key_ring(get_settings())
+    try:
+        settings = load_settings()
+    except StartupError as exc:
+        print(f"chorus keys: {exc}", file=sys.stderr)
+        return 2
+    keys = key_ring(settings)
     if args.keys_command == "create":
         expires = time.time() + args.expires_days * 86400 if args.expires_days else None
         info, secret = keys.create(args.tenant, Role(args.role), expires)

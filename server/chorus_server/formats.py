@@ -2,11 +2,15 @@
 
 CTC gives word timings and per-character log-probabilities, not Whisper's decoder statistics, so in verbose_json
 `temperature` is always 0, `seek` is the segment start in centiseconds, `avg_logprob` is the mean log-probability
-of the segment's characters, and `no_speech_prob` is 0 (CTC has no such estimate).
+of the segment's characters, and `no_speech_prob` is one minus the voice activity detector's mean speech
+probability over the segment. Segments end at the detector's pauses, at word gaps of `SEGMENT_PAUSE` and after
+`SEGMENT_MAX`; SRT and WebVTT cues further split segments by subtitle conventions (`subtitles.py`). Every time is
+rounded to milliseconds.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import zlib
 from dataclasses import dataclass
@@ -14,6 +18,8 @@ from typing import Any
 
 from chorus_server.engine.adapters import Vocabulary
 from chorus_server.engine.decode import TimedText, Transcript
+from chorus_server.speech import Speech
+from chorus_server.subtitles import Cue, cues_of
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
@@ -32,12 +38,23 @@ class Segment:
         return " ".join(w.text for w in self.words)
 
 
-def segments_of(words: list[TimedText]) -> list[Segment]:
-    """Split words at pauses of `SEGMENT_PAUSE` seconds or when a segment would pass `SEGMENT_MAX` seconds."""
+def ms(seconds: float) -> float:
+    """Seconds rounded to milliseconds (frame arithmetic leaves float noise such as 0.8200000000000001)."""
+    return round(seconds, 3)
+
+
+def segments_of(words: list[TimedText], pauses: list[float] | None = None) -> list[Segment]:
+    """Split words where a detected pause (a time in seconds) lies between two words, at word gaps of
+    `SEGMENT_PAUSE` seconds, or when a segment would pass `SEGMENT_MAX` seconds."""
+    breaks = sorted(pauses or [])
     segments: list[Segment] = []
     current: list[TimedText] = []
     for word in words:
-        if current and (word.start - current[-1].end >= SEGMENT_PAUSE or word.end - current[0].start > SEGMENT_MAX):
+        # a detected pause between the previous word's end and this word's start
+        pause = bool(current) and bisect.bisect_left(breaks, current[-1].end) < bisect.bisect_right(breaks, word.start)
+        if current and (
+            pause or word.start - current[-1].end >= SEGMENT_PAUSE or word.end - current[0].start > SEGMENT_MAX
+        ):
             segments.append(Segment(current[0].start, current[-1].end, current))
             current = []
         current.append(word)
@@ -63,24 +80,35 @@ def _token_ids(text: str, vocab: Vocabulary) -> list[int]:
 
 
 def verbose_json(
-    transcript: Transcript, vocab: Vocabulary, language: str, duration: float, granularities: set[str]
+    transcript: Transcript,
+    vocab: Vocabulary,
+    language: str,
+    duration: float,
+    granularities: set[str],
+    speech: Speech | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"task": "transcribe", "language": language, "duration": duration, "text": transcript.text}
+    body: dict[str, Any] = {
+        "task": "transcribe",
+        "language": language,
+        "duration": ms(duration),
+        "text": transcript.text,
+    }
     if "segment" in granularities or not granularities:
+        pauses = speech.pauses() if speech else None
         body["segments"] = [
             {
                 "id": i,
                 "seek": round(seg.start * 100),
-                "start": seg.start,
-                "end": seg.end,
+                "start": ms(seg.start),
+                "end": ms(seg.end),
                 "text": seg.text,
                 "tokens": _token_ids(seg.text, vocab),
                 "temperature": 0.0,
                 "avg_logprob": sum(w.logprob for w in seg.words) / len(seg.words),
                 "compression_ratio": _compression_ratio(seg.text),
-                "no_speech_prob": 0.0,
+                "no_speech_prob": speech.no_speech_prob(seg.start, seg.end) if speech else 0.0,
             }
-            for i, seg in enumerate(segments_of(transcript.words))
+            for i, seg in enumerate(segments_of(transcript.words, pauses))
         ]
     if "word" in granularities:
         body["words"] = words_json(transcript)
@@ -89,7 +117,7 @@ def verbose_json(
 
 
 def words_json(transcript: Transcript) -> list[dict[str, Any]]:
-    return [{"word": w.text, "start": w.start, "end": w.end} for w in transcript.words]
+    return [{"word": w.text, "start": ms(w.start), "end": ms(w.end)} for w in transcript.words]
 
 
 def usage(duration: float) -> dict[str, Any]:
@@ -104,17 +132,20 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def srt(transcript: Transcript) -> str:
-    cues = [
-        f"{i}\n{_timestamp(seg.start, ',')} --> {_timestamp(seg.end, ',')}\n{seg.text}\n"
-        for i, seg in enumerate(segments_of(transcript.words), start=1)
-    ]
-    return "\n".join(cues)
+def cues(transcript: Transcript, pauses: list[float] | None = None) -> list[Cue]:
+    return cues_of([seg.words for seg in segments_of(transcript.words, pauses)])
 
 
-def vtt(transcript: Transcript) -> str:
-    cues = [
-        f"{_timestamp(seg.start, '.')} --> {_timestamp(seg.end, '.')}\n{seg.text}\n"
-        for seg in segments_of(transcript.words)
-    ]
-    return "WEBVTT\n\n" + "\n".join(cues)
+def srt(transcript: Transcript, pauses: list[float] | None = None) -> str:
+    return "\n".join(
+        f"{i}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n" + "\n".join(cue.lines) + "\n"
+        for i, cue in enumerate(cues(transcript, pauses), start=1)
+    )
+
+
+def vtt(transcript: Transcript, pauses: list[float] | None = None) -> str:
+    body = "\n".join(
+        f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n" + "\n".join(cue.lines) + "\n"
+        for cue in cues(transcript, pauses)
+    )
+    return "WEBVTT\n\n" + body

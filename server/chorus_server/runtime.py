@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from chorus_server import speech
 from chorus_server.audit import AuditLog
 from chorus_server.auth import Authenticator, anonymous_role, env_keys, key_file
 from chorus_server.batching import BatchLimits
@@ -173,6 +174,7 @@ class Runtime:
         metrics.state.adapters_info, metrics.state.max_adapters = worker.adapters_info, worker.limits.max_items
         default = settings.default_adapter or f"{SEED_OWNER}/{source.head_id}"
         transcriber = Transcriber(engine, store, cache, worker, settings, default)
+        speech.warm_up()
         keys = key_ring(settings)
         auth = Authenticator(keys, anonymous_role(settings.auth, keys))
         audit = AuditLog(settings.audit_log or settings.data_dir / "audit.jsonl")

@@ -1,6 +1,6 @@
-"""One transcription request from admission to transcript: resolve the adapter, hold it resident, cut the audio
-into windows, queue them for the inference thread, wait (bounded by the deadline and the caller's presence),
-stitch the logits, decode once."""
+"""One transcription request from admission to transcript: resolve the adapter, find the speech (VAD), hold the
+adapter resident, cut each speech region into windows, queue them for the inference thread, wait (bounded by the
+deadline and the caller's presence), stitch each region's logits, decode, and join the regions' transcripts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 
-from chorus_server.audio import Audio
+from chorus_server.audio import MIN_SAMPLES, Audio
 from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
 from chorus_server.chunking import Window, plan_windows, stitch
@@ -25,7 +25,9 @@ from chorus_server.engine.cache import AdapterCache
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
 from chorus_server.settings import Settings
+from chorus_server.speech import Speech, detect, join
 from chorus_server.tenancy import resolve
+from chorus_server.vad import Region, VadOptions
 from chorus_server.worker import DeadlineExceeded, Worker
 from chorus_store.base import AdapterRecord, AdapterStore
 
@@ -36,10 +38,21 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
+class Piece:
+    """One window's share of a streamed transcription: its core logits (T, V); `starts_region` on the first
+    window of a speech region (regions are decoded apart and joined with a space, as `transcribe` does)."""
+
+    adapter: Adapter
+    logits: torch.Tensor
+    starts_region: bool
+
+
+@dataclass(frozen=True)
 class Result:
     record: AdapterRecord
     adapter: Adapter
     transcript: Transcript
+    speech: Speech
 
 
 class Transcriber:
@@ -63,15 +76,26 @@ class Transcriber:
             ref = self.default_adapter
         return resolve(self.store, ref, who)
 
+    def default_vad(self) -> VadOptions | None:
+        vad = self.settings.vad
+        return VadOptions(vad.threshold, vad.silence_ms, vad.padding_ms, vad.min_speech_ms) if vad.enabled else None
+
     async def transcribe(
-        self, audio: Audio, record: AdapterRecord, tenant: Principal, disconnected: Callable[[], Awaitable[None]]
+        self,
+        audio: Audio,
+        record: AdapterRecord,
+        tenant: Principal,
+        disconnected: Callable[[], Awaitable[None]],
+        vad: VadOptions | Literal["settings"] | None = "settings",
     ) -> Result:
-        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
+        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
+        `vad`: the detector's options (None: the whole file is speech; "settings": the server's default)."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
         self._admit(audio.seconds, tenant.tenant)
         gone = asyncio.ensure_future(disconnected())
+        options = self.default_vad() if vad == "settings" else vad
         try:
-            return await self._run(audio, record, tenant.tenant, deadline, gone)
+            return await self._run(audio, record, tenant.tenant, deadline, gone, options)
         finally:
             gone.cancel()
             self.budget.release(tenant.tenant, audio.seconds)
@@ -100,60 +124,85 @@ class Transcriber:
         )
 
     async def _run(
-        self, audio: Audio, record: AdapterRecord, tenant: str, deadline: float, gone: asyncio.Future[None]
+        self,
+        audio: Audio,
+        record: AdapterRecord,
+        tenant: str,
+        deadline: float,
+        gone: asyncio.Future[None],
+        vad: VadOptions | None,
     ) -> Result:
+        speech = await self._detect(audio, vad)
         lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
         try:
-            windows, items = self._plan(audio, lease.adapter, record, tenant, deadline)
-            self.worker.submit(items)
+            plans, items = self._plan(audio, speech, lease.adapter, record, tenant, deadline)
+            if items:  # silence alone costs no backbone time
+                self.worker.submit(items)
             gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
             pieces: list[torch.Tensor] = await self._within(gathered, deadline, gone, items)
-            logits = stitch(pieces, windows)  # (T, V)
-            transcript = await asyncio.to_thread(
-                ctc_greedy_decode, logits, lease.adapter.vocab, self.engine.frame_seconds
-            )
-            return Result(record, lease.adapter, transcript)
+            transcript = await asyncio.to_thread(self._decode, pieces, plans, lease.adapter)
+            return Result(record, lease.adapter, transcript, speech)
         finally:
             lease.release()
 
+    async def _detect(self, audio: Audio, vad: VadOptions | None) -> Speech:
+        hop = self.engine.config.inputs_to_logits_ratio
+        return await asyncio.to_thread(detect, audio.samples, self.rate, vad, hop, MIN_SAMPLES)
+
     def _plan(
-        self, audio: Audio, adapter: Adapter, record: AdapterRecord, tenant: str, deadline: float
-    ) -> tuple[list[Window], list[WorkItem]]:
-        """Cut `audio` into windows, one work item per window for the inference thread."""
+        self, audio: Audio, speech: Speech, adapter: Adapter, record: AdapterRecord, tenant: str, deadline: float
+    ) -> tuple[list[tuple[Region, list[Window]]], list[WorkItem]]:
+        """Cut each speech region into windows, one work item per window for the inference thread (in order)."""
         batch = self.settings.batch
-        windows = plan_windows(
-            len(audio.samples), int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
-        )
+        chunk, stride = int(batch.chunk_seconds * self.rate), int(batch.stride_seconds * self.rate)
+        hop = self.engine.config.inputs_to_logits_ratio
+        plans = [(region, plan_windows(region.stop - region.start, chunk, stride, hop)) for region in speech.regions]
         now = time.monotonic()
         label = record.id if record.visibility == "public" else ""
         items = [
-            WorkItem(np.ascontiguousarray(audio.samples[w.start : w.stop]), adapter, now, deadline, tenant, label)
+            WorkItem(
+                np.ascontiguousarray(audio.samples[region.start + w.start : region.start + w.stop]),
+                adapter,
+                now,
+                deadline,
+                tenant,
+                label,
+            )
+            for region, windows in plans
             for w in windows
         ]
-        return windows, items
+        return plans, items
 
     async def stream(
-        self, audio: Audio, record: AdapterRecord, who: Principal, disconnected: Callable[[], Awaitable[None]]
-    ) -> AsyncGenerator[tuple[Adapter, torch.Tensor] | None, None]:
+        self,
+        audio: Audio,
+        record: AdapterRecord,
+        who: Principal,
+        disconnected: Callable[[], Awaitable[None]],
+        vad: VadOptions | Literal["settings"] | None = "settings",
+    ) -> AsyncGenerator[Piece | None, None]:
         """`transcribe`, piece by piece. Yields None once the audio is admitted and queued (so a caller can refuse
-        with a plain error until then), then (adapter, (T_k, V) logits of window k's core) in order as windows
-        finish: the pieces concatenated are exactly the logits `transcribe` decodes. Same errors as `transcribe`.
-        The first window is queued alone, so its text is not held back by a batch of the others."""
+        with a plain error until then), then a `Piece` per window in order as windows finish: within a speech
+        region the pieces concatenated are exactly the logits `transcribe` decodes for it. Same errors as
+        `transcribe`. The first window is queued alone, so its text is not held back by a batch of the others."""
         deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
         self._admit(audio.seconds, who.tenant)
         gone = asyncio.ensure_future(disconnected())
         items: list[WorkItem] = []
         try:
+            speech = await self._detect(audio, self.default_vad() if vad == "settings" else vad)
             lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
             try:
-                windows, items = self._plan(audio, lease.adapter, record, who.tenant, deadline)
-                self.worker.submit(items[:1])
+                plans, items = self._plan(audio, speech, lease.adapter, record, who.tenant, deadline)
+                if items:  # silence alone costs no backbone time
+                    self.worker.submit(items[:1])
                 yield None
-                for k, (window, item) in enumerate(zip(windows, items, strict=True)):
+                windows = [(k == 0, window) for _, region_windows in plans for k, window in enumerate(region_windows)]
+                for n, ((starts_region, window), item) in enumerate(zip(windows, items, strict=True)):
                     piece = await self._within(asyncio.wrap_future(item.future), deadline, gone, items)
-                    if k == 0 and len(items) > 1:
+                    if n == 0 and len(items) > 1:
                         self.worker.submit(items[1:])
-                    yield lease.adapter, piece[window.keep_from : window.keep_to]
+                    yield Piece(lease.adapter, piece[window.keep_from : window.keep_to], starts_region)
             finally:
                 lease.release()
         finally:
@@ -161,6 +210,19 @@ class Transcriber:
                 item.future.cancel()
             gone.cancel()
             self.budget.release(who.tenant, audio.seconds)
+
+    def _decode(
+        self, pieces: list[torch.Tensor], plans: list[tuple[Region, list[Window]]], adapter: Adapter
+    ) -> Transcript:
+        """pieces: (T_i, V) logits of every window of every region, in order -> the file's transcript."""
+        parts: list[tuple[float, Transcript]] = []
+        for region, windows in plans:
+            mine, pieces = pieces[: len(windows)], pieces[len(windows) :]
+            logits = stitch(mine, windows)  # (T, V) of this region
+            parts.append(
+                (region.start / self.rate, ctc_greedy_decode(logits, adapter.vocab, self.engine.frame_seconds))
+            )
+        return join(parts)
 
     async def _within(
         self, work: Awaitable[_T], deadline: float, gone: asyncio.Future[None], items: list[WorkItem]

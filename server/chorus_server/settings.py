@@ -39,6 +39,17 @@ class BatchSettings(BaseModel):
     )
 
 
+class VadSettings(BaseModel):
+    """Voice activity detection (Silero VAD): silence is skipped and long audio is cut at pauses. A request's
+    `chunking_strategy` (`auto`, or a `server_vad` object) overrides the threshold, silence and padding."""
+
+    enabled: bool = Field(True, description="skip silence and cut at pauses when a request names no chunking_strategy")
+    threshold: float = Field(0.5, gt=0, lt=1, description="speech probability at which speech starts")
+    silence_ms: int = Field(500, ge=0, le=10_000, description="a pause at least this long ends a speech region")
+    padding_ms: int = Field(200, ge=0, le=10_000, description="audio kept before and after each speech region")
+    min_speech_ms: int = Field(250, ge=0, le=10_000, description="shorter bursts of sound are not speech")
+
+
 class TenantLimits(BaseModel):
     """Each tenant's limits (defaults; per-tenant overrides: `PUT /v1/tenants/{tenant}/limits`). None: unlimited."""
 
@@ -168,6 +179,7 @@ class Settings(BaseSettings):
         50, ge=1, le=1000, description="distinct adapter label values in metrics; the rest count as 'other'"
     )
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -76,3 +76,18 @@ def test_server_load_harness_runs(tmp_path):
     assert report["direct_seconds"] > 0 and report["http_c1_seconds"] > 0
     assert set(report["levels"]) == {"1", "2"}
     assert all(level["n"] == 4 and level["p95"] >= level["p50"] > 0 for level in report["levels"].values())
+
+
+def test_vad_eval_harness_runs(tmp_path):
+    out = tmp_path / "vad.json"
+    command = [sys.executable, "-m", "benchmarks.vad_eval", "--files", "1", "--throughput-seconds", "20"]
+    result = subprocess.run([*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    for kind in ("silence", "quiet noise", "noise"):
+        detectors = report[f"detectors, pauses of {kind}"]
+        assert {"silero", "energy"} <= set(detectors)
+        assert all(0 <= d["speech_recall"] <= 1 and 0 <= d["non_speech_kept"] <= 1 for d in detectors.values())
+        assert set(report[f"segments, pauses of {kind}"]) == {"vad", "no vad"}
+    speed = report["throughput on half-silent audio (x real time)"]
+    assert speed["vad_on"] > 0 and speed["vad_off"] > 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import httpx
 import pytest
@@ -82,12 +84,63 @@ def test_transcribe_json_report_and_partial_failure(server, tmp_path, capsys):
 def test_transcribe_missing_file_and_bad_concurrency(server, tmp_path, capsys):
     assert main(["transcribe", str(tmp_path / "nope.wav"), "-a", "fr"]) == cli.EXIT_NOT_FOUND
     assert "no such file" in capsys.readouterr().err
+    assert server.requests == []
     (tmp_path / "a.wav").write_bytes(b"x")
     assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "fr", "--concurrency", "0"]) == cli.EXIT_REJECTED
     assert main(["transcribe", str(tmp_path / "empty"), "-a", "fr"]) == cli.EXIT_NOT_FOUND
     (tmp_path / "empty").mkdir()
     assert main(["transcribe", str(tmp_path / "empty"), "-a", "fr"]) == cli.EXIT_NOT_FOUND
     assert server.requests == []
+
+
+def test_a_missing_file_in_a_batch_is_reported_and_the_rest_still_sent(server, tmp_path, capsys):
+    for name in ("a.wav", "b.wav"):
+        (tmp_path / name).write_bytes(b"x")
+    files = [str(tmp_path / "a.wav"), str(tmp_path / "gone.wav"), str(tmp_path / "b.wav")]
+    args = ["transcribe", *files, "-a", "fr", "--format", "json", "--json", "--concurrency", "1"]
+    assert main(args) == cli.EXIT_NOT_FOUND
+    captured = capsys.readouterr()
+    report = {Path(entry["file"]).name: entry for entry in json.loads(captured.out)}
+    assert report["gone.wav"]["error"]["code"] == "file_not_found" and report["gone.wav"]["result"] is None
+    assert report["a.wav"]["result"] == report["b.wav"]["result"] == {"text": "bonjour"}
+    assert len(server.requests) == 2
+    assert f"{tmp_path / 'gone.wav'}: no such file" in captured.err
+
+
+def test_json_keeps_non_ascii(server, tmp_path, capsys):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    server.script = [
+        httpx.Response(200, json={"text": "ça déjà vu — 日本"}, headers={"x-chorus-adapter": "fr@2"}),
+    ]
+    assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "fr", "--format", "json", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "ça déjà vu — 日本" in out and "\\u" not in out
+    assert json.loads(out)[0]["result"]["text"] == "ça déjà vu — 日本"
+
+
+def test_unknown_adapter_hint_names_the_cli_command(server, tmp_path, capsys):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    message = "adapter 'xx' not found; list adapters with GET /v1/adapters"
+    server.script = [envelope(404, "not_found_error", message, "adapter_not_found")]
+    assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "xx"]) == cli.EXIT_NOT_FOUND
+    assert "adapter 'xx' not found; list adapters with `chorus adapters list`" in capsys.readouterr().err
+    server.script = [envelope(404, "not_found_error", message, "adapter_not_found")]
+    assert main(["adapters", "show", "xx"]) == cli.EXIT_NOT_FOUND
+    err = capsys.readouterr().err
+    assert "`chorus adapters list`" in err and "GET /v1/adapters" not in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"chorus {version('chorus-client')} (client)")
+
+
+def test_a_v1_base_url_means_the_server_root(server, tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "fr", "--url", "http://127.0.0.1:8000/v1/"]) == 0
+    assert str(server.requests[-1].url) == "http://127.0.0.1:8000/v1/audio/transcriptions"
 
 
 def test_adapter_commands(server, tmp_path, capsys):

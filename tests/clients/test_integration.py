@@ -66,6 +66,8 @@ def base_env(model_dir: Path, workdir: Path) -> dict[str, str]:
         "CHORUS_SEED_STORE": "false",
         "CHORUS_AUTH__KEYS": json.dumps(KEYS),
         "CHORUS_AUTH__ADMIN_KEYS": json.dumps([ADMIN]),
+        # The clips are tones, not speech: detection would (rightly) send nothing to the backbone.
+        "CHORUS_VAD__ENABLED": "false",
     }
 
 

@@ -30,9 +30,13 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:
-    """Settings for a test server: float32 (exact), the test model, its adapters seeded into a fresh store."""
+    """Settings for a test server: float32 (exact), the test model, its adapters seeded into a fresh store. Voice
+    activity detection is off unless `vad={"enabled": True}`: the test signals are tones and noise, not speech, and
+    most tests compare the server with the engine called on the whole file (tests/server/test_vad_pipeline.py
+    covers detection on real speech)."""
     values = dict(backbone=model_dir, store=str(tmp_path / "store"), data_dir=tmp_path, device="cpu", dtype="float32")
-    groups = ("batch", "limits", "cache", "auth", "server", "realtime")
+    overrides.setdefault("vad", {"enabled": False})
+    groups = ("batch", "limits", "cache", "auth", "server", "realtime", "vad")
     nested = {key: overrides.pop(key) for key in groups if key in overrides}
     settings = Settings(**values, **overrides, _env_file=None)
     for group, fields in nested.items():

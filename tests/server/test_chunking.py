@@ -17,7 +17,7 @@ def frames(samples: int) -> int:
 @pytest.mark.parametrize("length", [400, 16000, 160_000, 160_001, 321_123, 1_440_000, 1_440_399, 2_000_079])
 @pytest.mark.parametrize(("chunk", "stride"), [(160_000, 32_000), (320_000, 48_000), (96_000, 320)])
 def test_kept_frames_tile_the_whole_file(length, chunk, stride):
-    windows = plan_windows(length, chunk, stride)
+    windows = plan_windows(length, chunk, stride, 320)
     next_frame = 0
     for w in windows:
         assert w.start % HOP == 0 and w.stop - w.start <= chunk + 2 * HOP
@@ -31,12 +31,12 @@ def test_kept_frames_tile_the_whole_file(length, chunk, stride):
 
 
 def test_short_audio_is_one_window():
-    assert plan_windows(1000, 160_000, 32_000) == [plan_windows(1000, 160_000, 32_000)[0]]
-    assert plan_windows(1000, 160_000, 32_000)[0].keep_to is None
+    assert plan_windows(1000, 160_000, 32_000, 320) == [plan_windows(1000, 160_000, 32_000, 320)[0]]
+    assert plan_windows(1000, 160_000, 32_000, 320)[0].keep_to is None
 
 
 def test_stitch_keeps_each_core_once():
-    windows = plan_windows(1_000_000, 160_000, 32_000)
+    windows = plan_windows(1_000_000, 160_000, 32_000, 320)
     pieces = []
     for w in windows:  # logits whose single feature is the global frame index
         index = torch.arange(frames(w.stop - w.start)) + w.start // HOP
@@ -47,4 +47,4 @@ def test_stitch_keeps_each_core_once():
 
 def test_invalid_geometry_is_refused():
     with pytest.raises(ValueError, match="twice the stride"):
-        plan_windows(10**6, 64_000, 32_000)
+        plan_windows(10**6, 64_000, 32_000, 320)

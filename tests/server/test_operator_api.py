@@ -67,6 +67,26 @@ def test_pin_keeps_resident_and_follows_new_versions(client, adapter_files):
     assert client.post("/v1/adapters/spa-3/unpin").json()["pinned"] is False
 
 
+def test_deleting_the_pinned_version_moves_the_pin_to_the_new_current_one(client, adapter_files):
+    assert client.post("/v1/adapters/spa-3/pin").json()["pinned"] is True
+    assert client.put("/v1/adapters/spa-3", content=adapter_files[0].read_bytes()).json()["pinned"] is True
+    deleted = client.delete("/v1/adapters/spa-3@2").json()
+    full_id = deleted["id"]
+    assert deleted["deleted"] is True and deleted["pinned"] == f"{full_id}@1"  # said, not silent
+    current = client.get("/v1/adapters/spa-3").json()
+    assert current["version"] == 1 and current["pinned"] is True and current["resident"] is True
+    assert client.app.state.chorus.pinned == {full_id: f"{full_id}@1"}
+    # deleting the last version drops the pin, and says so
+    last = client.delete("/v1/adapters/spa-3@1").json()
+    assert last["pinned"] is None
+    assert client.app.state.chorus.pinned == {}
+
+
+def test_deleting_an_unpinned_version_says_nothing_of_pins(client, adapter_files):
+    client.put("/v1/adapters/spa-3", content=adapter_files[0].read_bytes())
+    assert "pinned" not in client.delete("/v1/adapters/spa-3@2").json()
+
+
 def test_health_readiness_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()

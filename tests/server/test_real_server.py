@@ -43,6 +43,14 @@ def test_openai_sdk_works_unchanged(live, tmp_path):
     assert verbose.text == plain.text and verbose.duration == pytest.approx(3.0)
     assert verbose.words and verbose.words[0].end > verbose.words[0].start
     assert verbose.segments and verbose.segments[0].avg_logprob <= 0
+    for strategy in ("auto", {"type": "server_vad", "threshold": 0.4, "silence_duration_ms": 800}):
+        # the SDK encodes a dict as bracketed fields; either form turns detection on for this request (the
+        # server default here is off), and the tone holds no speech
+        with audio.open("rb") as f:
+            assert client.audio.transcriptions.create(model="eng-0", file=f, chunking_strategy=strategy).text == ""
+    with audio.open("rb") as f, pytest.raises(openai.BadRequestError) as bad:
+        client.audio.transcriptions.create(model="eng-0", file=f, chunking_strategy={"type": "semantic_vad"})
+    assert bad.value.body["param"] == "chunking_strategy"  # type: ignore[index]
     with audio.open("rb") as f:
         srt = client.audio.transcriptions.create(model="eng-0", file=f, response_format="srt")
     assert "-->" in str(srt)
@@ -56,6 +64,13 @@ def test_openai_sdk_works_unchanged(live, tmp_path):
 def test_a_disconnected_client_has_its_queued_work_dropped(live):
     runtime = live.app.state.chorus
     gate, calls = gate_forward(live)
+    entered, gated = threading.Event(), runtime.engine.forward
+
+    def entering(*args):
+        entered.set()
+        return gated(*args)
+
+    runtime.engine.forward = entering
     files = {"file": ("a.wav", wav(2.0), "audio/wav")}
     blocker = threading.Thread(
         target=lambda: httpx.post(
@@ -64,7 +79,8 @@ def test_a_disconnected_client_has_its_queued_work_dropped(live):
         daemon=True,
     )
     blocker.start()
-    wait_for(lambda: runtime.metrics.in_flight._value.get() == 1 and runtime.worker.queued_items == 0)
+    # the blocker is in the backbone (in flight with nothing queued is not enough: detection comes first)
+    wait_for(entered.is_set)
     with pytest.raises(httpx.ReadTimeout):  # this client gives up while its work waits behind the blocker
         httpx.post(f"{live.url}/v1/audio/transcriptions", files=files, data={"model": "eng-0"}, timeout=0.5)
     wait_for(lambda: runtime.metrics.in_flight._value.get() == 1)  # the server noticed and let it go

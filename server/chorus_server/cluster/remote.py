@@ -4,12 +4,14 @@ whose worker died before answering is retried once on another."""
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import Response
 
 from chorus_server.audio import Audio
 from chorus_server.auth import Principal
+from chorus_server.vad import VadOptions
 from chorus_store.base import AdapterRecord
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class RemoteWorkers:
         response_format: str,
         granularities: set[str],
         language: str | None,
+        vad: VadOptions | None,
     ) -> Response:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -49,6 +52,7 @@ class RemoteWorkers:
             response_format=response_format,
             granularities=sorted(granularities),
             language=language,
+            vad=asdict(vad) if vad else None,
         )
         for attempt in (1, 2):
             try:

@@ -16,6 +16,7 @@ from chorus_server.keys import Role
 from chorus_server.routes.transcriptions import render
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings
+from chorus_server.vad import VadOptions
 from chorus_store.errors import StoreError
 
 # (status, media type, body, headers): what a worker answers; plain data, cheap to send between processes.
@@ -40,6 +41,7 @@ class ChorusWorker:
         response_format: str,
         granularities: list[str],
         language: str | None,
+        vad: dict[str, Any] | None = None,
     ) -> Answer:
         """Transcribe `samples` (16 kHz mono float32) with the stored version `adapter` (a full `owner/name@N`)."""
         runtime = self.runtime
@@ -48,7 +50,9 @@ class ChorusWorker:
             record = await asyncio.to_thread(runtime.store.get, adapter)
             audio = Audio(samples, runtime.engine.preprocess.sampling_rate)
             never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            result = await runtime.transcriber.transcribe(audio, record, principal(tenant, Role(role)), lambda: never)
+            who = principal(tenant, Role(role))
+            options = VadOptions(**vad) if vad else None
+            result = await runtime.transcriber.transcribe(audio, record, who, lambda: never, options)
             response = render(result, response_format, set(granularities), language, audio.seconds)
         except (ApiError, StoreError) as exc:
             error = exc if isinstance(exc, ApiError) else from_domain(exc)

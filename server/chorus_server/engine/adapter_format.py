@@ -9,6 +9,7 @@ See docs/adapter-format.md.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def adapter_metadata(adapter: Adapter) -> dict[str, str]:
     }
 
 
-def save_adapter(adapter: Adapter, path: Path, dtype: torch.dtype = torch.float32) -> None:
+def save_adapter(adapter: Adapter, path: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> None:
     """Write the native file; each (site, part)'s layers lie back to back, so loading stacks them as one view."""
     tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in adapter.tensors().items()}
     write_safetensors(Path(path), tensors, adapter_metadata(adapter))
@@ -154,7 +155,8 @@ def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> 
     return adapter.adopt(stacks, head_weight, head_bias).eval().requires_grad_(False)
 
 
-def read_adapter_file(path: Path) -> tuple[dict[str, str], TensorViews]:
+def read_adapter_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], TensorViews]:
+    path = Path(path)
     try:
         with path.open("rb") as f:  # straight into a writable buffer: the tensors view it without a copy
             data = bytearray(path.stat().st_size)
@@ -170,7 +172,7 @@ def adapter_from_bytes(data: bytes | bytearray) -> Adapter:
     return load_tensors_into(adapter_from_metadata(meta), tensors)
 
 
-def load_adapter(path: Path) -> Adapter:
+def load_adapter(path: str | os.PathLike[str]) -> Adapter:
     """Read a native adapter file (validated, not yet checked against a backbone: see `check_fit`)."""
     meta, tensors = read_adapter_file(path)
     return load_tensors_into(adapter_from_metadata(meta), tensors)
@@ -226,9 +228,10 @@ def adapter_from_hf(
 
 
 def load_mms_adapter(
-    path: Path, vocab_json: dict[str, Any], language: str, hidden_size: int, fingerprint: str
+    path: str | os.PathLike[str], vocab_json: dict[str, Any], language: str, hidden_size: int, fingerprint: str
 ) -> Adapter:
     """An MMS `adapter.<lang>.safetensors` (keys `wav2vec2.encoder.layers.N.adapter_layer.*` + `lm_head.*`)."""
+    path = Path(path)
     _, tensors = read_adapter_file(path)
     rest, head, layers = split_checkpoint(dict(tensors))
     if rest:

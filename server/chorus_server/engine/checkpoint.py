@@ -39,8 +39,9 @@ WEIGHT_NORM_NAMES = (
 ADAPTER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.adapter_layer\.(.+)$")
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint directory: safetensors (single or sharded) or a `.bin` loaded weights-only."""
+    path = Path(path)
     single = path / "model.safetensors"
     index = path / "model.safetensors.index.json"
     legacy = path / "pytorch_model.bin"
@@ -92,7 +93,9 @@ def split_checkpoint(
     return backbone, head, adapter_layers
 
 
-def load_backbone(path: Path, config: BackboneConfig) -> tuple[Backbone, dict[str, torch.Tensor], dict]:
+def load_backbone(
+    path: str | os.PathLike[str], config: BackboneConfig
+) -> tuple[Backbone, dict[str, torch.Tensor], dict]:
     """Build the backbone and load weights strictly. Returns (backbone, lm_head tensors, MMS adapter tensors)."""
     state, head, adapter_layers = split_checkpoint(read_state_dict(path))
     model = Backbone(config)
@@ -130,7 +133,7 @@ def hf_vocab(vocab: Vocabulary) -> dict[str, int]:
 
 
 def write_checkpoint(
-    out: Path,
+    out: str | os.PathLike[str],
     backbone: Backbone,
     extra: dict[str, torch.Tensor],
     vocab_json: dict,
@@ -143,6 +146,7 @@ def write_checkpoint(
     Every file is written in full beside `out` first and then moved in, so a reader never sees a partial file;
     other files in `out` are left alone.
     """
+    out = Path(out)
     tensors = {**hf_backbone_tensors(backbone), **extra}
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,8 @@ class BackboneConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_dir(cls, path: Path) -> BackboneConfig:
-        config_file = path / "config.json"
+    def from_dir(cls, path: str | os.PathLike[str]) -> BackboneConfig:
+        config_file = Path(path) / "config.json"
         if not config_file.is_file():
             raise CheckpointError(f"{config_file} not found; a backbone directory needs config.json")
         try:
@@ -130,8 +131,8 @@ class PreprocessConfig:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_dir(cls, path: Path) -> PreprocessConfig:
-        file = path / "preprocessor_config.json"
+    def from_dir(cls, path: str | os.PathLike[str]) -> PreprocessConfig:
+        file = Path(path) / "preprocessor_config.json"
         if not file.is_file():
             return cls()
         raw = json.loads(file.read_text())

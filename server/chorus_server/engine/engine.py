@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ class Engine:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str = "auto", dtype: str = "float32", language: str | None = None
+        cls, path: str | os.PathLike[str], device: str = "auto", dtype: str = "float32", language: str | None = None
     ) -> LoadedModel:
         """Load an HF wav2vec 2.0 directory; an `lm_head` (+ MMS adapter layers) becomes the default adapter."""
         path = Path(path)
@@ -130,7 +131,7 @@ class Engine:
         )
         return LoadedModel(engine, default, built)
 
-    def load_mms_adapter(self, path: Path, vocab_json: dict, language: str) -> Adapter:
+    def load_mms_adapter(self, path: str | os.PathLike[str], vocab_json: dict, language: str) -> Adapter:
         """An MMS `adapter.<lang>.safetensors` beside this backbone (MMS files carry no fingerprint: trusted)."""
         return self.prepare(load_mms_adapter(path, vocab_json, language, self.config.hidden_size, self.fingerprint))
 

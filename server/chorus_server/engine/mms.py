@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
 def convert_mms(
-    adapter_file: Path,
-    vocab_file: Path,
+    adapter_file: str | os.PathLike[str],
+    vocab_file: str | os.PathLike[str],
     language: str,
-    out: Path,
+    out: str | os.PathLike[str],
     *,
-    backbone: Path | None = None,
+    backbone: str | os.PathLike[str] | None = None,
     fingerprint: str | None = None,
 ) -> Path:
     """Write `adapter.<lang>.safetensors` + its vocabulary as a native adapter for the given backbone.
@@ -25,6 +26,7 @@ def convert_mms(
     from chorus_server.engine import Engine, EngineError, save_adapter
     from chorus_server.engine.adapter_format import load_mms_adapter
 
+    adapter_file, vocab_file, out = Path(adapter_file), Path(vocab_file), Path(out)
     try:
         if backbone is not None:
             engine = Engine.from_pretrained(backbone, device="cpu").engine

@@ -8,6 +8,7 @@ away from identity so that a mistake in any of them changes the output.
 from __future__ import annotations
 
 import dataclasses
+import os
 import string
 from pathlib import Path
 
@@ -128,11 +129,12 @@ def mms_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
 
 
 def write_random_model(
-    out: Path, preset: str, num_adapters: int, seed: int = 0, num_layers: int | None = None
+    out: str | os.PathLike[str], preset: str, num_adapters: int, seed: int = 0, num_layers: int | None = None
 ) -> list[Path]:
     """Write the backbone to `out` (config.json, preprocessor_config.json, model.safetensors, vocab.json) and
     `num_adapters` native adapters to `out/adapters/`. Pre-LN presets with MMS slots also get MMS-layout
     `adapter.<lang>.safetensors` files beside the model. Returns the native adapter paths."""
+    out = Path(out)
     config = PRESETS[preset]
     if num_layers is not None:
         config = dataclasses.replace(config, num_hidden_layers=num_layers)

@@ -15,17 +15,16 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-import torch
 from fastapi.responses import StreamingResponse
 
 from chorus_server import formats
-from chorus_server.engine.adapters import Adapter
 from chorus_server.errors import ApiError, envelope, from_domain
 from chorus_server.live.ctc_stream import IncrementalCTC
+from chorus_server.service import Piece
 
 logger = logging.getLogger(__name__)
 
-Pieces = AsyncGenerator[tuple[Adapter, torch.Tensor] | None, None]
+Pieces = AsyncGenerator[Piece | None, None]
 
 
 STREAMABLE_FORMATS = ("json", "text")
@@ -59,22 +58,30 @@ async def stream_response(pieces: Pieces, duration: float, headers: dict[str, st
 
 
 async def transcript_events(pieces: Pieces, duration: float) -> AsyncIterator[bytes]:
+    """Each speech region is decoded incrementally on its own; regions' texts are joined with one space, so the
+    done text is exactly the non-streamed transcript (`speech.join`)."""
     decoder: IncrementalCTC | None = None
+    done: list[str] = []  # texts of the finished regions that have any
     async with aclosing(pieces):
         try:
             async for piece in pieces:
                 if piece is None:
                     continue
-                adapter, logits = piece
-                decoder = decoder or IncrementalCTC(adapter.vocab)
-                delta = decoder.push(logits)
+                if decoder is None or piece.starts_region:
+                    if decoder is not None and decoder.text:
+                        done.append(decoder.text)
+                    decoder = IncrementalCTC(piece.adapter.vocab)
+                fresh = not decoder.text
+                delta = decoder.push(piece.logits)
                 if delta:
-                    yield sse({"type": "transcript.text.delta", "delta": delta})
+                    separator = " " if fresh and done else ""
+                    yield sse({"type": "transcript.text.delta", "delta": separator + delta})
         except Exception as exc:
             yield sse({"type": "error", **error_body(exc)})
             return
-    text = decoder.text if decoder is not None else ""
-    yield sse({"type": "transcript.text.done", "text": text, "usage": formats.usage(duration)})
+    if decoder is not None and decoder.text:
+        done.append(decoder.text)
+    yield sse({"type": "transcript.text.done", "text": " ".join(done), "usage": formats.usage(duration)})
 
 
 def error_body(exc: Exception) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from chorus_server.errors import ApiError
 from chorus_server.runtime import Runtime, upload_dir
 from chorus_server.tenancy import own_id, resolve
 from chorus_store.base import AdapterRecord, split_ref
-from chorus_store.errors import StoreUnavailable
+from chorus_store.errors import AdapterNotFound, StoreUnavailable
 
 router = APIRouter(tags=["adapters"])
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -211,10 +211,27 @@ async def delete_adapter(
     # Requests already running keep their version until they finish; "x@1" also matches "x@10", which only
     # costs that version a reload.
     runtime.cache.invalidate(f"{full_id}@{version if version is not None else ''}")
+    answer: dict[str, Any] = {"id": full_id, "object": "adapter.deleted", "deleted": True, "version": version}
     pinned = runtime.pinned.get(full_id)
     if pinned is not None and (version is None or pinned == f"{full_id}@{version}"):
+        answer["pinned"] = await _follow_pin(runtime, full_id, whole=version is None)
+    return answer
+
+
+async def _follow_pin(runtime: Runtime, full_id: str, whole: bool) -> str | None:
+    """The pinned version was deleted: pin the version that is current now (returned), or, when none is left,
+    drop the pin (None). The answer says which, so a pin never disappears silently."""
+    current = None
+    if not whole:
+        try:
+            current = await asyncio.to_thread(runtime.store.get, full_id)
+        except AdapterNotFound:
+            current = None
+    if current is None:
         runtime.cache.unpin(runtime.pinned.pop(full_id))
-    return {"id": full_id, "object": "adapter.deleted", "deleted": True, "version": version}
+        return None
+    await _pin(runtime, current)
+    return current.ref
 
 
 @router.post("/v1/adapters/{adapter_id:path}/pin", summary="Keep the current version resident (returns once it is)")

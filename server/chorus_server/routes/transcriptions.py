@@ -14,6 +14,7 @@ from chorus_server.auth import Principal, current_principal
 from chorus_server.live.sse import check_streamable, stream_response
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
+from chorus_server.speech import options_from_form
 
 router = APIRouter(tags=["transcription"])
 
@@ -47,11 +48,18 @@ async def create_transcription(
     stream: Annotated[
         bool, Form(description="server-sent events: transcript.text.delta…, transcript.text.done")
     ] = False,
+    chunking_strategy: Annotated[
+        str | None,
+        Form(description='"auto" or a server_vad JSON object (or chunking_strategy[field] fields); unset: server'),
+    ] = None,
 ) -> Response:
     runtime: Runtime = request.app.state.chorus
     who.require("transcribe")
     if stream:
         check_streamable(response_format, runtime.remote is not None)
+    # `chunking_strategy` above is for the schema; the OpenAI SDK may send it as chunking_strategy[...] fields, so
+    # the whole form (already parsed, cached by Starlette) is read.
+    vad = options_from_form(await request.form(), runtime.settings.vad)
     record = runtime.transcriber.resolve(model, who)
     # Request metrics: private adapters are never named (whoever scrapes may not see them).
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
@@ -67,15 +75,15 @@ async def create_transcription(
     runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
     granularities: set[str] = set(timestamp_granularities or [])
     if stream:
-        pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request))
+        pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request), vad)
         try:
             return await stream_response(pieces, audio.seconds, {"x-chorus-adapter": record.ref})
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
     if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
-        return await runtime.remote.transcribe(audio, record, who, response_format, granularities, language)
+        return await runtime.remote.transcribe(audio, record, who, response_format, granularities, language, vad)
     try:
-        result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request))
+        result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request), vad)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     response = render(result, response_format, granularities, language, audio.seconds)
@@ -86,16 +94,18 @@ async def create_transcription(
 def render(
     result: Result, response_format: str, granularities: set[str], language: str | None, duration: float
 ) -> Response:
-    transcript = result.transcript
+    transcript, pauses = result.transcript, result.speech.pauses()
     if response_format == "text":
         return PlainTextResponse(transcript.text + "\n")
     if response_format == "srt":
-        return PlainTextResponse(formats.srt(transcript))
+        return PlainTextResponse(formats.srt(transcript, pauses))
     if response_format == "vtt":
-        return PlainTextResponse(formats.vtt(transcript), media_type="text/vtt")
+        return PlainTextResponse(formats.vtt(transcript, pauses), media_type="text/vtt")
     lang = result.record.language or language or ""
     if response_format == "verbose_json":
-        return JSONResponse(formats.verbose_json(transcript, result.adapter.vocab, lang, duration, granularities))
+        return JSONResponse(
+            formats.verbose_json(transcript, result.adapter.vocab, lang, duration, granularities, result.speech)
+        )
     body: dict[str, Any] = {"text": transcript.text, "usage": formats.usage(duration)}
     if "word" in granularities:
         body["words"] = formats.words_json(transcript)
