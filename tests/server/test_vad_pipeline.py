@@ -128,3 +128,16 @@ def test_word_times_are_whole_milliseconds(client):
     body = transcribe(client, encode(sample("en-3")), "en", **{"timestamp_granularities[]": "word"}).json()
     times = [t for w in body["words"] for t in (w["start"], w["end"])]
     assert times and all(t == round(t, 3) and len(repr(t).split(".")[-1]) <= 3 for t in times)
+
+
+def test_a_streamed_transcript_follows_the_speech_regions(client):
+    """stream=true decodes each speech region apart and joins them as the plain transcript does: the deltas add up
+    to the done text, which equals the plain text exactly (two regions here, split by a 1.5 s pause)."""
+    audio, _, _ = two_sentences(silence(1.5))
+    plain = transcribe(client, encode(audio), "en").json()["text"]
+    streamed = transcribe(client, encode(audio), "en", stream="true")
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
+    deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
+    assert events[-1]["type"] == "transcript.text.done"
+    assert " " in plain and "".join(deltas) == events[-1]["text"] == plain

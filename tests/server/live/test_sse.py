@@ -12,6 +12,7 @@ import torch
 from chorus_server.engine.adapters import Vocabulary
 from chorus_server.errors import ApiError
 from chorus_server.live.sse import transcript_events
+from chorus_server.service import Piece
 from tests.server.conftest import wav
 
 openai = pytest.importorskip("openai")
@@ -39,9 +40,9 @@ def test_a_delta_leaves_as_soon_as_its_window_is_done():
 
     async def pieces():
         yield None
-        yield FakeAdapter(), one_hot([2, 1])
+        yield Piece(FakeAdapter(), one_hot([2, 1]), starts_region=True)  # type: ignore[arg-type]
         await second_window.wait()
-        yield FakeAdapter(), one_hot([3, 0])
+        yield Piece(FakeAdapter(), one_hot([3, 0]), starts_region=False)  # type: ignore[arg-type]
 
     async def run() -> list[dict]:
         stream = transcript_events(pieces(), 2.2)
@@ -57,10 +58,33 @@ def test_a_delta_leaves_as_soon_as_its_window_is_done():
     ]
 
 
+def test_speech_regions_are_decoded_apart_and_joined_with_one_space():
+    """As the plain transcript (`speech.join`): a run of one token across a region boundary is two tokens, a
+    region with no text adds nothing, and the next region's first delta starts with the joining space."""
+
+    async def pieces():
+        yield None
+        yield Piece(FakeAdapter(), one_hot([2, 2]), starts_region=True)  # type: ignore[arg-type]
+        yield Piece(FakeAdapter(), one_hot([0, 0]), starts_region=True)  # type: ignore[arg-type]  # no text
+        yield Piece(FakeAdapter(), one_hot([2]), starts_region=True)  # type: ignore[arg-type]
+        yield Piece(FakeAdapter(), one_hot([1, 3]), starts_region=False)  # type: ignore[arg-type]
+
+    async def run() -> list[bytes]:
+        return [chunk async for chunk in transcript_events(pieces(), 1.0)]
+
+    got = events(asyncio.run(run()))
+    assert got == [
+        {"type": "transcript.text.delta", "delta": "a"},
+        {"type": "transcript.text.delta", "delta": " a"},
+        {"type": "transcript.text.delta", "delta": " b"},
+        {"type": "transcript.text.done", "text": "a a b", "usage": {"type": "duration", "seconds": 1}},
+    ]
+
+
 def test_an_error_mid_stream_ends_it_with_an_error_event():
     async def pieces():
         yield None
-        yield FakeAdapter(), one_hot([2])
+        yield Piece(FakeAdapter(), one_hot([2]), starts_region=True)  # type: ignore[arg-type]
         raise ApiError(504, "the request did not finish before its deadline", "deadline_exceeded")
 
     async def run() -> list[bytes]:
