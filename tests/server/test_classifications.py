@@ -4,6 +4,9 @@ for transcriptions; limits, admission and request metrics shared with transcript
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -133,3 +136,38 @@ def test_another_tenants_private_classifier_looks_missing(tmp_path, model_dir, c
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def test_sdk_and_cli_classify_against_the_server(server, tmp_path, monkeypatch, capsys):
+    """The blocking SDK (generated from the async one) and `chorus classify` through the in-process server."""
+    from chorus_client import Chorus, InvalidRequestError, cli
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        answer = server.request(request.method, request.url.path, content=request.read(), headers=request.headers)
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    def client(url=None, api_key=None):
+        return Chorus("http://testserver", api_key, transport=httpx.MockTransport(forward))
+
+    audio = wav(1.0, seed=3)
+    expected = classify(server, audio, "lid").json()
+    with client() as sdk:
+        result = sdk.classify(audio, "lid")
+        assert result.model == expected["model"] and result.top == expected["labels"][0]["label"]
+        assert [(x.label, x.score) for x in result.labels] == [(x["label"], x["score"]) for x in expected["labels"]]
+        assert len(sdk.classify(audio, "lid", top_k=1).labels) == 1
+        with pytest.raises(InvalidRequestError, match="classifier"):
+            sdk.transcribe(audio, "lid")
+    (tmp_path / "a.wav").write_bytes(audio)
+    (tmp_path / "b.wav").write_bytes(audio)
+    monkeypatch.setattr(cli, "Chorus", client)
+    assert cli.main(["classify", str(tmp_path / "a.wav"), "-a", "lid", "--top-k", "2"]) == 0
+    top = expected["labels"][:2]
+    assert capsys.readouterr().out == ", ".join(f"{x['label']} {x['score']:.3f}" for x in top) + "\n"
+    assert cli.main(["classify", str(tmp_path), "-a", "lid", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in report] == [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    assert report[0]["labels"] == expected["labels"] and report[0]["model"] == expected["model"]
+    assert cli.main(["classify", str(tmp_path / "a.wav"), "-a", "eng-0"]) == cli.EXIT_REJECTED
+    assert "/v1/audio/transcriptions" in capsys.readouterr().err
+    assert cli.main(["classify", str(tmp_path / "none.wav"), "-a", "lid"]) == cli.EXIT_NOT_FOUND
