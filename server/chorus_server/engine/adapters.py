@@ -232,6 +232,8 @@ class Adapter(nn.Module):
                 found = None if layer_weights is None else tuple(layer_weights.shape)
                 raise ValueError(f"layer_weights has shape {found}, expected ({self.num_states},)")
             self.layer_weights = nn.Parameter(layer_weights, requires_grad=False)
+        else:  # empty, but beside the head: an adapter built on the meta device keeps no meta tensor
+            self.layer_weights = nn.Parameter(head_weight.new_empty(0), requires_grad=False)
         self._blocks = None
         return self
 
