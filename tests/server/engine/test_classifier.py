@@ -152,7 +152,7 @@ def test_mixed_transcription_and_classification_is_bitwise_equal_to_solo(setup, 
 
 def test_loaded_adapters_of_every_kind_hold_no_meta_tensor(setup, random_model_dir):
     """Files load through a meta-device skeleton; nothing of it may survive (`.to()` cannot copy a meta tensor)."""
-    engine, ctc, classifiers = setup
+    _, ctc, classifiers = setup
     path = random_model_dir[1]
     for adapter in [load_adapter(p) for p in sorted((path / "adapters").glob("*.safetensors"))] + [*ctc, *classifiers]:
         assert not any(p.is_meta for p in adapter.parameters()), adapter.name
