@@ -163,6 +163,12 @@ def transcription_result(response: httpx.Response, response_format: str) -> Tran
     return parse_transcription(response.json(), response_format, response.headers.get("x-chorus-adapter"))
 
 
+def classification_form(adapter: str, top_k: int | None) -> dict[str, Any]:
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    return {"model": adapter, **({"top_k": str(top_k)} if top_k is not None else {})}
+
+
 def upload_params(
     visibility: str | None, expected_version: int | None, allow_fingerprint_mismatch: bool
 ) -> dict[str, str | int]:

@@ -1,7 +1,7 @@
-"""The `chorus` command: `transcribe` and `adapters ...` against a local or remote server, plus whatever installed
-plugins add (the server distribution adds `serve`, `dev …` and `train-adapter` through the `chorus.commands`
-entry-point group). Nothing here imports torch; `adapters import-mms` converts the MMS file locally with the
-server package, and says so when only the client is installed.
+"""The `chorus` command: `transcribe`, `classify` and `adapters ...` against a local or remote server, plus whatever
+installed plugins add (the server distribution adds `serve`, `dev …` and `train-adapter` through the
+`chorus.commands` entry-point group). Nothing here imports torch; `adapters import-mms` converts the MMS file
+locally with the server package, and says so when only the client is installed.
 
 Exit codes are part of the interface (scripts branch on them): `EXIT_CODES` below, docs/clients.md, and the
 epilog of every command's `--help`.
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from chorus_client import errors
-from chorus_client._core import FileResult
+from chorus_client._core import FileResult, audio_files
 from chorus_client.client import Chorus
-from chorus_client.models import Adapter, Transcription
+from chorus_client.models import Adapter, Classification, Transcription
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -81,6 +81,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--concurrency", type=int, default=4, help="files in flight at once (default: 4)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)")
     tr.set_defaults(func=client_command(_transcribe))
+
+    cl = commands.add_parser("classify", help="classify audio files with a classifier adapter (language, ...)", **kw)
+    cl.add_argument("files", nargs="+", metavar="FILE", help="audio files; folders expand to the audio inside")
+    cl.add_argument("--adapter", "-a", required=True, help="classifier adapter ID or ID@N")
+    cl.add_argument("--top-k", type=int, help="print only the K most probable labels (default: all)")
+    cl.set_defaults(func=client_command(_classify))
 
     adapters = commands.add_parser("adapters", help="list, inspect, upload and manage adapters")
     sub = adapters.add_subparsers(dest="adapters_command", required=True, metavar="COMMAND")
@@ -214,6 +220,32 @@ def _body(result: Transcription | str | None) -> str:
     if isinstance(result, Transcription):
         return result.model_dump_json(indent=2, exclude_none=True, exclude={"adapter"}) + "\n"
     return result or ""
+
+
+def _classify(client: Chorus, args: argparse.Namespace) -> int:
+    """One request per file, in order; a failed file is reported and the others still run."""
+    paths = audio_files(args.files)
+    if not paths:
+        raise FileNotFoundError(f"no audio files in {', '.join(args.files)}")
+    report: list[dict[str, Any]] = []
+    failures: list[BaseException] = []
+    for path in paths:
+        try:
+            if not path.exists():
+                raise errors.ChorusError("no such file", code=FILE_NOT_FOUND)
+            result: Classification = client.classify(path, args.adapter, top_k=args.top_k)
+        except (errors.ChorusError, OSError, ValueError) as exc:
+            failures.append(exc)
+            print(f"chorus: error: {path}: {for_the_cli(str(exc))}", file=sys.stderr)
+            report.append({"file": str(path), "model": None, "labels": None, "error": str(exc)})
+            continue
+        report.append({"file": str(path), **result.model_dump(), "error": None})
+        if not args.json:
+            scores = ", ".join(f"{item.label} {item.score:.3f}" for item in result.labels)
+            print(f"{path}: {scores}" if len(paths) > 1 else scores)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    return exit_code(failures[0]) if failures else EXIT_OK
 
 
 ADAPTER_COLUMNS = ("id", "version", "kind", "language", "visibility", "owner", "size", "resident", "pinned")

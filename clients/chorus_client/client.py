@@ -19,6 +19,7 @@ from chorus_client.errors import APIConnectionError, ChorusError
 from chorus_client.models import (
     Adapter,
     AdapterPage,
+    Classification,
     Deleted,
     Health,
     ModelList,
@@ -186,6 +187,16 @@ class Chorus:
         )
         files = {"file": _sync_io.run_blocking(_core.read_audio, audio, filename)}
         return self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
+
+    def classify(
+        self, audio: AudioInput, adapter: str, *, top_k: int | None = None, filename: str | None = None
+    ) -> Classification:
+        """Classify a file path, bytes or binary file with classifier adapter `ID` or `ID@N` (language ID, speaker,
+        ...): its labels with their probabilities, highest first (`top_k`: only the K most probable)."""
+        form = _core.classification_form(adapter, top_k)
+        files = {"file": _sync_io.run_blocking(_core.read_audio, audio, filename)}
+        response = self._send("POST", "/v1/audio/classifications", data=form, files=files)
+        return Classification.model_validate(response.json())
 
     def _transcribe_file(self, path: Path, adapter: str, options: dict[str, Any]) -> FileResult:
         try:

@@ -52,6 +52,24 @@ class VerboseTranscription(Transcription):
     segments: list[Segment] | None = None
 
 
+class LabelScore(_Model):
+    label: str
+    score: float
+
+
+class Classification(_Model):
+    """`POST /v1/audio/classifications`: the classifier's labels with their probabilities, highest first."""
+
+    model: str
+    """The exact adapter version that served the request (`ID@N`)."""
+    labels: list[LabelScore]
+
+    @property
+    def top(self) -> str:
+        """The most probable label."""
+        return self.labels[0].label
+
+
 class Adapter(_Model):
     id: str
     object: str = "adapter"

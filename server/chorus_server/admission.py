@@ -1,11 +1,11 @@
 """Admission before the body: every `/v1/` request is authenticated from its headers alone, and a transcription
 is checked against its tenant's request rate, concurrency and share of a full queue, before a byte of its body
 is read — so a refused request costs the server no upload, no parsing and no decoding. Transcription answers
-carry the tenant's `x-ratelimit-*` headers."""
+carry the tenant's `x-ratelimit-*` headers. Classifications (`audio_paths` holds both) are admitted the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import MutableHeaders
@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 
 class Admission:
-    def __init__(self, app: ASGIApp, runtime: Callable[[], Runtime | None], transcriptions_path: str):
-        self.app, self.runtime, self.transcriptions_path = app, runtime, transcriptions_path
+    def __init__(self, app: ASGIApp, runtime: Callable[[], Runtime | None], audio_paths: Collection[str]):
+        """`audio_paths`: the endpoints that run audio through the backbone (rates, concurrency, queue share)."""
+        self.app, self.runtime, self.audio_paths = app, runtime, frozenset(audio_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime() if scope["type"] == "http" else None
@@ -34,7 +35,7 @@ class Admission:
             await error_response(error)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = who
-        if scope["path"] != self.transcriptions_path or scope["method"] != "POST":
+        if scope["path"] not in self.audio_paths or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         quotas = runtime.quotas

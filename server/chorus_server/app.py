@@ -20,7 +20,7 @@ from chorus_server.metrics import Metrics, RequestMetrics
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
 from chorus_server.route_hints import UnknownRoutes
-from chorus_server.routes import adapters, health, keys, realtime, tenants, transcriptions
+from chorus_server.routes import adapters, classifications, health, keys, realtime, tenants, transcriptions
 from chorus_server.routes.console import install_console
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings, get_settings
@@ -28,6 +28,8 @@ from chorus_server.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+CLASSIFICATIONS_PATH = "/v1/audio/classifications"
+AUDIO_PATHS = (TRANSCRIPTIONS_PATH, CLASSIFICATIONS_PATH)  # upload-size limit, admission and request metrics
 SMALL_BODY = 64 * 1024  # every other endpoint takes at most a few form fields
 
 
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     )
     install_error_handlers(app)
     app.include_router(transcriptions.router)
+    app.include_router(classifications.router)
     app.include_router(adapters.router)
     app.include_router(keys.router)
     app.include_router(tenants.router)
@@ -65,7 +68,7 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     install_console(app)
 
     def limit_for(method: str, path: str) -> int:
-        if path == TRANSCRIPTIONS_PATH:
+        if path in AUDIO_PATHS:
             return settings.limits.max_audio_bytes + SMALL_BODY
         if method == "PUT" and path.startswith("/v1/adapters/"):
             return settings.limits.max_adapter_bytes + SMALL_BODY
@@ -78,8 +81,8 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
         running = runtime()
         return running.metrics if running is not None else None
 
-    app.add_middleware(Admission, runtime=runtime, transcriptions_path=TRANSCRIPTIONS_PATH)
-    app.add_middleware(RequestMetrics, metrics=metrics, path=TRANSCRIPTIONS_PATH)
+    app.add_middleware(Admission, runtime=runtime, audio_paths=AUDIO_PATHS)
+    app.add_middleware(RequestMetrics, metrics=metrics, paths=AUDIO_PATHS)
     app.add_middleware(BodyLimit, limit_for=limit_for, timeout=settings.limits.body_timeout_seconds)
     # A wrong path gets a 404 naming the right one before the body limit can answer 413.
     app.add_middleware(UnknownRoutes, routes=lambda: app.router.routes, paths=lambda: list(app.openapi()["paths"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -187,14 +187,15 @@ class Metrics:
 
 
 class RequestMetrics:
-    """ASGI middleware: latency, status and in-flight count of the transcription endpoint, whatever the outcome
-    (validation errors and disconnects included). Routes put the adapter ID in `request.state.adapter_id`."""
+    """ASGI middleware: latency, status and in-flight count of the audio endpoints (transcriptions and
+    classifications), whatever the outcome (validation errors and disconnects included). Routes put the adapter ID
+    in `request.state.adapter_id`."""
 
-    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics | None], path: str):
-        self.app, self.metrics, self.path = app, metrics, path
+    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics | None], paths: Collection[str]):
+        self.app, self.metrics, self.paths = app, metrics, frozenset(paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        metrics = self.metrics() if scope["type"] == "http" and scope["path"] == self.path else None
+        metrics = self.metrics() if scope["type"] == "http" and scope["path"] in self.paths else None
         if metrics is None:
             await self.app(scope, receive, send)
             return

@@ -20,7 +20,7 @@ from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
 from chorus_server.chunking import Window, plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
-from chorus_server.engine.adapters import Adapter
+from chorus_server.engine.adapters import CLASSIFIER, Adapter
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
@@ -70,11 +70,30 @@ class Transcriber:
         self.rate = engine.preprocess.sampling_rate
         self.budget = QueueBudget(settings.limits.max_queue_audio_seconds)
 
-    def resolve(self, ref: str, who: Principal) -> AdapterRecord:
-        """The adapter version a request means; hidden adapters look exactly like missing ones."""
+    def resolve(
+        self, ref: str, who: Principal, task: Literal["transcribe", "classify"] = "transcribe"
+    ) -> AdapterRecord:
+        """The adapter version a request means; hidden adapters look exactly like missing ones. An adapter of the
+        other task (a classifier asked to transcribe, a CTC adapter asked to classify) is a 400."""
         if ref == OPENAI_DEFAULT_MODEL and self.default_adapter:
             ref = self.default_adapter
-        return resolve(self.store, ref, who)
+        record = resolve(self.store, ref, who)
+        if task == "transcribe" and record.kind == CLASSIFIER:
+            raise ApiError(
+                400,
+                f"adapter {record.id!r} is a classifier; classify with POST /v1/audio/classifications",
+                "wrong_adapter_task",
+                "model",
+            )
+        if task == "classify" and record.kind != CLASSIFIER:
+            raise ApiError(
+                400,
+                f"adapter {record.id!r} transcribes (kind {record.kind}); transcribe with POST /v1/audio/transcriptions"
+                " or classify with a classifier adapter",
+                "wrong_adapter_task",
+                "model",
+            )
+        return record
 
     def default_vad(self) -> VadOptions | None:
         vad = self.settings.vad

@@ -1,8 +1,9 @@
 """The native adapter file (one self-describing `.safetensors`) and conversions from HF / MMS layouts.
 
-Native tensor names: `layers.{i}.{site}.{norm|down|up}.{weight|bias}` and `head.{weight|bias}`.
-`__metadata__` (all strings): format, format_version, kind, name, language, task, vocab (JSON list),
-blank_id, word_delimiter_id, hidden_size, bottleneck_dim, layers (JSON list), backbone_fingerprint.
+Native tensor names: `layers.{i}.{site}.{norm|down|up}.{weight|bias}` and `head.{weight|bias}` (+ `layer_weights`
+for a classifier). `__metadata__` (all strings): format, format_version, kind, name, language, task, vocab (JSON
+list), blank_id, word_delimiter_id, hidden_size, bottleneck_dim, layers (JSON list), backbone_fingerprint; a
+classifier has labels (JSON list) and num_states instead of vocab, blank_id and word_delimiter_id.
 See docs/adapter-format.md.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chorus_server.engine.adapters import KIND_SITES, Adapter, AdapterInfo, Vocabulary
+from chorus_server.engine.adapters import CLASSIFIER, KIND_SITES, Adapter, AdapterInfo, Vocabulary
 from chorus_server.engine.checkpoint import split_checkpoint
 from chorus_server.engine.errors import AdapterError
 from chorus_server.engine.tensor_file import DTYPE_NAMES, TensorViews, parse_safetensors, write_safetensors
@@ -31,6 +32,15 @@ MMS_RENAMES = {"norm": "norm", "linear_1": "down", "linear_2": "up"}
 
 def adapter_metadata(adapter: Adapter) -> dict[str, str]:
     info, vocab = adapter.info, adapter.vocab
+    outputs = (
+        {"labels": json.dumps(list(adapter.labels), ensure_ascii=False), "num_states": str(adapter.num_states)}
+        if adapter.is_classifier
+        else {
+            "vocab": json.dumps(list(vocab.tokens), ensure_ascii=False),
+            "blank_id": str(vocab.blank_id),
+            "word_delimiter_id": "" if vocab.word_delimiter_id is None else str(vocab.word_delimiter_id),
+        }
+    )
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -38,9 +48,7 @@ def adapter_metadata(adapter: Adapter) -> dict[str, str]:
         "name": info.name,
         "language": info.language,
         "task": info.task,
-        "vocab": json.dumps(list(vocab.tokens), ensure_ascii=False),
-        "blank_id": str(vocab.blank_id),
-        "word_delimiter_id": "" if vocab.word_delimiter_id is None else str(vocab.word_delimiter_id),
+        **outputs,
         "hidden_size": str(adapter.hidden_size),
         "bottleneck_dim": str(adapter.bottleneck_dim),
         "layers": json.dumps(list(adapter.layer_ids)),
@@ -68,24 +76,31 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
     if meta.get("format_version") != FORMAT_VERSION:
         raise AdapterError(f"unsupported adapter format_version {meta.get('format_version')!r}")
     try:
-        tokens = json.loads(_field(meta, "vocab"))
+        classifier = meta.get("kind") == CLASSIFIER
+        tokens = json.loads(_field(meta, "labels" if classifier else "vocab"))
         layers = json.loads(_field(meta, "layers"))
-        delimiter = _field(meta, "word_delimiter_id")
-        vocab = Vocabulary(tuple(tokens), int(_field(meta, "blank_id")), int(delimiter) if delimiter else None)
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise AdapterError(f"adapter {'labels' if classifier else 'vocab'} must be a JSON list of strings")
+        if classifier:
+            vocab = Vocabulary.of_labels(tokens)
+            num_states = int(_field(meta, "num_states"))
+        else:
+            delimiter = _field(meta, "word_delimiter_id")
+            vocab = Vocabulary(tuple(tokens), int(_field(meta, "blank_id")), int(delimiter) if delimiter else None)
+            num_states = 0
         info = AdapterInfo(
             name=_field(meta, "name"),
             kind=_field(meta, "kind"),
             language=meta.get("language", ""),
-            task=meta.get("task", "transcribe"),
+            task=meta.get("task", "classify" if classifier else "transcribe"),
             backbone_fingerprint=meta.get("backbone_fingerprint", ""),
             extra={k[2:]: v for k, v in meta.items() if k.startswith("x-")},
         )
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise AdapterError("adapter vocab must be a JSON list of strings")
         if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
             raise AdapterError("adapter layers must be a JSON list of integers")
         with torch.device("meta"):
-            return Adapter(info, vocab, int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim")), layers)
+            hidden, dim = int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim"))
+            return Adapter(info, vocab, hidden, dim, layers, num_states)
     except AdapterError:
         raise
     except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation
@@ -99,6 +114,11 @@ def check_fit(adapter: Adapter, hidden_size: int, num_layers: int, fingerprint: 
     bad = [i for i in adapter.layer_ids if not 0 <= i < num_layers]
     if bad:
         raise AdapterError(f"adapter {adapter.name!r} names layers {bad} but the backbone has {num_layers}")
+    if adapter.is_classifier and adapter.num_states != num_layers + 1:
+        raise AdapterError(
+            f"classifier {adapter.name!r} mixes {adapter.num_states} hidden states, "
+            f"the backbone has {num_layers + 1} ({num_layers} layers + its input)"
+        )
     if fingerprint is not None and adapter.info.backbone_fingerprint != fingerprint:
         raise AdapterError(
             f"adapter {adapter.name!r} was trained for backbone {adapter.info.backbone_fingerprint or '(none)'}, "
@@ -148,11 +168,12 @@ def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> 
         for site, part in adapter.stack_keys()
     }  # each (layers, *part shape)
     # numpy copies on the calling thread; a torch copy this size would wait for the busy intra-op thread pool.
-    head_weight, head_bias = (torch.from_numpy(tensors[k].float().numpy().copy()) for k in ("head.weight", "head.bias"))
-    if not all(all_finite(t) for t in [*stacks.values(), head_weight, head_bias]):
+    heads = ["head.weight", "head.bias", *(["layer_weights"] if adapter.is_classifier else [])]
+    head = [torch.from_numpy(tensors[k].float().numpy().copy()) for k in heads]
+    if not all(all_finite(t) for t in [*stacks.values(), *head]):
         bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
         raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
-    return adapter.adopt(stacks, head_weight, head_bias).eval().requires_grad_(False)
+    return adapter.adopt(stacks, *head).eval().requires_grad_(False)
 
 
 def read_adapter_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], TensorViews]:

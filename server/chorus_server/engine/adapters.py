@@ -7,6 +7,10 @@ Kinds and where their bottlenecks sit inside transformer layer `i` (each bottlen
 - ``houlsby`` — the seed paper's adapters (Thomas et al. 2022): one on the attention output and one on the
   feed-forward output, each before its residual add; any backbone, optionally only in the top K layers.
 - ``head``    — no bottlenecks, just a CTC head (a plain fine-tuned `Wav2Vec2ForCTC`).
+- ``classifier`` — an utterance classifier (SUPERB convention): a learned softmax-weighted sum of the backbone's
+  hidden states (`layer_weights`: one per state, the encoder input and every layer's output), mean-pooled over
+  the item's valid frames, then a linear head over its labels; bottlenecks placed as houlsby's, optional. Its
+  `vocab` holds the labels (`labels`); see classify.py for how it reads a batch.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KIND_SITES: dict[str, tuple[str, ...]] = {"mms": ("output",), "houlsby": ("attn", "ffn"), "head": ()}
+CLASSIFIER = "classifier"
+KIND_SITES: dict[str, tuple[str, ...]] = {
+    "mms": ("output",),
+    "houlsby": ("attn", "ffn"),
+    "head": (),
+    CLASSIFIER: ("attn", "ffn"),
+}
+OPTIONAL_BOTTLENECKS = ("head", CLASSIFIER)  # kinds that may have no bottleneck at all
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,13 @@ class Vocabulary:
         if blank not in token_to_id:
             raise ValueError(f"vocab.json has no blank token {blank!r}")
         return cls(tokens, token_to_id[blank], token_to_id.get(delimiter))
+
+    @classmethod
+    def of_labels(cls, labels: Sequence[str]) -> Vocabulary:
+        """A classifier's labels as its output symbols (no blank or delimiter is ever decoded from them)."""
+        if any(not isinstance(label, str) or not label.strip() for label in labels):
+            raise ValueError("classifier labels must be non-empty strings")
+        return cls(tuple(labels), blank_id=0, word_delimiter_id=None)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -116,25 +134,33 @@ class Adapter(nn.Module):
         hidden_size: int,
         bottleneck_dim: int = 0,
         layers: Sequence[int] = (),
+        num_states: int = 0,
     ):
+        """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1."""
         super().__init__()
         if info.kind not in KIND_SITES:
             raise ValueError(f"unknown adapter kind {info.kind!r}; expected one of {sorted(KIND_SITES)}")
-        if info.kind != "head" and (bottleneck_dim < 1 or not layers):
+        bottlenecks = info.kind != "head" and (info.kind != CLASSIFIER or bool(layers) or bottleneck_dim != 0)
+        if bottlenecks and (bottleneck_dim < 1 or not layers):
             raise ValueError(f"{info.kind} adapter needs bottleneck_dim >= 1 and at least one layer")
+        if info.kind == CLASSIFIER and num_states < 2:
+            raise ValueError(f"classifier adapter needs num_states >= 2 (backbone layers + 1), got {num_states}")
         self.info = info
         self.vocab = vocab
         self.hidden_size = hidden_size
-        self.bottleneck_dim = bottleneck_dim if info.kind != "head" else 0
-        self.layer_ids = tuple(sorted(layers)) if info.kind != "head" else ()
+        self.bottleneck_dim = bottleneck_dim if bottlenecks else 0
+        self.layer_ids = tuple(sorted(layers)) if bottlenecks else ()
+        self.num_states = num_states if info.kind == CLASSIFIER else 0
         if len(set(self.layer_ids)) != len(self.layer_ids):
             raise ValueError(f"adapter layers must be distinct, got {list(layers)}")
-        self.sites = KIND_SITES[info.kind]
+        self.sites = KIND_SITES[info.kind] if self.layer_ids else ()
         self.parts = PARTS if info.kind == "mms" else PARTS[2:]
         for site, part in self.stack_keys():
             shape = (len(self.layer_ids), *part_shape(part, hidden_size, self.bottleneck_dim))
             self.register_parameter(stack_name(site, part), nn.Parameter(torch.empty(shape), requires_grad=False))
         self.head = nn.Linear(hidden_size, len(vocab))
+        # (num_states,) logits of the layer mix; (0,) for the CTC kinds, so every adapter has the attribute.
+        self.layer_weights = nn.Parameter(torch.empty(self.num_states), requires_grad=False)
         self._blocks: dict[tuple[int, str], Bottleneck] | None = None  # built on first use, see `block`
 
     def stack_keys(self) -> list[tuple[str, str]]:
@@ -167,6 +193,8 @@ class Adapter(nn.Module):
             for row, layer in enumerate(self.layer_ids)
         }
         out["head.weight"], out["head.bias"] = self.head.weight, self.head.bias
+        if self.is_classifier:
+            out["layer_weights"] = self.layer_weights
         return out
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -177,12 +205,19 @@ class Adapter(nn.Module):
             for layer in self.layer_ids
         }
         shapes["head.weight"], shapes["head.bias"] = (len(self.vocab), self.hidden_size), (len(self.vocab),)
+        if self.is_classifier:
+            shapes["layer_weights"] = (self.num_states,)
         return shapes
 
     def adopt(
-        self, stacks: dict[tuple[str, str], torch.Tensor], head_weight: torch.Tensor, head_bias: torch.Tensor
+        self,
+        stacks: dict[tuple[str, str], torch.Tensor],
+        head_weight: torch.Tensor,
+        head_bias: torch.Tensor,
+        layer_weights: torch.Tensor | None = None,
     ) -> Adapter:
-        """Take ownership of already-stacked tensors (no copy); shapes must match exactly."""
+        """Take ownership of already-stacked tensors (no copy); shapes must match exactly. `layer_weights`:
+        (num_states,), required for a classifier."""
         for (site, part), tensor in stacks.items():
             expected = self.stack(site, part).shape
             if tensor.shape != expected:
@@ -192,6 +227,13 @@ class Adapter(nn.Module):
             setattr(self, stack_name(site, part), nn.Parameter(tensor, requires_grad=False))
         self.head.weight = nn.Parameter(head_weight, requires_grad=False)
         self.head.bias = nn.Parameter(head_bias, requires_grad=False)
+        if self.is_classifier:
+            if layer_weights is None or tuple(layer_weights.shape) != (self.num_states,):
+                found = None if layer_weights is None else tuple(layer_weights.shape)
+                raise ValueError(f"layer_weights has shape {found}, expected ({self.num_states},)")
+            self.layer_weights = nn.Parameter(layer_weights, requires_grad=False)
+        else:  # empty, but beside the head: an adapter built on the meta device keeps no meta tensor
+            self.layer_weights = nn.Parameter(head_weight.new_empty(0), requires_grad=False)
         self._blocks = None
         return self
 
@@ -199,19 +241,23 @@ class Adapter(nn.Module):
         """A copy with every tensor on `device` in `dtype`; this adapter stays as it is (`nn.Module.to` converts in
         place, which turned the cache's host copy into its device copy). Tensors already right are shared."""
         with torch.device("meta"):  # no allocation and no random init for tensors about to be replaced
-            new = Adapter(self.info, self.vocab, self.hidden_size, self.bottleneck_dim, self.layer_ids)
+            new = Adapter(self.info, self.vocab, self.hidden_size, self.bottleneck_dim, self.layer_ids, self.num_states)
 
         def move(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.detach().to(device, dtype, non_blocking=non_blocking)
 
         stacks = {key: move(self.stack(*key)) for key in self.stack_keys()}
-        return new.adopt(stacks, move(self.head.weight), move(self.head.bias)).train(self.training)
+        mix = move(self.layer_weights) if self.is_classifier else None
+        return new.adopt(stacks, move(self.head.weight), move(self.head.bias), mix).train(self.training)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> Adapter:
-        """Training start point: bottlenecks are the identity (up-projection zero), the head is small random."""
+        """Training start point: bottlenecks are the identity (up-projection zero), the head is small random, the
+        layer mix uniform."""
         for name, param in self.tensors().items():
-            if name.endswith("norm.weight"):
+            if name == "layer_weights":
+                param.zero_()
+            elif name.endswith("norm.weight"):
                 param.fill_(1.0)
             elif name.endswith("bias") or ".up." in name:
                 param.zero_()
@@ -238,6 +284,15 @@ class Adapter(nn.Module):
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.info.kind == CLASSIFIER
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A classifier's class labels, in head-row order (empty for the CTC kinds)."""
+        return self.vocab.tokens if self.is_classifier else ()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

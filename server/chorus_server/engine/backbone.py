@@ -32,12 +32,13 @@ class Backbone(nn.Module):
         lengths: torch.Tensor,
         segments: Sequence[Segment],
         features_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        states_hook: Callable[[int, torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,).
 
         The one forward pass of serving and training. Under autograd, gradients start at the first stage with a
         trainable parameter (`GradGate`); `features_hook(h (B, T, H), frames (B,)) -> h` edits the projected
-        features (training's masking).
+        features (training's masking); `states_hook(k, h)` sees every hidden state (see `Encoder.forward`).
         """
         gate = GradGate()
         with gate.stage(self.feature_extractor, self.feature_projection):
@@ -45,5 +46,5 @@ class Backbone(nn.Module):
             h = self.feature_projection(features)  # (B, T, H)
         if features_hook is not None:
             h = features_hook(h, frames)
-        h = self.encoder(h, frames.tolist(), segments, gate)  # frames: on the host (from host lengths)
+        h = self.encoder(h, frames.tolist(), segments, gate, states_hook)  # frames: on the host (from host lengths)
         return h, frames

@@ -13,7 +13,7 @@ those kernels give a row the same bits whatever the number of rows. On CUDA one 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,10 +138,17 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
 
     def forward(
-        self, h: torch.Tensor, frames: Sequence[int], segments: Sequence[Segment], gate: GradGate | None = None
+        self,
+        h: torch.Tensor,
+        frames: Sequence[int],
+        segments: Sequence[Segment],
+        gate: GradGate | None = None,
+        states_hook: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """h: (B, T, H); frames: each item's valid frames, host integers (so no device value is read) -> (B, T, H).
-        `gate`: where gradients start (the backbone's, so the front end counts too)."""
+        `gate`: where gradients start (the backbone's, so the front end counts too). `states_hook(k, h (B, T, H))`
+        sees each hidden state as HF's `hidden_states` lists them: k = 0 the first layer's input, k = i + 1 layer
+        i's output, the last one after the final norm of a pre-LN encoder (classifiers mix them; classify.py)."""
         gate = gate or GradGate()
         batch, width = h.shape[:2]
         mask = time_mask(torch.tensor(frames), width).to(h.device, non_blocking=True)  # (B, T) bool
@@ -155,10 +162,17 @@ class Encoder(nn.Module):
                 h = self.layer_norm(h)
         full = all(n == width for n in frames)
         key_mask = None if spans is not None or full else mask[:, None, None, :]  # (B, 1, 1, T)
+        last = len(self.layers) - 1
+        if states_hook is not None:
+            states_hook(0, h)
         for i, layer in enumerate(self.layers):
             with gate.stage(layer, trains=functools.partial(_adapters_train, segments, i)):
                 h = layer(h, key_mask, segments, spans)
+            if states_hook is not None and (i < last or not self.pre_ln):
+                states_hook(i + 1, h)
         if self.pre_ln:
             with gate.stage(self.layer_norm):
                 h = self.layer_norm(h)
+            if states_hook is not None:
+                states_hook(last + 1, h)
         return h

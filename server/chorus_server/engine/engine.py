@@ -1,8 +1,9 @@
 """The engine: one frozen backbone, many adapters, one backbone pass per mixed-adapter batch.
 
 `Engine.forward` sorts the batch by adapter, computes the segments once, runs the backbone once (adapters are
-applied per segment inside every layer), applies each segment's CTC head and returns per-item logits in the
-caller's order. The engine knows nothing about HTTP, queues or stores. See docs/engine.md.
+applied per segment inside every layer), applies each segment's CTC head (or, for a classifier, its layer mix,
+pooling and head: classify.py) and returns per-item logits in the caller's order. The engine knows nothing about
+HTTP, queues or stores. See docs/engine.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from chorus_server.engine.adapter_format import adapter_from_hf, check_fit, load
 from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.backbone import Backbone
 from chorus_server.engine.checkpoint import fingerprint, load_backbone
+from chorus_server.engine.classify import LayerMix, classify
 from chorus_server.engine.config import BackboneConfig, PreprocessConfig
 from chorus_server.engine.decode import Transcript, ctc_greedy_decode
 from chorus_server.engine.device import (
@@ -156,8 +158,10 @@ class Engine:
         """One backbone pass over a mixed-adapter batch: `run(stage(...))`.
 
         waveforms: (B, L) float32 at the backbone's sampling rate, zero-padded; lengths: (B,) int samples;
-        adapters: B adapters (prepared by this engine). Returns B float32 logits tensors (T_i, V_i) on the host.
-        Items too short for one frame (< receptive field, 400 samples) get (0, V_i) logits.
+        adapters: B adapters (prepared by this engine). Returns B float32 logits tensors on the host: (T_i, V_i) per
+        frame for a CTC adapter, (labels_i,) for the whole item for a classifier (softmax gives its scores).
+        Items too short for one frame (< receptive field, 400 samples) get (0, V_i) logits, or (0,) for a
+        classifier (nothing to classify).
         """
         return self.run(self.stage(waveforms, lengths, adapters))
 
@@ -187,7 +191,11 @@ class Engine:
     def run(self, staged: StagedBatch) -> list[torch.Tensor]:
         """The device half of `forward` (the inference thread): every head is launched, then one copy back and
         one sync. Frame counts come from the host (`staged.frames`), never from a device tensor."""
-        results: list[torch.Tensor] = [torch.zeros(0, v, dtype=torch.float32) for v in staged.vocab_sizes]
+        classifiers = staged.classifiers or [False] * staged.size
+        results: list[torch.Tensor] = [
+            torch.zeros(0, dtype=torch.float32) if c else torch.zeros(0, v, dtype=torch.float32)
+            for v, c in zip(staged.vocab_sizes, classifiers, strict=True)
+        ]
         if not staged.order:
             return results
         batch = staged.waveforms  # (b, W) float32, on the device
@@ -198,14 +206,22 @@ class Engine:
         batch_lengths = to_device(staged.lengths, self.device)
         if self.preprocess.do_normalize:
             batch = normalize(batch, batch_lengths)
-        hidden, _ = self.backbone(batch.to(self.dtype), staged.lengths, staged.segments)  # (b, T, H)
-        logits = [seg.adapter.head(hidden[seg.start : seg.stop]).float() for seg in staged.segments]  # (n, T, V)
+        mix = LayerMix(staged.segments)
+        hook = mix if mix else None  # the encoder reports its hidden states only when a classifier reads them
+        hidden, _ = self.backbone(batch.to(self.dtype), staged.lengths, staged.segments, states_hook=hook)  # (b, T, H)
+        logits = [
+            classify(mix.mixed(seg), staged.frames[seg.start : seg.stop], seg.adapter.head)  # (n, labels)
+            if seg.adapter.is_classifier
+            else seg.adapter.head(hidden[seg.start : seg.stop]).float()  # (n, T, V)
+            for seg in staged.segments
+        ]
         host = [part.to("cpu", non_blocking=True) for part in logits]
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         for seg, part in zip(staged.segments, host, strict=True):
             for row in range(seg.start, seg.stop):
-                results[staged.order[row]] = part[row - seg.start, : staged.frames[row]]
+                item = part[row - seg.start]  # (T, V) or a classifier's (labels,)
+                results[staged.order[row]] = item if seg.adapter.is_classifier else item[: staged.frames[row]]
         return results
 
     def _check_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]) -> None:

@@ -115,6 +115,18 @@ def random_adapter(
     return adapter
 
 
+def random_classifier(
+    config: BackboneConfig, name: str, labels: list[str], dim: int, layers: list[int], seed: int, fp: str
+) -> Adapter:
+    """A classifier adapter (kind `classifier`) over `labels`; `dim=0` and no layers: no bottlenecks."""
+    generator = torch.Generator().manual_seed(seed)
+    info = AdapterInfo(name=name, kind="classifier", task="classify", backbone_fingerprint=fp)
+    vocab = Vocabulary.of_labels(labels)
+    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, config.num_hidden_layers + 1)
+    randomize_tensors_(adapter.tensors(), generator)
+    return adapter
+
+
 def mms_tensors(adapter: Adapter) -> dict[str, torch.Tensor]:
     """Native MMS-kind adapter -> HF/MMS key names (`wav2vec2.encoder.layers.N.adapter_layer.*`, `lm_head.*`)."""
     back = {v: k for k, v in MMS_RENAMES.items()}

@@ -11,7 +11,7 @@ event the inference stream waits on. On the CPU staging is the gather it always 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,7 @@ class StagedBatch:
     waveforms: torch.Tensor
     lengths: torch.Tensor
     ready: torch.cuda.Event | None = None  # set when the copy to the device is done (CUDA only)
+    classifiers: list[bool] = field(default_factory=list)  # per item of the caller's batch: a classifier's item
 
     def release(self) -> None:
         """Drop the device copy (after the batch failed, so that retries do not run beside it)."""
@@ -109,19 +110,22 @@ def stage_batch(
     copied with a blocking copy from pageable memory."""
     frames = frame_lengths(lengths).tolist()
     vocab_sizes = [len(a.vocab) for a in adapters]
+    classifiers = [a.is_classifier for a in adapters]
     # Stable sort by adapter in first-appearance order, so each adapter is one segment.
     first_seen: dict[int, int] = {}
     runnable = [i for i in range(len(adapters)) if frames[i] > 0]
     order = sorted(runnable, key=lambda i: first_seen.setdefault(id(adapters[i]), len(first_seen)))
     size = len(adapters)
     if not order:
-        return StagedBatch(size, vocab_sizes, [], [], [], waveforms.new_zeros(0, 0), lengths.new_zeros(0))
+        empty = waveforms.new_zeros(0, 0)
+        return StagedBatch(size, vocab_sizes, [], [], [], empty, lengths.new_zeros(0), classifiers=classifiers)
     segments = find_segments([adapters[i] for i in order])
     row_lengths = lengths[order]
     longest = int(row_lengths.max())
     if device.type == "cpu":
         rows = waveforms[order, :longest]  # (b, L): the one gather the CPU path needs
-        return StagedBatch(size, vocab_sizes, order, segments, [frames[i] for i in order], rows, row_lengths)
+        row_frames = [frames[i] for i in order]
+        return StagedBatch(size, vocab_sizes, order, segments, row_frames, rows, row_lengths, classifiers=classifiers)
     width = bucket_samples(longest, rate)
     ready = None
     if buffers is None:
@@ -133,4 +137,5 @@ def stage_batch(
             size_i = int(lengths[item])
             host[row, :size_i] = waveforms[item, :size_i]
         on_device, ready = buffers.copy(slot, host)
-    return StagedBatch(size, vocab_sizes, order, segments, [frames[i] for i in order], on_device, row_lengths, ready)
+    row_frames = [frames[i] for i in order]
+    return StagedBatch(size, vocab_sizes, order, segments, row_frames, on_device, row_lengths, ready, classifiers)

@@ -294,7 +294,7 @@ class RealtimeSession:
         try:
             return self.runtime.transcriber.resolve(model, self.who)
         except Exception as exc:
-            mapped = from_domain(exc)
+            mapped = exc if isinstance(exc, ApiError) else from_domain(exc)  # ApiError: a classifier, say
             if mapped is None:
                 raise
             raise EventError(

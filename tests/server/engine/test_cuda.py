@@ -82,3 +82,21 @@ def test_uploads_keep_a_pinned_host_copy(engines, random_model_dir):
     assert all(t.is_pinned() for t in host.parameters())
     assert all(t.device == gpu.device for t in device.parameters())
     torch.testing.assert_close(device.head.weight.cpu(), host.head.weight)
+
+
+def test_a_mixed_transcription_and_classification_batch_matches_the_cpu(engines):
+    """Classifier items ride the staged (pinned, bucketed) GPU batch with CTC items; scores equal the CPU's."""
+    from chorus_server.engine.random_model import random_classifier
+
+    (gpu, gpu_adapters), (cpu, cpu_adapters) = engines
+    n = cpu.config.num_hidden_layers
+    classifier = random_classifier(cpu.config, "lid", ["en", "fr", "de"], 4, list(range(n)), 5, cpu.fingerprint)
+    gpu_all, cpu_all = [*gpu_adapters, gpu.prepare(classifier)], [*cpu_adapters, cpu.prepare(classifier)]
+    chosen = [3, 0, 1, 3]
+    waveforms, lengths = batch()
+    got = gpu.run(gpu.stage(waveforms, lengths, [gpu_all[i] for i in chosen], HostBuffers(gpu.device)))
+    want = cpu.forward(waveforms, lengths, [cpu_all[i] for i in chosen])
+    assert got[0].shape == (3,) and got[3].shape == (0,)  # the 300-sample item is too short for a frame
+    for g, w in zip(got, want, strict=True):
+        assert g.device.type == "cpu" and g.shape == w.shape
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)

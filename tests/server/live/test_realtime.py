@@ -273,3 +273,22 @@ def test_the_tenants_audio_rate_limits_appends(tmp_path, model_dir):
     assert (limited["type"], limited["code"]) == ("rate_limit_error", "rate_limit_exceeded")
     assert "audio rate limit of 1 s/min" in limited["message"]
     assert 'chorus_tenant_refusals_total{code="rate_limit_exceeded",tenant="anonymous"} 1.0' in metrics
+
+
+def test_a_classifier_adapter_is_an_error_event_naming_the_classification_endpoint(live, model_dir, tmp_path):
+    from chorus_server.engine import Engine, save_adapter
+    from chorus_server.engine.random_model import random_classifier
+
+    engine = Engine.from_pretrained(model_dir, device="cpu").engine
+    adapter = random_classifier(engine.config, "lid", ["en", "fr"], 0, [], 1, engine.fingerprint)
+    save_adapter(adapter, tmp_path / "lid.safetensors")
+    put = httpx.put(f"{live.url}/v1/adapters/lid", content=(tmp_path / "lid.safetensors").read_bytes())
+    assert put.status_code == 201, put.text
+    with open_session(live.url) as ws:
+        receive(ws)
+        configure(ws, "lid")
+        error = receive(ws)["error"]
+        assert (error["code"], error["param"]) == ("wrong_adapter_task", "session.audio.input.transcription.model")
+        assert "/v1/audio/classifications" in error["message"]
+        configure(ws, "eng-0")  # the session is still usable
+        assert receive(ws)["type"] == "session.updated"

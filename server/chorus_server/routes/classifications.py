@@ -1,0 +1,58 @@
+"""`POST /v1/audio/classifications`: utterance classification (language, speaker, ...) with a classifier adapter.
+
+Shaped like the transcription endpoint (multipart `file` + `model`), with the same authentication, tenancy,
+limits and metrics; the answer is the adapter's labels with their probabilities, highest first."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
+
+from chorus_server.audio import decode_audio, probe_seconds
+from chorus_server.auth import Principal, current_principal
+from chorus_server.classification import Classifier
+from chorus_server.errors import ApiError
+from chorus_server.routes.transcriptions import CLIENT_CLOSED, _disconnected
+from chorus_server.runtime import Runtime
+from chorus_server.service import ClientGone
+
+router = APIRouter(tags=["classification"])
+
+
+@router.post("/v1/audio/classifications", summary="Classify audio with a classifier adapter")
+async def create_classification(
+    request: Request,
+    who: Annotated[Principal, Depends(current_principal)],
+    file: Annotated[UploadFile, File(description="audio: wav, flac, ogg, opus, mp3 (m4a/mp4/webm with PyAV)")],
+    model: Annotated[str, Form(description="classifier adapter ID, or ID@N for a fixed version")],
+    top_k: Annotated[int | None, Form(ge=1, description="return only the K most probable labels; unset: all")] = None,
+) -> Response:
+    runtime: Runtime = request.app.state.chorus
+    who.require("transcribe")  # inference permission: the same roles transcribe and classify
+    record = runtime.transcriber.resolve(model, who, task="classify")
+    request.state.adapter_id = record.id if record.visibility == "public" else "private"
+    if runtime.remote is not None:
+        raise ApiError(501, "classification is not served through a cluster ingress yet", "not_implemented")
+    data = await file.read()
+    probed = probe_seconds(data) or 0.0
+    runtime.quotas.check_audio(who.tenant, probed)
+    runtime.transcriber.check_queue(who.tenant, probed)
+    audio = await asyncio.to_thread(
+        decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
+    )
+    runtime.quotas.check_audio(who.tenant, audio.seconds)
+    runtime.quotas.charge_audio(who.tenant, audio.seconds)
+    runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
+    try:
+        result = await Classifier(runtime.transcriber).classify(audio, record, who, lambda: _disconnected(request))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    scores = result.scores[:top_k] if top_k else result.scores
+    body: dict[str, Any] = {
+        "model": record.ref,
+        "labels": [{"label": label, "score": score} for label, score in scores],
+    }
+    return JSONResponse(body, headers={"x-chorus-adapter": record.ref})
