@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chorus_server.engine.adapters import Segment
@@ -12,6 +13,8 @@ from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.encoder import Encoder
 from chorus_server.engine.frontend import FeatureEncoder, FeatureProjection
 from chorus_server.engine.layers import GradGate
+
+MIN_CPU_FRAMES = 16  # the narrowest batch the transformer runs on a CPU (see `Backbone.forward`)
 
 
 class Backbone(nn.Module):
@@ -43,6 +46,10 @@ class Backbone(nn.Module):
         gate = GradGate()
         with gate.stage(self.feature_extractor, self.feature_projection):
             features, frames = self.feature_extractor(waveforms, lengths)  # (B, T, C)
+            if features.device.type == "cpu" and features.shape[1] < MIN_CPU_FRAMES:
+                # CPU GEMMs of fewer than 12 rows take other kernels (other bits for a row); every product below
+                # has at least B * T rows, so padding T keeps a short item's solo run bitwise equal to a batch's.
+                features = F.pad(features, (0, 0, 0, MIN_CPU_FRAMES - features.shape[1]))  # (B, 16, C)
             h = self.feature_projection(features)  # (B, T, H)
         if features_hook is not None:
             h = features_hook(h, frames)

@@ -150,10 +150,10 @@ class Encoder(nn.Module):
         sees each hidden state as HF's `hidden_states` lists them: k = 0 the first layer's input, k = i + 1 layer
         i's output, the last one after the final norm of a pre-LN encoder (classifiers mix them; classify.py)."""
         gate = gate or GradGate()
-        batch, width = h.shape[:2]
+        width = h.shape[1]
         mask = time_mask(torch.tensor(frames), width).to(h.device, non_blocking=True)  # (B, T) bool
-        # On the CPU a batch of more than one attends and convolves per item (see the module docstring).
-        spans = list(frames) if batch > 1 and h.device.type == "cpu" else None
+        # On the CPU every item attends and convolves over its own frames (see the module docstring).
+        spans = list(frames) if h.device.type == "cpu" else None
         with gate.stage(self.pos_conv_embed, self.layer_norm):
             # Padded frames must be zero before the positional conv, exactly as in a solo run.
             h = h * mask[:, :, None].to(h.dtype)
