@@ -14,6 +14,7 @@ real-time factor / GEMM FLOP/s.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from benchmarks.common import clip, finish, interleaved, median, model_dir, pars
 from chorus_server.engine import Engine
 from chorus_server.runtime import choose_dtype
 
+CPU = torch.device("cpu")
 THREADS = torch.get_num_threads()
 BF16 = choose_dtype("auto", torch.device("cpu")) == "bfloat16"  # native bf16 (else bf16 is emulated and slow)
 GEMM_REPEATS = 20
@@ -85,7 +87,6 @@ def gemm_rate(dtype: torch.dtype, engine: Engine, frames: int) -> Callable[[], o
 def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: int) -> dict:
     hf32 = Wav2Vec2ForCTC.from_pretrained(path).eval()
     flops = model_flops(hf32, clip(seconds)) / seconds
-    onnx = onnx_export(hf32, path / "model.onnx")
     dtypes = ("float32", "bfloat16") if BF16 else ("float32",)
     hf16 = Wav2Vec2ForCTC.from_pretrained(path, dtype=torch.bfloat16).eval() if BF16 else None
     engines = {name: Engine.from_pretrained(path, device="cpu", dtype=name) for name in dtypes}
@@ -94,9 +95,12 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
     gemms = {name: gemm_rate(loaded.engine.dtype, loaded.engine, frames) for name, loaded in engines.items()}
     for name, fn in gemms.items():
         systems[f"gemm {name} 0"] = fn
-    peers = {"openvino float32": openvino_system(onnx, "f32"), "onnxruntime float32": ort_system(onnx)}
-    if BF16:
-        peers["openvino bfloat16"] = openvino_system(onnx, "bf16")
+    peers: dict[str, Callable[[np.ndarray], object] | None] = {}
+    if importlib.util.find_spec("openvino") or importlib.util.find_spec("onnxruntime"):  # else: no peer to run
+        onnx = onnx_export(hf32, path / "model.onnx")
+        peers = {"openvino float32": openvino_system(onnx, "f32"), "onnxruntime float32": ort_system(onnx)}
+        if BF16:
+            peers["openvino bfloat16"] = openvino_system(onnx, "bf16")
     for batch in batches:
         x = clip(seconds, batch, seed=batch)
         lengths, xn = torch.full((batch,), x.shape[1]), x.numpy()
@@ -105,10 +109,9 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
             systems[f"chorus {name} {batch}"] = lambda e=loaded.engine, x=x, n=lengths, a=head, b=batch: e.forward(
                 x, n, [a] * b
             )
-        systems[f"transformers float32 {batch}"] = lambda x=x: hf_forward(hf32, x)
+        systems[f"transformers float32 {batch}"] = lambda x=x: hf_forward(hf32, x, CPU, torch.float32)
         if hf16 is not None:
-            x16 = x.bfloat16()
-            systems[f"transformers bfloat16 {batch}"] = lambda x16=x16, m=hf16: hf_forward(m, x16)
+            systems[f"transformers bfloat16 {batch}"] = lambda x=x, m=hf16: hf_forward(m, x, CPU, torch.bfloat16)
         for key, peer in peers.items():
             if peer is not None:
                 systems[f"{key} {batch}"] = lambda p=peer, xn=xn: p(xn)

@@ -91,3 +91,21 @@ def test_vad_eval_harness_runs(tmp_path):
         assert set(report[f"segments, pauses of {kind}"]) == {"vad", "no vad"}
     speed = report["throughput on half-silent audio (x real time)"]
     assert speed["vad_on"] > 0 and speed["vad_off"] > 0
+
+
+def test_peers_harness_runs(tmp_path):
+    """benchmarks/peers.py end to end on the tiny models (OpenVINO / ONNX Runtime rows only where installed)."""
+    out = tmp_path / "peers.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers", "--quick", "--models", str(tmp_path / "models"), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for variant in ("tiny", "tiny-mms"):
+        systems = {(r["system"], r["dtype"]) for r in report["variants"][variant]["runs"]}
+        assert {("chorus", "float32"), ("transformers", "float32")} <= systems
+        assert all(r["xrt"] > 0 and r["gemm_fraction"] > 0 for r in report["variants"][variant]["runs"])
