@@ -5,17 +5,15 @@ limits and metrics; the answer is the adapter's labels with their probabilities,
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from chorus_server.audio import decode_audio, probe_seconds
 from chorus_server.auth import Principal, current_principal
 from chorus_server.classification import Classifier
 from chorus_server.errors import ApiError
-from chorus_server.routes.transcriptions import CLIENT_CLOSED, _disconnected
+from chorus_server.routes.transcriptions import CLIENT_CLOSED, _disconnected, receive_audio
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone
 
@@ -36,16 +34,7 @@ async def create_classification(
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
     if runtime.remote is not None:
         raise ApiError(501, "classification is not served through a cluster ingress yet", "not_implemented")
-    data = await file.read()
-    probed = probe_seconds(data) or 0.0
-    runtime.quotas.check_audio(who.tenant, probed)
-    runtime.transcriber.check_queue(who.tenant, probed)
-    audio = await asyncio.to_thread(
-        decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
-    )
-    runtime.quotas.check_audio(who.tenant, audio.seconds)
-    runtime.quotas.charge_audio(who.tenant, audio.seconds)
-    runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
+    audio = await receive_audio(runtime, who, file)
     try:
         result = await Classifier(runtime.transcriber).classify(audio, record, who, lambda: _disconnected(request))
     except ClientGone:

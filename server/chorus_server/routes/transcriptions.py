@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chorus_server import formats
-from chorus_server.audio import decode_audio, probe_seconds
+from chorus_server.audio import Audio, decode_audio, probe_seconds
 from chorus_server.auth import Principal, current_principal
 from chorus_server.live.sse import check_streamable, stream_response
 from chorus_server.runtime import Runtime
@@ -19,6 +19,23 @@ from chorus_server.speech import options_from_form
 router = APIRouter(tags=["transcription"])
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
+
+
+async def receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> Audio:
+    """An upload's audio, admitted for `who`: quota and queue checked from the header's length before decoding
+    (refusals cost no decoding), again on the decoded length, then charged to the tenant. Shared by every route
+    that takes an audio file."""
+    data = await file.read()
+    probed = probe_seconds(data) or 0.0
+    runtime.quotas.check_audio(who.tenant, probed)
+    runtime.transcriber.check_queue(who.tenant, probed)
+    audio = await asyncio.to_thread(
+        decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
+    )
+    runtime.quotas.check_audio(who.tenant, audio.seconds)
+    runtime.quotas.charge_audio(who.tenant, audio.seconds)
+    runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
+    return audio
 
 
 async def _disconnected(request: Request) -> None:
@@ -63,16 +80,7 @@ async def create_transcription(
     record = runtime.transcriber.resolve(model, who)
     # Request metrics: private adapters are never named (whoever scrapes may not see them).
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
-    data = await file.read()
-    probed = probe_seconds(data) or 0.0  # from the header, where it tells: refusals cost no decoding
-    runtime.quotas.check_audio(who.tenant, probed)
-    runtime.transcriber.check_queue(who.tenant, probed)
-    audio = await asyncio.to_thread(
-        decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
-    )
-    runtime.quotas.check_audio(who.tenant, audio.seconds)
-    runtime.quotas.charge_audio(who.tenant, audio.seconds)
-    runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
+    audio = await receive_audio(runtime, who, file)
     granularities: set[str] = set(timestamp_granularities or [])
     if stream:
         pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request), vad)
