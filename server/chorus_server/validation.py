@@ -23,15 +23,18 @@ class BackboneValidator:
     hidden_size: int
     num_layers: int
     fingerprint: str
+    conv_dims: tuple[int, ...] = ()  # channels per conv layer (CNN adapters must match)
 
     @classmethod
     def for_engine(cls, engine: Engine) -> BackboneValidator:
-        return cls(engine.config.hidden_size, engine.config.num_hidden_layers, engine.fingerprint)
+        config = engine.config
+        return cls(config.hidden_size, config.num_hidden_layers, engine.fingerprint, tuple(config.conv_dim))
 
     def load(self, data: bytes | bytearray, allow_fingerprint_mismatch: bool = False) -> Adapter:
         """The adapter in `data` on the CPU, checked; raises `AdapterError` naming the problem."""
         adapter = adapter_from_bytes(data)
-        check_fit(adapter, self.hidden_size, self.num_layers, None if allow_fingerprint_mismatch else self.fingerprint)
+        fingerprint = None if allow_fingerprint_mismatch else self.fingerprint
+        check_fit(adapter, self.hidden_size, self.num_layers, fingerprint, self.conv_dims)
         return adapter
 
     def load_version(self, data: bytearray, record: AdapterRecord) -> Adapter:

@@ -73,7 +73,8 @@ def _make_corpus(args: argparse.Namespace) -> int:
     from chorus_training.corpus import make_corpus
 
     minutes = {"train": args.train_minutes, "valid": args.valid_minutes, "test": args.test_minutes}
-    paths = make_corpus(Path(args.out), args.langs.split(","), minutes, args.seed, args.workers)
+    voices = args.voices.split(",") if args.voices else None
+    paths = make_corpus(Path(args.out), args.langs.split(","), minutes, args.seed, args.workers, voices)
     print("\n".join(str(p) for p in paths))
     return 0
 
@@ -145,6 +146,12 @@ def add_commands(commands: Any, dev: Any) -> None:
     mc.add_argument("--test-minutes", type=float, default=8.0, help="test audio per language (default: 8)")
     mc.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes (default: 2)")
     mc.add_argument("--seed", type=int, default=0, help="seed of the word/voice split and the sampling")
+    mc.add_argument(
+        "--voices",
+        default=None,
+        help="comma-separated voice variants spoken in every split (a speaker-ID corpus; default: variants are "
+        "split like the words)",
+    )
     mc.set_defaults(func=_make_corpus)
 
     tb = dev.add_parser("train-backbone", help="train the demo wav2vec 2.0 backbone from scratch with CTC")

@@ -1,7 +1,8 @@
 """`chorus dev make-corpus`: labelled synthetic speech from espeak-ng and Debian word lists.
 
 Each language gets `train`, `valid` and `test` splits that are disjoint in *words* and in espeak-ng *voice
-variants*: both are assigned to a split by a salted hash, so the assignment is stable across runs and machines
+variants* (or, for a speaker-ID corpus, `voices=[...]`: the same variants in every split, disjoint words): both
+are assigned to a split by a salted hash, so the assignment is stable across runs and machines
 and a model is always measured on words and voices it never heard. Utterances are 2-7 random words of the
 split, spoken by a random variant of the split at a random rate and pitch, then lightly corrupted (reverb,
 noise, gain; `synth.augment`). Output per language: `<out>/<lang>/<split>.jsonl` manifests (see
@@ -179,15 +180,28 @@ def make_split(
 
 
 def make_corpus(
-    out: Path, langs: Sequence[str], minutes: dict[str, float], seed: int = 0, workers: int = 2
+    out: Path,
+    langs: Sequence[str],
+    minutes: dict[str, float],
+    seed: int = 0,
+    workers: int = 2,
+    voices: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write train/valid/test for each language; `minutes` per split. Returns the manifest paths."""
-    voices = partition(VARIANTS, salt=f"voices-{seed}")
+    """Write train/valid/test for each language; `minutes` per split. Returns the manifest paths.
+
+    `voices`: speak every split with these variants (a speaker-ID corpus: splits disjoint in words only, each
+    utterance's `voice` is its label); by default the variants are split like the words."""
+    if voices is not None:
+        unknown = sorted(set(voices) - set(VARIANTS))
+        if unknown or not voices:
+            raise ValueError(f"unknown voice variants {unknown}; expected some of {list(VARIANTS)}")
+        shared = sorted(set(voices))
+    by_split = partition(VARIANTS, salt=f"voices-{seed}") if voices is None else {s: shared for s in SPLITS}
     manifests = []
     for lang in langs:
         if lang not in LANGUAGES:
             raise ValueError(f"unknown language {lang!r}; expected one of {sorted(LANGUAGES)}")
         words = partition(language_words(lang), salt=f"words-{lang}-{seed}")
         for split in SPLITS:
-            manifests.append(make_split(out, lang, split, words[split], voices[split], minutes[split], seed, workers))
+            manifests.append(make_split(out, lang, split, words[split], by_split[split], minutes[split], seed, workers))
     return manifests

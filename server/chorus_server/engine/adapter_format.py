@@ -3,7 +3,9 @@
 Native tensor names: `layers.{i}.{site}.{norm|down|up}.{weight|bias}` and `head.{weight|bias}` (+ `layer_weights`
 for a classifier). `__metadata__` (all strings): format, format_version, kind, name, language, task, vocab (JSON
 list), blank_id, word_delimiter_id, hidden_size, bottleneck_dim, layers (JSON list), backbone_fingerprint; a
-classifier has labels (JSON list) and num_states instead of vocab, blank_id and word_delimiter_id.
+classifier has labels (JSON list) and num_states instead of vocab, blank_id and word_delimiter_id. CNN adapters
+(any kind, optional): tensors `cnn.{i}.{down|conv|up}.{weight|bias}`, metadata cnn_layers, cnn_channels (JSON
+lists, one entry per adapted conv layer) and cnn_dim.
 See docs/adapter-format.md.
 """
 
@@ -53,6 +55,15 @@ def adapter_metadata(adapter: Adapter) -> dict[str, str]:
         "bottleneck_dim": str(adapter.bottleneck_dim),
         "layers": json.dumps(list(adapter.layer_ids)),
         "backbone_fingerprint": info.backbone_fingerprint,
+        **(
+            {
+                "cnn_layers": json.dumps(list(adapter.cnn_channels)),
+                "cnn_channels": json.dumps(list(adapter.cnn_channels.values())),
+                "cnn_dim": str(adapter.cnn_dim),
+            }
+            if adapter.cnn_channels
+            else {}
+        ),
         **{f"x-{k}": v for k, v in info.extra.items()},
     }
 
@@ -98,17 +109,41 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
         )
         if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
             raise AdapterError("adapter layers must be a JSON list of integers")
+        cnn_channels = _cnn_channels(meta)
         with torch.device("meta"):
             hidden, dim = int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim"))
-            return Adapter(info, vocab, hidden, dim, layers, num_states)
+            return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, int(meta.get("cnn_dim", "0")))
     except AdapterError:
         raise
     except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation
         raise AdapterError(f"invalid adapter metadata: {exc}") from exc
 
 
-def check_fit(adapter: Adapter, hidden_size: int, num_layers: int, fingerprint: str | None) -> None:
-    """Reject an adapter that cannot run on this backbone. `fingerprint=None` skips the fingerprint check."""
+def _cnn_channels(meta: dict[str, str]) -> dict[int, int]:
+    """conv layer -> channels of the CNN adapters the metadata declares ({} when it declares none)."""
+    if "cnn_layers" not in meta:
+        return {}
+    layers, channels = json.loads(meta["cnn_layers"]), json.loads(_field(meta, "cnn_channels"))
+    if (
+        not isinstance(layers, list)
+        or not isinstance(channels, list)
+        or len(layers) != len(channels)
+        or not all(isinstance(v, int) for v in [*layers, *channels])
+        or len(set(layers)) != len(layers)
+    ):
+        raise AdapterError("cnn_layers and cnn_channels must be JSON lists of integers, one per distinct layer")
+    return dict(zip(layers, channels, strict=True))
+
+
+def check_fit(
+    adapter: Adapter,
+    hidden_size: int,
+    num_layers: int,
+    fingerprint: str | None,
+    conv_dims: tuple[int, ...] | None = None,
+) -> None:
+    """Reject an adapter that cannot run on this backbone. `fingerprint=None` skips the fingerprint check;
+    `conv_dims`: the front end's channels per conv layer, which CNN adapters must match."""
     if adapter.hidden_size != hidden_size:
         raise AdapterError(f"adapter {adapter.name!r} has hidden size {adapter.hidden_size}, backbone {hidden_size}")
     bad = [i for i in adapter.layer_ids if not 0 <= i < num_layers]
@@ -119,6 +154,16 @@ def check_fit(adapter: Adapter, hidden_size: int, num_layers: int, fingerprint: 
             f"classifier {adapter.name!r} mixes {adapter.num_states} hidden states, "
             f"the backbone has {num_layers + 1} ({num_layers} layers + its input)"
         )
+    if adapter.cnn_channels:
+        fits = conv_dims is not None and all(
+            0 <= layer < len(conv_dims) and conv_dims[layer] == channels
+            for layer, channels in adapter.cnn_channels.items()
+        )
+        if not fits:
+            raise AdapterError(
+                f"adapter {adapter.name!r} has CNN adapters for conv layers {adapter.cnn_channels} (layer: channels), "
+                f"the backbone's conv layers have {list(conv_dims or [])} channels"
+            )
     if fingerprint is not None and adapter.info.backbone_fingerprint != fingerprint:
         raise AdapterError(
             f"adapter {adapter.name!r} was trained for backbone {adapter.info.backbone_fingerprint or '(none)'}, "
@@ -170,10 +215,13 @@ def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> 
     # numpy copies on the calling thread; a torch copy this size would wait for the busy intra-op thread pool.
     heads = ["head.weight", "head.bias", *(["layer_weights"] if adapter.is_classifier else [])]
     head = [torch.from_numpy(tensors[k].float().numpy().copy()) for k in heads]
-    if not all(all_finite(t) for t in [*stacks.values(), *head]):
+    cnn_names = [name for name in expected if name.startswith("cnn.")]
+    cnn = {name: torch.from_numpy(tensors[name].float().numpy().copy()) for name in cnn_names}
+    if not all(all_finite(t) for t in [*stacks.values(), *head, *cnn.values()]):
         bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
         raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
-    return adapter.adopt(stacks, *head).eval().requires_grad_(False)
+    layer_weights = head[2] if adapter.is_classifier else None
+    return adapter.adopt(stacks, head[0], head[1], layer_weights, cnn).eval().requires_grad_(False)
 
 
 def read_adapter_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], TensorViews]:

@@ -11,16 +11,21 @@ Kinds and where their bottlenecks sit inside transformer layer `i` (each bottlen
   hidden states (`layer_weights`: one per state, the encoder input and every layer's output), mean-pooled over
   the item's valid frames, then a linear head over its labels; bottlenecks placed as houlsby's, optional. Its
   `vocab` holds the labels (`labels`); see classify.py for how it reads a batch.
+
+Any kind may also carry CNN adapters after conv layers of the front end (`cnn_channels`: conv layer -> its
+channels; cnn_adapters.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from chorus_server.engine.cnn_adapters import CNN_PARTS, cnn_name, cnn_part_shape
 
 CLASSIFIER = "classifier"
 KIND_SITES: dict[str, tuple[str, ...]] = {
@@ -135,8 +140,11 @@ class Adapter(nn.Module):
         bottleneck_dim: int = 0,
         layers: Sequence[int] = (),
         num_states: int = 0,
+        cnn_channels: Mapping[int, int] | None = None,
+        cnn_dim: int = 0,
     ):
-        """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1."""
+        """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1. `cnn_channels`: conv
+        layer -> its output channels, for CNN adapters of bottleneck size `cnn_dim` after those layers."""
         super().__init__()
         if info.kind not in KIND_SITES:
             raise ValueError(f"unknown adapter kind {info.kind!r}; expected one of {sorted(KIND_SITES)}")
@@ -161,10 +169,30 @@ class Adapter(nn.Module):
         self.head = nn.Linear(hidden_size, len(vocab))
         # (num_states,) logits of the layer mix; (0,) for the CTC kinds, so every adapter has the attribute.
         self.layer_weights = nn.Parameter(torch.empty(self.num_states), requires_grad=False)
+        self.cnn_channels = dict(sorted((cnn_channels or {}).items()))
+        self.cnn_dim = cnn_dim if self.cnn_channels else 0
+        if self.cnn_channels and (cnn_dim < 1 or min(self.cnn_channels) < 0 or min(self.cnn_channels.values()) < 1):
+            raise ValueError(f"CNN adapters need cnn_dim >= 1, conv layers >= 0 and channels >= 1, got {cnn_channels}")
+        for layer, part in self.cnn_keys():
+            shape = cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim)
+            self.register_parameter(_cnn_param(layer, part), nn.Parameter(torch.empty(shape), requires_grad=False))
         self._blocks: dict[tuple[int, str], Bottleneck] | None = None  # built on first use, see `block`
 
     def stack_keys(self) -> list[tuple[str, str]]:
         return [(site, part) for site in self.sites for part in self.parts]
+
+    def cnn_keys(self) -> list[tuple[int, str]]:
+        return [(layer, part) for layer in self.cnn_channels for part in CNN_PARTS]
+
+    def cnn(self, layer: int) -> dict[str, torch.Tensor] | None:
+        """The CNN adapter after conv layer `layer` (part -> tensor), or None."""
+        if layer not in self.cnn_channels:
+            return None
+        return {part: getattr(self, _cnn_param(layer, part)) for part in CNN_PARTS}
+
+    def cnn_trains(self) -> bool:
+        """Whether a CNN adapter parameter is trainable (a training pass then starts gradients in the front end)."""
+        return any(getattr(self, _cnn_param(*key)).requires_grad for key in self.cnn_keys())
 
     def stack(self, site: str, part: str) -> torch.Tensor:
         """(layers, *part shape) tensor of one site and part."""
@@ -195,6 +223,7 @@ class Adapter(nn.Module):
         out["head.weight"], out["head.bias"] = self.head.weight, self.head.bias
         if self.is_classifier:
             out["layer_weights"] = self.layer_weights
+        out.update({cnn_name(*key): getattr(self, _cnn_param(*key)) for key in self.cnn_keys()})
         return out
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -207,6 +236,8 @@ class Adapter(nn.Module):
         shapes["head.weight"], shapes["head.bias"] = (len(self.vocab), self.hidden_size), (len(self.vocab),)
         if self.is_classifier:
             shapes["layer_weights"] = (self.num_states,)
+        for layer, part in self.cnn_keys():
+            shapes[cnn_name(layer, part)] = cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim)
         return shapes
 
     def adopt(
@@ -215,9 +246,10 @@ class Adapter(nn.Module):
         head_weight: torch.Tensor,
         head_bias: torch.Tensor,
         layer_weights: torch.Tensor | None = None,
+        cnn: Mapping[str, torch.Tensor] | None = None,
     ) -> Adapter:
         """Take ownership of already-stacked tensors (no copy); shapes must match exactly. `layer_weights`:
-        (num_states,), required for a classifier."""
+        (num_states,), required for a classifier; `cnn`: the CNN adapters' tensors under their file names."""
         for (site, part), tensor in stacks.items():
             expected = self.stack(site, part).shape
             if tensor.shape != expected:
@@ -234,6 +266,14 @@ class Adapter(nn.Module):
             self.layer_weights = nn.Parameter(layer_weights, requires_grad=False)
         else:  # empty, but beside the head: an adapter built on the meta device keeps no meta tensor
             self.layer_weights = nn.Parameter(head_weight.new_empty(0), requires_grad=False)
+        cnn = cnn or {}
+        for layer, part in self.cnn_keys():
+            name = cnn_name(layer, part)
+            want = cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim)
+            if name not in cnn or tuple(cnn[name].shape) != want:
+                found = tuple(cnn[name].shape) if name in cnn else None
+                raise ValueError(f"{name} has shape {found}, expected {want}")
+            setattr(self, _cnn_param(layer, part), nn.Parameter(cnn[name], requires_grad=False))
         self._blocks = None
         return self
 
@@ -241,14 +281,24 @@ class Adapter(nn.Module):
         """A copy with every tensor on `device` in `dtype`; this adapter stays as it is (`nn.Module.to` converts in
         place, which turned the cache's host copy into its device copy). Tensors already right are shared."""
         with torch.device("meta"):  # no allocation and no random init for tensors about to be replaced
-            new = Adapter(self.info, self.vocab, self.hidden_size, self.bottleneck_dim, self.layer_ids, self.num_states)
+            new = Adapter(
+                self.info,
+                self.vocab,
+                self.hidden_size,
+                self.bottleneck_dim,
+                self.layer_ids,
+                self.num_states,
+                self.cnn_channels,
+                self.cnn_dim,
+            )
 
         def move(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.detach().to(device, dtype, non_blocking=non_blocking)
 
         stacks = {key: move(self.stack(*key)) for key in self.stack_keys()}
         mix = move(self.layer_weights) if self.is_classifier else None
-        return new.adopt(stacks, move(self.head.weight), move(self.head.bias), mix).train(self.training)
+        cnn = {cnn_name(*key): move(getattr(self, _cnn_param(*key))) for key in self.cnn_keys()}
+        return new.adopt(stacks, move(self.head.weight), move(self.head.bias), mix, cnn).train(self.training)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> Adapter:
@@ -303,6 +353,10 @@ class Adapter(nn.Module):
 
 def stack_name(site: str, part: str) -> str:
     return f"{site}_{part.replace('.', '_')}"
+
+
+def _cnn_param(layer: int, part: str) -> str:
+    return f"cnn_{layer}_{part.replace('.', '_')}"
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,13 @@ class Backbone(nn.Module):
         features (training's masking); `states_hook(k, h)` sees every hidden state (see `Encoder.forward`).
         """
         gate = GradGate()
-        with gate.stage(self.feature_extractor, self.feature_projection):
-            features, frames = self.feature_extractor(waveforms, lengths)  # (B, T, C)
+        cnn: list = [None] * waveforms.shape[0]  # per item: its adapter's CNN adapters (`Adapter.cnn`), if any
+        for seg in segments:
+            if seg.adapter.cnn_channels:
+                cnn[seg.start : seg.stop] = [seg.adapter.cnn] * (seg.stop - seg.start)
+        trains = any(seg.adapter.cnn_trains() for seg in segments)
+        with gate.stage(self.feature_extractor, self.feature_projection, trains=lambda: trains):
+            features, frames = self.feature_extractor(waveforms, lengths, cnn)  # (B, T, C)
             if features.device.type == "cpu" and features.shape[1] < MIN_CPU_FRAMES:
                 # CPU GEMMs of fewer than 12 rows take other kernels (other bits for a row); every product below
                 # has at least B * T rows, so padding T keeps a short item's solo run bitwise equal to a batch's.

@@ -145,6 +145,7 @@ class Engine:
             self.config.hidden_size,
             self.config.num_hidden_layers,
             self.fingerprint if check_fingerprint else None,
+            tuple(self.config.conv_dim),
         )
         return adapter.converted(self.device, self.dtype, non_blocking).eval().requires_grad_(False)
 

@@ -18,9 +18,12 @@ single GEMM with a per-item bias, and GroupNorm never touches the largest activa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
+from chorus_server.engine.cnn_adapters import apply_cnn_adapter
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.device import to_device
 from chorus_server.engine.layers import activation
@@ -164,11 +167,17 @@ class FeatureEncoder(nn.Module):
             samples = (samples - layer.kernel) // layer.stride + 1 if samples >= layer.kernel else 0
         return samples
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        cnn_adapters: Sequence[Callable[[int], dict[str, torch.Tensor] | None] | None] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms: (B, L), lengths: (B,) -> features (B, T, C) with zeros past each item's frames, frames (B,)
         on the waveforms' device. T is the frame count of L (the padded width), so a batch padded to a shape
         bucket keeps that bucket's shape. Lengths on the host cost no device sync; frames then move with a
-        non-blocking copy.
+        non-blocking copy. `cnn_adapters`: per item, None or `Adapter.cnn` (conv layer -> its CNN adapter's
+        tensors or None), applied after that layer (cnn_adapters.py).
 
         Each item runs alone over its valid samples (see the module docstring for why)."""
         sizes = lengths.tolist()
@@ -179,8 +188,12 @@ class FeatureEncoder(nn.Module):
             if count == 0:
                 continue
             x = waveforms[b, :size, None]  # (L, 1)
-            for layer in self.conv_layers:
-                x = layer(x)
+            cnn = cnn_adapters[b] if b < len(cnn_adapters) else None
+            for i, layer in enumerate(self.conv_layers):
+                x = layer(x)  # (T_i, C_i)
+                tensors = cnn(i) if cnn is not None else None
+                if tensors is not None:
+                    x = apply_cnn_adapter(x, tensors)
             out[b, :count] = x  # (T, C)
         return out, to_device(torch.tensor(counts, dtype=torch.int64), waveforms.device)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -116,13 +117,23 @@ def random_adapter(
 
 
 def random_classifier(
-    config: BackboneConfig, name: str, labels: list[str], dim: int, layers: list[int], seed: int, fp: str
+    config: BackboneConfig,
+    name: str,
+    labels: list[str],
+    dim: int,
+    layers: list[int],
+    seed: int,
+    fp: str,
+    cnn_dim: int = 0,
+    cnn_layers: Sequence[int] = (),
 ) -> Adapter:
-    """A classifier adapter (kind `classifier`) over `labels`; `dim=0` and no layers: no bottlenecks."""
+    """A classifier adapter (kind `classifier`) over `labels`; `dim=0` and no layers: no bottlenecks. `cnn_layers`:
+    conv layers with CNN adapters of size `cnn_dim` after them."""
     generator = torch.Generator().manual_seed(seed)
     info = AdapterInfo(name=name, kind="classifier", task="classify", backbone_fingerprint=fp)
     vocab = Vocabulary.of_labels(labels)
-    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, config.num_hidden_layers + 1)
+    cnn = {i: config.conv_dim[i] for i in cnn_layers}
+    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, config.num_hidden_layers + 1, cnn, cnn_dim)
     randomize_tensors_(adapter.tensors(), generator)
     return adapter
 

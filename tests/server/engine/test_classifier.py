@@ -3,6 +3,7 @@ and mixed transcription + classification batches bitwise equal to solo runs on b
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from chorus_server.engine import AdapterError, Engine, load_adapter, pad_batch, save_adapter
 from chorus_server.engine.adapter_format import adapter_from_bytes, adapter_metadata, check_fit
+from chorus_server.engine.cnn_adapters import CNN_PARTS
 from chorus_server.engine.random_model import random_classifier
 from chorus_server.engine.tensor_file import write_safetensors
 from chorus_server.runtime import choose_dtype
@@ -26,10 +28,17 @@ def setup(random_model_dir, tmp_path_factory):
     ctc = [engine.prepare(load_adapter(p)) for p in sorted((path / "adapters").glob("*.safetensors"))]
     n = engine.config.num_hidden_layers
     out = tmp_path_factory.mktemp(f"classifiers-{preset}")
-    specs = [("lid", ["en", "fr", "de", "es", "it"], 0, []), ("spk", ["a", "b", "c"], 8, list(range(n)))]
+    every_conv = list(range(len(engine.config.conv_dim)))
+    specs = [
+        ("lid", ["en", "fr", "de", "es", "it"], 0, [], 0, []),
+        ("spk", ["a", "b", "c"], 8, list(range(n)), 0, []),
+        ("spk-cnn", ["a", "b", "c", "d"], 8, [n - 1], 4, every_conv),  # CHAPTER: CNN adapters in the front end
+    ]
     classifiers = []
-    for k, (name, labels, dim, layers) in enumerate(specs):
-        adapter = random_classifier(engine.config, name, labels, dim, layers, 50 + k, engine.fingerprint)
+    for k, (name, labels, dim, layers, cnn_dim, cnn_layers) in enumerate(specs):
+        adapter = random_classifier(
+            engine.config, name, labels, dim, layers, 50 + k, engine.fingerprint, cnn_dim, cnn_layers
+        )
         save_adapter(adapter, out / f"{name}.safetensors")
         classifiers.append(engine.prepare(load_adapter(out / f"{name}.safetensors")))
     return engine, ctc, classifiers
@@ -126,9 +135,10 @@ def test_mixed_transcription_and_classification_is_bitwise_equal_to_solo(setup, 
     gen = torch.Generator().manual_seed(seed)
     n_items = 10
     # Down to 1 frame (0.025 s): short solo items run on at least 16 frames, like batched ones (MIN_CPU_FRAMES).
-    lengths = [int(rng.uniform(0.025, 6.0) * 16000) for _ in range(n_items - 2)] + [400, 400 + 320 * 6]
+    fixed = [400, 400 + 320 * 6, 24000][: len(classifiers)]
+    lengths = [int(rng.uniform(0.025, 6.0) * 16000) for _ in range(n_items - len(fixed))] + fixed
     audios = [torch.randn(n, generator=gen) * rng.uniform(0.01, 1.0) for n in lengths]
-    chosen = [rng.choice(adapters) for _ in range(n_items - 2)] + classifiers  # every classifier at least once
+    chosen = [rng.choice(adapters) for _ in range(n_items - len(fixed))] + classifiers  # every classifier once
     calls = []
     original = engine.backbone.forward
 
@@ -155,4 +165,57 @@ def test_loaded_adapters_of_every_kind_hold_no_meta_tensor(setup, random_model_d
     path = random_model_dir[1]
     for adapter in [load_adapter(p) for p in sorted((path / "adapters").glob("*.safetensors"))] + [*ctc, *classifiers]:
         assert not any(p.is_meta for p in adapter.parameters()), adapter.name
-        adapter.to(torch.float64)  # raised NotImplementedError for the CTC kinds' empty layer_weights
+        copy.deepcopy(adapter).to(torch.float64)  # raised NotImplementedError for the CTC kinds' empty layer_weights
+
+
+def test_cnn_adapters_round_trip_and_must_fit_the_front_end(setup, tmp_path):
+    engine = setup[0]
+    config = engine.config
+    adapter = random_classifier(config, "spk", ["a", "b"], 0, [], 3, engine.fingerprint, 4, [0, 2])
+    save_adapter(adapter, tmp_path / "spk.safetensors")
+    loaded = load_adapter(tmp_path / "spk.safetensors")
+    assert loaded.cnn_channels == {0: config.conv_dim[0], 2: config.conv_dim[2]} and loaded.cnn_dim == 4
+    assert sorted(k for k in loaded.tensors() if k.startswith("cnn.")) == sorted(
+        f"cnn.{i}.{part}" for i in (0, 2) for part in CNN_PARTS
+    )
+    for key, tensor in adapter.tensors().items():
+        assert torch.equal(loaded.tensors()[key], tensor), key
+    dims = tuple(config.conv_dim)
+    check_fit(loaded, config.hidden_size, config.num_hidden_layers, engine.fingerprint, dims)
+    wrong = (dims[0] + 1, *dims[1:])
+    for conv_dims in (wrong, dims[:2], None):
+        with pytest.raises(AdapterError, match="CNN adapters"):
+            check_fit(loaded, config.hidden_size, config.num_hidden_layers, engine.fingerprint, conv_dims)
+    bad = _file(adapter, cnn_channels="[1]")
+    with pytest.raises(AdapterError, match="cnn_layers and cnn_channels"):
+        adapter_from_bytes(bad)
+
+
+def test_cnn_adapters_change_the_front_end_as_written(setup):
+    """Reference: the front end layer by layer with an independent CNN adapter (down, grouped conv1d of 3 taps with
+    zero padding, GELU, up, residual), then the classifier's mix, pooling and head computed by hand."""
+    engine, _, classifiers = setup
+    adapter = next(a for a in classifiers if a.cnn_channels)
+    audio = torch.randn(24000, generator=torch.Generator().manual_seed(4))
+    logits = engine.forward(*pad_batch([audio]), [adapter])[0]
+    from chorus_server.engine.adapters import Segment
+    from chorus_server.engine.engine import normalize
+
+    waveforms, lengths = pad_batch([audio])
+    x = normalize(waveforms, lengths).to(engine.dtype)[0, :, None]  # (L, 1)
+    with torch.inference_mode():
+        for i, layer in enumerate(engine.backbone.feature_extractor.conv_layers):
+            x = layer(x)  # (T, C)
+            t = adapter.cnn(i)
+            z = F.linear(x, t["down.weight"], t["down.bias"])  # (T, r)
+            y = F.conv1d(z.T[None], t["conv.weight"][:, None, :], padding=1, groups=z.shape[1])[0].T
+            x = x + F.linear(F.gelu(y), t["up.weight"], t["up.bias"])
+        states: list[torch.Tensor] = []
+        h = engine.backbone.feature_projection(x[None])  # (1, T, H)
+        engine.backbone.encoder(h, [x.shape[0]], [Segment(0, 1, adapter)], None, lambda k, s: states.append(s.float()))
+        weights = F.softmax(adapter.layer_weights.float(), dim=0)
+        mixed = sum(w * s for w, s in zip(weights, states, strict=True))[0]  # (T, H)
+        expected = adapter.head(mixed.mean(dim=0, keepdim=True).to(engine.dtype)).float()[0]
+    torch.testing.assert_close(logits, expected, rtol=1e-2, atol=1e-3)
+    plain = engine.forward(*pad_batch([audio]), [classifiers[1]])[0]  # CNN adapters do change the result
+    assert plain.shape != logits.shape or not torch.allclose(plain, logits)
