@@ -136,6 +136,12 @@ class Metrics:
             registry=r,
         )
 
+        self.auto_routes = Counter(
+            "chorus_auto_routes",
+            "model=auto requests by the language chosen, how (detected or the request's hint) and backbone passes",
+            ["language", "source", "passes"],
+            registry=r,
+        )
         self.realtime_sessions = Gauge("chorus_realtime_sessions", "Open realtime transcription sessions", registry=r)
         self.realtime_refusals = Counter(
             "chorus_realtime_refusals", "Realtime sessions or appends refused by a limit", ["code"], registry=r
@@ -146,6 +152,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def observe_auto_route(self, language: str, source: str, passes: int) -> None:
+        """Language labels come from the configured language-ID adapter's labels or a hint (bounded like adapters)."""
+        self.auto_routes.labels(language=self.adapter_label(language), source=source, passes=str(passes)).inc()
 
     def observe_realtime_refusal(self, code: str) -> None:
         self.realtime_refusals.labels(code=code).inc()

@@ -147,6 +147,22 @@ class RealtimeSettings(BaseModel):
     )
 
 
+class RoutingSettings(BaseModel):
+    """`model=auto`: a language-ID classifier picks the transcription adapter (docs/server.md, "model=auto")."""
+
+    language_adapter: str = Field(
+        "lid", min_length=1, description="classifier adapter that detects the language (seeded with the demo model)"
+    )
+    languages: dict[str, str] = Field(
+        default_factory=dict,
+        description='language label -> transcription adapter ID (JSON, e.g. {"fr": "acme/fr-call"}); a label not '
+        "listed goes to the adapter named like the label",
+    )
+    detect_seconds: float = Field(
+        30.0, gt=0, le=600, description="audio from the start that language detection listens to"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHORUS_", env_nested_delimiter="__", env_file=".env", extra="ignore")
 
@@ -185,6 +201,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
 
 
 @lru_cache

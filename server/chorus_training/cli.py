@@ -69,6 +69,49 @@ def _train_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_classifier(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from chorus_training.classifier import ClassifierSpec, accuracy, load_labelled, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    train = load_labelled([Path(p) for p in args.manifest], args.label_field)
+    if args.valid:
+        valid = load_labelled([Path(p) for p in args.valid], args.label_field)
+    else:  # hold out every tenth utterance, in a seeded order
+        order = np.random.default_rng(args.seed).permutation(len(train))
+        held = set(order[: max(1, len(train) // 10)].tolist())
+        valid = [e for i, e in enumerate(train) if i in held]
+        train = [e for i, e in enumerate(train) if i not in held]
+    spec = ClassifierSpec(
+        name=args.name or out.stem,
+        task=args.task,
+        bottleneck_dim=args.bottleneck_dim,
+        top_k=args.top_k,
+        cnn_adapters=args.cnn_adapters,
+        cnn_dim=args.cnn_dim,
+    )
+    result = train_classifier(Path(args.backbone), train, valid, spec, out, _train_config(args))
+    summary: dict[str, Any] = {
+        "adapter": str(out),
+        "labels": list(result.labels),
+        "valid_accuracy": round(result.valid_accuracy, 4),
+        "trainable_parameters": result.trainable_parameters,
+        "trainable_percent_of_backbone": round(result.trainable_percent, 2),
+        "steps": result.steps,
+        "minutes": round(result.minutes, 1),
+    }
+    if args.test:
+        test = load_labelled([Path(p) for p in args.test], args.label_field)
+        summary["test_accuracy"] = round(accuracy(Path(args.backbone), out, test), 4)
+        summary["test_utterances"] = len(test)
+    print(json.dumps(summary))
+    return 0
+
+
 def _make_corpus(args: argparse.Namespace) -> int:
     from chorus_training.corpus import make_corpus
 
@@ -137,6 +180,32 @@ def add_commands(commands: Any, dev: Any) -> None:
     )
     _add_loop_options(ta, steps=1500, lr=2e-3, warmup=100)
     ta.set_defaults(func=_train_adapter)
+
+    tc = commands.add_parser(
+        "train-classifier",
+        help="train an utterance classifier adapter (language ID, speaker ID, ...) on a frozen backbone",
+        description="A learned mix of the backbone's hidden states, mean-pooled over the utterance, then a linear "
+        "head over the labels (SUPERB); optionally bottlenecks in the top K transformer layers (--bottleneck-dim) "
+        "and CHAPTER CNN adapters in the conv front end (--cnn-adapters). The backbone stays frozen; the best "
+        "weights by validation accuracy are written as a native adapter file. Manifest lines: "
+        '{"audio": "path.wav", "label": "fr"}, audio paths relative to the manifest.',
+    )
+    tc.add_argument("--backbone", required=True, help="backbone directory (HF layout)")
+    tc.add_argument("--manifest", required=True, action="append", help="training manifest (JSONL); repeatable")
+    tc.add_argument("--valid", action="append", help="validation manifest; repeatable (default: a tenth of train)")
+    tc.add_argument("--test", action="append", help="test manifest: report its accuracy at the end; repeatable")
+    tc.add_argument("--label-field", default="label", help="manifest field holding the label (default: label)")
+    tc.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    tc.add_argument("--name", default=None, help="adapter name (default: the file's stem)")
+    tc.add_argument("--task", default="classify", help="task stored in the adapter, e.g. language-id")
+    tc.add_argument(
+        "--bottleneck-dim", type=int, default=0, help="bottlenecks in the transformer of this size (default: none)"
+    )
+    tc.add_argument("--top-k", type=int, default=None, help="bottlenecks in the top K layers only (default: all)")
+    tc.add_argument("--cnn-adapters", action="store_true", help="CHAPTER CNN adapters after every conv layer")
+    tc.add_argument("--cnn-dim", type=int, default=16, help="CNN adapter bottleneck size (default: 16)")
+    _add_loop_options(tc, steps=1000, lr=1e-3, warmup=50)
+    tc.set_defaults(func=_train_classifier)
 
     mc = dev.add_parser("make-corpus", help="synthesize a labelled multilingual corpus with espeak-ng")
     mc.add_argument("--out", required=True, help="output directory")

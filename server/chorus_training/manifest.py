@@ -33,7 +33,9 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).lower().split())
 
 
-def read_manifest(path: Path) -> list[dict]:
+def read_manifest(path: Path, field: str = "text") -> list[dict]:
+    """The rows of a JSONL manifest; each must hold a string `audio` and a string `field` (the transcript, or a
+    classifier's label)."""
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -42,8 +44,10 @@ def read_manifest(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not isinstance(row.get("text"), str):
-            raise ValueError(f"{path}:{number}: expected an object with string 'audio' and 'text', got {line[:80]!r}")
+        if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not isinstance(row.get(field), str):
+            raise ValueError(
+                f"{path}:{number}: expected an object with string 'audio' and {field!r}, got {line[:80]!r}"
+            )
         rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no examples")
@@ -59,15 +63,17 @@ def load_audio(path: Path) -> np.ndarray:
     return mono.astype(np.float32)
 
 
-def load_examples(path: Path, limit: int | None = None) -> list[Example]:
-    """Read a manifest and its audio into memory (int16)."""
+def load_examples(path: Path, limit: int | None = None, field: str = "text") -> list[Example]:
+    """Read a manifest and its audio into memory (int16). `field`: what `Example.text` holds (normalised when it is
+    the transcript, as is otherwise: a label)."""
     examples = []
-    for row in read_manifest(path)[:limit]:
+    for row in read_manifest(path, field)[:limit]:
         audio_path = Path(row["audio"])
         if not audio_path.is_absolute():
             audio_path = path.parent / audio_path
         audio = np.clip(load_audio(audio_path), -1.0, 1.0)
-        examples.append(Example((audio * 32767).astype(np.int16), normalize_text(row["text"])))
+        text = normalize_text(row[field]) if field == "text" else row[field].strip()
+        examples.append(Example((audio * 32767).astype(np.int16), text))
     return examples
 
 

@@ -36,7 +36,7 @@ def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:
     covers detection on real speech)."""
     values = dict(backbone=model_dir, store=str(tmp_path / "store"), data_dir=tmp_path, device="cpu", dtype="float32")
     overrides.setdefault("vad", {"enabled": False})
-    groups = ("batch", "limits", "cache", "auth", "server", "realtime", "vad")
+    groups = ("batch", "limits", "cache", "auth", "server", "realtime", "vad", "routing")
     nested = {key: overrides.pop(key) for key in groups if key in overrides}
     settings = Settings(**values, **overrides, _env_file=None)
     for group, fields in nested.items():

@@ -3,7 +3,8 @@
 Native tensor names: `layers.{i}.{site}.{norm|down|up}.{weight|bias}` and `head.{weight|bias}` (+ `layer_weights`
 for a classifier). `__metadata__` (all strings): format, format_version, kind, name, language, task, vocab (JSON
 list), blank_id, word_delimiter_id, hidden_size, bottleneck_dim, layers (JSON list), backbone_fingerprint; a
-classifier has labels (JSON list) and num_states instead of vocab, blank_id and word_delimiter_id. CNN adapters
+classifier has labels (JSON list), num_states and state_norm ("none" or "layer"; absent: "none") instead of vocab,
+blank_id and word_delimiter_id. CNN adapters
 (any kind, optional): tensors `cnn.{i}.{down|conv|up}.{weight|bias}`, metadata cnn_layers, cnn_channels (JSON
 lists, one entry per adapted conv layer) and cnn_dim.
 See docs/adapter-format.md.
@@ -35,7 +36,11 @@ MMS_RENAMES = {"norm": "norm", "linear_1": "down", "linear_2": "up"}
 def adapter_metadata(adapter: Adapter) -> dict[str, str]:
     info, vocab = adapter.info, adapter.vocab
     outputs = (
-        {"labels": json.dumps(list(adapter.labels), ensure_ascii=False), "num_states": str(adapter.num_states)}
+        {
+            "labels": json.dumps(list(adapter.labels), ensure_ascii=False),
+            "num_states": str(adapter.num_states),
+            "state_norm": "layer" if adapter.normalize_states else "none",
+        }
         if adapter.is_classifier
         else {
             "vocab": json.dumps(list(vocab.tokens), ensure_ascii=False),
@@ -95,6 +100,8 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
         if classifier:
             vocab = Vocabulary.of_labels(tokens)
             num_states = int(_field(meta, "num_states"))
+            if meta.get("state_norm", "none") not in ("none", "layer"):
+                raise AdapterError(f"state_norm must be 'none' or 'layer', got {meta['state_norm']!r}")
         else:
             delimiter = _field(meta, "word_delimiter_id")
             vocab = Vocabulary(tuple(tokens), int(_field(meta, "blank_id")), int(delimiter) if delimiter else None)
@@ -112,7 +119,8 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
         cnn_channels = _cnn_channels(meta)
         with torch.device("meta"):
             hidden, dim = int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim"))
-            return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, int(meta.get("cnn_dim", "0")))
+            cnn_dim, norm = int(meta.get("cnn_dim", "0")), meta.get("state_norm") == "layer"
+            return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, cnn_dim, norm)
     except AdapterError:
         raise
     except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation

@@ -142,9 +142,12 @@ class Adapter(nn.Module):
         num_states: int = 0,
         cnn_channels: Mapping[int, int] | None = None,
         cnn_dim: int = 0,
+        normalize_states: bool = False,
     ):
-        """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1. `cnn_channels`: conv
-        layer -> its output channels, for CNN adapters of bottleneck size `cnn_dim` after those layers."""
+        """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1; `normalize_states`:
+        each state is layer-normed (no parameters) before it is mixed, as SUPERB's featurizer can (the residual
+        stream's scale grows with depth). `cnn_channels`: conv layer -> its output channels, for CNN adapters of
+        bottleneck size `cnn_dim` after those layers."""
         super().__init__()
         if info.kind not in KIND_SITES:
             raise ValueError(f"unknown adapter kind {info.kind!r}; expected one of {sorted(KIND_SITES)}")
@@ -159,6 +162,7 @@ class Adapter(nn.Module):
         self.bottleneck_dim = bottleneck_dim if bottlenecks else 0
         self.layer_ids = tuple(sorted(layers)) if bottlenecks else ()
         self.num_states = num_states if info.kind == CLASSIFIER else 0
+        self.normalize_states = normalize_states and info.kind == CLASSIFIER
         if len(set(self.layer_ids)) != len(self.layer_ids):
             raise ValueError(f"adapter layers must be distinct, got {list(layers)}")
         self.sites = KIND_SITES[info.kind] if self.layer_ids else ()
@@ -290,6 +294,7 @@ class Adapter(nn.Module):
                 self.num_states,
                 self.cnn_channels,
                 self.cnn_dim,
+                self.normalize_states,
             )
 
         def move(tensor: torch.Tensor) -> torch.Tensor:

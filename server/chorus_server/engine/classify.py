@@ -1,11 +1,11 @@
 """How a classifier adapter reads the shared backbone pass: layer mix -> mean over valid frames -> linear.
 
 The encoder reports every hidden state it computes (the input to the first layer, then each layer's output, the
-last after the pre-LN final norm: HF's `hidden_states`, L + 1 of them) to a `LayerMix`, which adds each state,
-weighted by softmax(layer_weights), into a float32 running sum for the classifier segments' rows only: no second
-pass, and no L + 1 copies of the batch kept alive. Every step is per frame (weighted adds) or per item (the mean
-over the item's own frames, the head over one pooled vector), so an item's scores do not depend on its batch-mates,
-bit for bit, on the CPU.
+last after the pre-LN final norm: HF's `hidden_states`, L + 1 of them) to a `LayerMix`, which adds each state
+(layer-normed first when the adapter says `normalize_states`), weighted by softmax(layer_weights), into a float32
+running sum for the classifier segments' rows only: no second pass, and no L + 1 copies of the batch kept alive.
+Every step is per frame (weighted adds) or per item (the mean over the item's own frames, the head over one pooled
+vector), so an item's scores do not depend on its batch-mates, bit for bit, on the CPU.
 """
 
 from __future__ import annotations
@@ -35,7 +35,10 @@ class LayerMix:
         for k, (seg, weights) in enumerate(zip(self.segments, self.weights, strict=True)):
             if index >= weights.numel():
                 raise ValueError(f"classifier {seg.adapter.name!r} mixes {weights.numel()} states, got state {index}")
-            part = h[seg.start : seg.stop].float() * weights[index]  # (n, T, H)
+            part = h[seg.start : seg.stop].float()  # (n, T, H)
+            if seg.adapter.normalize_states:
+                part = F.layer_norm(part, part.shape[-1:])
+            part = part * weights[index]
             total = self.sums[k]
             self.sums[k] = part if total is None else total.add_(part)
 

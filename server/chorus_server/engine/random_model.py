@@ -126,6 +126,7 @@ def random_classifier(
     fp: str,
     cnn_dim: int = 0,
     cnn_layers: Sequence[int] = (),
+    normalize_states: bool = False,
 ) -> Adapter:
     """A classifier adapter (kind `classifier`) over `labels`; `dim=0` and no layers: no bottlenecks. `cnn_layers`:
     conv layers with CNN adapters of size `cnn_dim` after them."""
@@ -133,7 +134,8 @@ def random_classifier(
     info = AdapterInfo(name=name, kind="classifier", task="classify", backbone_fingerprint=fp)
     vocab = Vocabulary.of_labels(labels)
     cnn = {i: config.conv_dim[i] for i in cnn_layers}
-    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, config.num_hidden_layers + 1, cnn, cnn_dim)
+    states = config.num_hidden_layers + 1
+    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, states, cnn, cnn_dim, normalize_states)
     randomize_tensors_(adapter.tensors(), generator)
     return adapter
 

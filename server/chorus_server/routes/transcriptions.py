@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from chorus_server import formats
 from chorus_server.audio import Audio, decode_audio, probe_seconds
 from chorus_server.auth import Principal, current_principal
+from chorus_server.auto_route import AUTO_MODEL, LanguageRouter, Route
+from chorus_server.errors import ApiError
 from chorus_server.live.sse import check_streamable, stream_response
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
@@ -53,8 +55,13 @@ async def create_transcription(
     request: Request,
     who: Annotated[Principal, Depends(current_principal)],
     file: Annotated[UploadFile, File(description="audio: wav, flac, ogg, opus, mp3 (m4a/mp4/webm with PyAV)")],
-    model: Annotated[str, Form(description="adapter ID, or ID@N for a fixed version; `whisper-1`: the default")],
-    language: Annotated[str | None, Form(description="reported back; the adapter decides the language")] = None,
+    model: Annotated[
+        str,
+        Form(description="adapter ID, or ID@N for a fixed version; `whisper-1`: the default; `auto`: by language"),
+    ],
+    language: Annotated[
+        str | None, Form(description="with model=auto: the language, skipping detection; else reported back")
+    ] = None,
     prompt: Annotated[str | None, Form(description="accepted for compatibility, ignored")] = None,
     temperature: Annotated[float | None, Form(ge=0, le=1, description="accepted, ignored (greedy CTC)")] = None,
     response_format: Annotated[Literal["json", "text", "srt", "vtt", "verbose_json"], Form()] = "json",
@@ -77,15 +84,31 @@ async def create_transcription(
     # `chunking_strategy` above is for the schema; the OpenAI SDK may send it as chunking_strategy[...] fields, so
     # the whole form (already parsed, cached by Starlette) is read.
     vad = options_from_form(await request.form(), runtime.settings.vad)
-    record = runtime.transcriber.resolve(model, who)
+    router = LanguageRouter(runtime.transcriber, runtime.settings.routing, runtime.metrics)
+    route: Route | None = None
+    if model == AUTO_MODEL and language:
+        route = router.hinted(language, who)
+    elif model == AUTO_MODEL and runtime.remote is not None:
+        raise ApiError(501, "model=auto detects the language on this server, not a cluster ingress; pass "
+                       "`language` or name an adapter", "not_implemented", "model")  # fmt: skip
+    record = route.record if route else None if model == AUTO_MODEL else runtime.transcriber.resolve(model, who)
+    audio = await receive_audio(runtime, who, file)
+    if record is None:
+        try:
+            route = await router.detect(audio, who, lambda: _disconnected(request))
+        except ClientGone:
+            return Response(status_code=CLIENT_CLOSED)
+        record = route.record
+    if route is not None:
+        language = route.language
+    headers = {"x-chorus-adapter": record.ref, **({"x-chorus-language": route.language} if route else {})}
     # Request metrics: private adapters are never named (whoever scrapes may not see them).
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
-    audio = await receive_audio(runtime, who, file)
     granularities: set[str] = set(timestamp_granularities or [])
     if stream:
         pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request), vad)
         try:
-            return await stream_response(pieces, audio.seconds, {"x-chorus-adapter": record.ref})
+            return await stream_response(pieces, audio.seconds, headers)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
     if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
@@ -94,14 +117,21 @@ async def create_transcription(
         result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request), vad)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    response = render(result, response_format, granularities, language, audio.seconds)
-    response.headers["x-chorus-adapter"] = record.ref
+    response = render(result, response_format, granularities, language, audio.seconds, detected=route is not None)
+    response.headers.update(headers)
     return response
 
 
 def render(
-    result: Result, response_format: str, granularities: set[str], language: str | None, duration: float
+    result: Result,
+    response_format: str,
+    granularities: set[str],
+    language: str | None,
+    duration: float,
+    detected: bool = False,
 ) -> Response:
+    """The response in `response_format`. `language`: the request's (reported when the adapter names none), or
+    with `detected`, the language model=auto chose (reported as is)."""
     transcript, pauses = result.transcript, result.speech.pauses()
     if response_format == "text":
         return PlainTextResponse(transcript.text + "\n")
@@ -109,7 +139,7 @@ def render(
         return PlainTextResponse(formats.srt(transcript, pauses))
     if response_format == "vtt":
         return PlainTextResponse(formats.vtt(transcript, pauses), media_type="text/vtt")
-    lang = result.record.language or language or ""
+    lang = (language if detected else result.record.language or language) or ""
     if response_format == "verbose_json":
         return JSONResponse(
             formats.verbose_json(transcript, result.adapter.vocab, lang, duration, granularities, result.speech)

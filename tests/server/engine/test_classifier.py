@@ -36,8 +36,9 @@ def setup(random_model_dir, tmp_path_factory):
     ]
     classifiers = []
     for k, (name, labels, dim, layers, cnn_dim, cnn_layers) in enumerate(specs):
+        normalize = bool(cnn_layers)  # the CHAPTER one also layer-norms the states it mixes
         adapter = random_classifier(
-            engine.config, name, labels, dim, layers, 50 + k, engine.fingerprint, cnn_dim, cnn_layers
+            engine.config, name, labels, dim, layers, 50 + k, engine.fingerprint, cnn_dim, cnn_layers, normalize
         )
         save_adapter(adapter, out / f"{name}.safetensors")
         classifiers.append(engine.prepare(load_adapter(out / f"{name}.safetensors")))
@@ -175,6 +176,11 @@ def test_cnn_adapters_round_trip_and_must_fit_the_front_end(setup, tmp_path):
     save_adapter(adapter, tmp_path / "spk.safetensors")
     loaded = load_adapter(tmp_path / "spk.safetensors")
     assert loaded.cnn_channels == {0: config.conv_dim[0], 2: config.conv_dim[2]} and loaded.cnn_dim == 4
+    assert not loaded.normalize_states
+    normed = random_classifier(config, "spk", ["a", "b"], 0, [], 3, engine.fingerprint, normalize_states=True)
+    assert adapter_from_bytes(_file(normed)).normalize_states
+    with pytest.raises(AdapterError, match="state_norm"):
+        adapter_from_bytes(_file(normed, state_norm="batch"))
     assert sorted(k for k in loaded.tensors() if k.startswith("cnn.")) == sorted(
         f"cnn.{i}.{part}" for i in (0, 2) for part in CNN_PARTS
     )
@@ -212,7 +218,14 @@ def test_cnn_adapters_change_the_front_end_as_written(setup):
             x = x + F.linear(F.gelu(y), t["up.weight"], t["up.bias"])
         states: list[torch.Tensor] = []
         h = engine.backbone.feature_projection(x[None])  # (1, T, H)
-        engine.backbone.encoder(h, [x.shape[0]], [Segment(0, 1, adapter)], None, lambda k, s: states.append(s.float()))
+        engine.backbone.encoder(
+            h,
+            [x.shape[0]],
+            [Segment(0, 1, adapter)],
+            None,
+            lambda k, s: states.append(F.layer_norm(s.float(), (s.shape[-1],))),
+        )
+        assert adapter.normalize_states
         weights = F.softmax(adapter.layer_weights.float(), dim=0)
         mixed = sum(w * s for w, s in zip(weights, states, strict=True))[0]  # (T, H)
         expected = adapter.head(mixed.mean(dim=0, keepdim=True).to(engine.dtype)).float()[0]

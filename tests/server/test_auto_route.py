@@ -1,0 +1,84 @@
+"""model=auto: the language-ID adapter's top label on the first `detect_seconds` picks the transcription adapter
+(mapped by CHORUS_ROUTING__LANGUAGES, else named like the label); `language` skips detection; the response names
+the language and the adapter; refusals are clear 400s; the routes are counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from chorus_server.engine import Engine, load_adapter, save_adapter
+from chorus_server.engine.random_model import random_classifier
+from tests.server.conftest import encode, make_settings, running_app, tone, transcribe
+from tests.server.test_errors import error_of
+
+LABELS = ["en", "fr", "de", "es"]
+MAPPING = {"en": "eng-0", "fr": "fra-1", "de": "deu-2", "es": "spa-3"}  # the test model's adapters
+
+
+@pytest.fixture(scope="module")
+def lid_file(model_dir, tmp_path_factory):
+    engine = Engine.from_pretrained(model_dir, device="cpu").engine
+    adapter = random_classifier(engine.config, "lid", LABELS, 0, [], 23, engine.fingerprint, normalize_states=True)
+    path = tmp_path_factory.mktemp("lid") / "lid.safetensors"
+    save_adapter(adapter, path)
+    return path
+
+
+def detected(model_dir, lid_file, audio: np.ndarray) -> str:
+    """Reference: the engine's top label for the audio (one window)."""
+    engine = Engine.from_pretrained(model_dir, device="cpu").engine
+    adapter = engine.prepare(load_adapter(lid_file))
+    logits = engine.forward(torch.from_numpy(audio)[None], torch.tensor([len(audio)]), [adapter])[0]
+    return LABELS[int(logits.argmax())]
+
+
+def test_detected_language_picks_the_adapter(tmp_path, model_dir, adapter_files, lid_file):
+    settings = make_settings(tmp_path, model_dir, routing={"languages": MAPPING, "detect_seconds": 1.0})
+    clips = [tone(2.5, seed=seed) for seed in range(6)]
+    # For some clips the whole file would be classified otherwise than its first second (which detection hears).
+    assert any(detected(model_dir, lid_file, a[:16000]) != detected(model_dir, lid_file, a) for a in clips)
+    with running_app(settings, [*adapter_files, lid_file]) as client:
+        seen = set()
+        for audio in clips:
+            # Detection hears only the first second: the reference classifies exactly that.
+            language = detected(model_dir, lid_file, audio[:16000])
+            seen.add(language)
+            response = transcribe(client, encode(audio), "auto", response_format="verbose_json")
+            assert response.status_code == 200, response.text
+            assert response.headers["x-chorus-language"] == language
+            assert response.headers["x-chorus-adapter"] == f"anonymous/{MAPPING[language]}@1"
+            assert response.json()["language"] == language
+            named = transcribe(client, encode(audio), MAPPING[language], response_format="verbose_json").json()
+            assert response.json()["text"] == named["text"]
+        metrics = client.get("/metrics").text
+    assert len(seen) >= 2, seen  # the clips do reach different adapters
+    for language in seen:
+        assert f'chorus_auto_routes_total{{language="{language}",passes="2",source="detected"}}' in metrics
+
+
+def test_language_hint_skips_detection(tmp_path, model_dir, adapter_files, lid_file):
+    settings = make_settings(tmp_path, model_dir, routing={"languages": MAPPING})
+    with running_app(settings, adapter_files) as client:  # no language-ID adapter at all: a hint needs none
+        response = transcribe(client, encode(tone(1.0)), "auto", language="de", response_format="verbose_json")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-chorus-adapter"] == "anonymous/deu-2@1"
+        assert response.json()["language"] == "de"
+        unmapped = transcribe(client, encode(tone(1.0)), "auto", language="fra-1")  # named like the adapter
+        assert unmapped.status_code == 200 and unmapped.headers["x-chorus-adapter"] == "anonymous/fra-1@1"
+        metrics = client.get("/metrics").text
+    assert 'chorus_auto_routes_total{language="de",passes="1",source="hint"} 1.0' in metrics
+
+
+def test_refusals_are_clear(tmp_path, model_dir, adapter_files, lid_file):
+    settings = make_settings(tmp_path, model_dir, routing={"languages": {"en": "eng-0"}})
+    with running_app(settings, adapter_files) as client:
+        missing = transcribe(client, encode(tone(1.0)), "auto")
+        assert error_of(missing, 400, "auto_unavailable")["param"] == "model"
+        unknown = transcribe(client, encode(tone(1.0)), "auto", language="xx")
+        assert error_of(unknown, 400, "no_adapter_for_language")["param"] == "language"
+    settings = make_settings(tmp_path / "b", model_dir, routing={"languages": dict.fromkeys(LABELS, "lid")})
+    with running_app(settings, [*adapter_files, lid_file]) as client:
+        # Whatever it detects maps to the classifier itself, which does not transcribe.
+        error_of(transcribe(client, encode(tone(1.0)), "auto"), 400, "wrong_adapter_task")
