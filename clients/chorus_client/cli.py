@@ -73,11 +73,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     tr = commands.add_parser("transcribe", help="transcribe audio files or folders", **kw)
     tr.add_argument("files", nargs="+", metavar="FILE", help="audio files; folders expand to the audio inside")
-    tr.add_argument("--adapter", "-a", required=True, help="adapter ID or ID@N")
+    tr.add_argument("--adapter", "-a", required=True, help="adapter ID or ID@N; auto: the detected language's")
     tr.add_argument("--format", choices=list(SUFFIXES), default="text", help="output format (default: text)")
     tr.add_argument("--out", type=Path, help="write one file per input into this folder instead of stdout")
     tr.add_argument("--word-timestamps", action="store_true", help="ask for word timings (json, verbose_json)")
-    tr.add_argument("--language", help="language hint (passed through)")
+    tr.add_argument("--language", help="with --adapter auto: the language, skipping detection")
     tr.add_argument("--concurrency", type=int, default=4, help="files in flight at once (default: 4)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)")
     tr.set_defaults(func=client_command(_transcribe))
