@@ -21,12 +21,12 @@ from chorus_server.auth import Principal
 from chorus_server.classification import Classifier
 from chorus_server.errors import ApiError
 from chorus_server.metrics import Metrics
-from chorus_server.service import Transcriber
+from chorus_server.service import AUTO_MODEL, Transcriber
 from chorus_server.settings import RoutingSettings
 from chorus_store.base import AdapterRecord
 from chorus_store.errors import AdapterNotFound
 
-AUTO_MODEL = "auto"
+__all__ = ["AUTO_MODEL", "LanguageRouter", "Route"]
 
 
 @dataclass(frozen=True)

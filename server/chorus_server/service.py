@@ -34,6 +34,7 @@ from chorus_store.base import AdapterRecord, AdapterStore
 logger = logging.getLogger(__name__)
 
 OPENAI_DEFAULT_MODEL = "whisper-1"
+AUTO_MODEL = "auto"  # the language picks the adapter (auto_route.py; file transcriptions only)
 _T = TypeVar("_T")
 
 
@@ -77,6 +78,13 @@ class Transcriber:
         other task (a classifier asked to transcribe, a CTC adapter asked to classify) is a 400."""
         if ref == OPENAI_DEFAULT_MODEL and self.default_adapter:
             ref = self.default_adapter
+        if ref == AUTO_MODEL:  # POST /v1/audio/transcriptions routes it before resolving; nothing else does
+            raise ApiError(
+                400,
+                "model=auto picks an adapter by language for POST /v1/audio/transcriptions only; name an adapter here",
+                "auto_not_supported",
+                "model",
+            )
         record = resolve(self.store, ref, who)
         if task == "transcribe" and record.kind == CLASSIFIER:
             raise ApiError(

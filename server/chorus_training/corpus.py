@@ -167,6 +167,7 @@ def make_split(
                         "text": utt.text,
                         "lang": lang,
                         "voice": utt.voice.name,
+                        "variant": utt.voice.variant,  # the speaker of a speaker-ID corpus
                         "rate": utt.voice.rate,
                         "pitch": utt.voice.pitch,
                         "duration": round(duration, 3),

@@ -82,3 +82,12 @@ def test_refusals_are_clear(tmp_path, model_dir, adapter_files, lid_file):
     with running_app(settings, [*adapter_files, lid_file]) as client:
         # Whatever it detects maps to the classifier itself, which does not transcribe.
         error_of(transcribe(client, encode(tone(1.0)), "auto"), 400, "wrong_adapter_task")
+
+
+def test_auto_elsewhere_is_refused_and_models_say_which_adapters_classify(tmp_path, model_dir, adapter_files, lid_file):
+    with running_app(make_settings(tmp_path, model_dir), [*adapter_files, lid_file]) as client:
+        files = {"file": ("a.wav", encode(tone(1.0)), "audio/wav")}
+        refused = client.post("/v1/audio/classifications", files=files, data={"model": "auto"})
+        assert "/v1/audio/transcriptions" in error_of(refused, 400, "auto_not_supported")["message"]
+        kinds = {m["id"]: m["kind"] for m in client.get("/v1/models").json()["data"]}
+    assert kinds["anonymous/lid"] == "classifier" and kinds["anonymous/eng-0"] == "houlsby"

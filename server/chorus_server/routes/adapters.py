@@ -60,7 +60,11 @@ def _check_namespace(ref: str, who: Principal) -> None:
 async def list_models(request: Request, who: Caller) -> dict[str, Any]:
     who.require("read")
     records = await asyncio.to_thread(_all_visible, _runtime(request), who)
-    data = [{"id": r.id, "object": "model", "created": int(r.created_at), "owned_by": r.owner} for r in records]
+    # `kind` (Chorus's): a `classifier` serves /v1/audio/classifications, every other kind transcribes.
+    data = [
+        {"id": r.id, "object": "model", "created": int(r.created_at), "owned_by": r.owner, "kind": r.kind}
+        for r in records
+    ]
     return {"object": "list", "data": data}
 
 

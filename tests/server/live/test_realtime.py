@@ -292,3 +292,12 @@ def test_a_classifier_adapter_is_an_error_event_naming_the_classification_endpoi
         assert "/v1/audio/classifications" in error["message"]
         configure(ws, "eng-0")  # the session is still usable
         assert receive(ws)["type"] == "session.updated"
+
+
+def test_model_auto_is_an_error_event_naming_where_it_works(live):
+    with open_session(live.url) as ws:
+        receive(ws)
+        configure(ws, "auto")
+        error = receive(ws)["error"]
+        assert (error["code"], error["param"]) == ("auto_not_supported", "session.audio.input.transcription.model")
+        assert "/v1/audio/transcriptions" in error["message"]

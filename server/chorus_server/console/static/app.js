@@ -32,10 +32,11 @@ export async function loadAdapters() {
   const previous = select.value;
   try {
     const models = await api("/v1/models");
+    const transcribers = models.data.filter((model) => model.kind !== "classifier");
     select.replaceChildren(
-      ...models.data.map((model) => new Option(model.id, model.id, false, model.id === previous)),
+      ...transcribers.map((model) => new Option(model.id, model.id, false, model.id === previous)),
     );
-    say(`${models.data.length} adapters`);
+    say(`${transcribers.length} adapters`);
   } catch (error) {
     say(`adapters: ${error.message}`, true);
   }
