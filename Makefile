@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters
+.PHONY: install test lint format bench loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -115,3 +115,27 @@ demo-adapters:
 	done; wait
 	$(CHORUS) dev demo-samples --data $(DEMO_DATA) --per-lang 5
 	$(CHORUS) dev demo-report --data $(DEMO_DATA)
+
+# The demo model's classifier adapters (docs/demo-model.md, "Classifier adapters"): `lid` (language ID over
+# en/fr/de/es/it, bottlenecks in the top 3 layers) and `speakers` (speaker ID over 20 espeak-ng voices, with CHAPTER
+# CNN adapters), and beside it the same speaker classifier without CNN adapters for the comparison. Language ID
+# splits words and voices; speaker ID keeps the voices and splits the words. Three runs side by side, 18 min each.
+SPEAKER_VOICES := m1,m2,m3,m4,m5,m6,m7,m8,f1,f2,f3,f4,f5,croak,klatt,klatt2,klatt3,klatt4,klatt5,klatt6
+LID_DATA ?= data/lid
+SPEAKER_DATA ?= data/speakers
+demo-classifiers: install
+	tools/install-demo-deps.sh
+	$(CHORUS) dev make-corpus --out $(LID_DATA) --train-minutes 40 --valid-minutes 2 --test-minutes 3
+	$(CHORUS) dev make-corpus --out $(SPEAKER_DATA) --langs en --voices $(SPEAKER_VOICES) \
+		--train-minutes 90 --valid-minutes 6 --test-minutes 8
+	$(CHORUS) train-classifier --backbone $(DEMO_DIR)/backbone --label-field lang --name lid --task language-id \
+		$(foreach l,en $(DEMO_LANGS),--manifest $(LID_DATA)/$(l)/train.jsonl --valid $(LID_DATA)/$(l)/valid.jsonl \
+		--test $(LID_DATA)/$(l)/test.jsonl) --bottleneck-dim 32 --top-k 3 --lr 2e-3 --steps 4000 --max-minutes 18 \
+		--eval-every 150 --batch-seconds 30 --threads 1 --out $(DEMO_DIR)/adapters/lid.safetensors & \
+	for cnn in "" "--cnn-adapters"; do \
+		$(CHORUS) train-classifier --backbone $(DEMO_DIR)/backbone --label-field variant --name speakers \
+			--task speaker-id --manifest $(SPEAKER_DATA)/en/train.jsonl --valid $(SPEAKER_DATA)/en/valid.jsonl \
+			--test $(SPEAKER_DATA)/en/test.jsonl --bottleneck-dim 16 $$cnn --cnn-dim 16 --steps 6000 \
+			--max-minutes 18 --eval-every 150 --batch-seconds 30 --threads 1 \
+			--out $$( [ -n "$$cnn" ] && echo $(DEMO_DIR)/adapters/speakers.safetensors || echo $(SPEAKER_DATA)/speakers-no-cnn.safetensors ) & \
+	done; wait

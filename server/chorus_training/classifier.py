@@ -121,8 +121,10 @@ def train_classifier(
     spec: ClassifierSpec,
     out: Path,
     config: TrainConfig,
+    init: Path | None = None,
 ) -> ClassifierResult:
-    """Train on `train` (label in `Example.text`), keep the best by validation accuracy (then loss), write `out`."""
+    """Train on `train` (label in `Example.text`), keep the best by validation accuracy (then loss), write `out`.
+    `init`: continue from this classifier file (same labels; its bottlenecks and CNN adapters, not the spec's)."""
     torch.manual_seed(config.seed)
     engine = Engine.from_pretrained(backbone_dir, device="cpu", dtype="float32").engine
     labels = sorted({e.text for e in train})
@@ -132,7 +134,14 @@ def train_classifier(
     if unknown:
         raise ValueError(f"validation labels {unknown[:5]} never occur in the training manifests")
     index = {label: i for i, label in enumerate(labels)}
-    adapter = build_classifier(engine, spec, labels, config.seed).requires_grad_(True)
+    if init is not None:
+        adapter = engine.prepare(load_adapter(init))
+        if list(adapter.labels) != labels:
+            raise ValueError(f"{init} classifies {list(adapter.labels)}, the manifests have {labels}")
+        adapter.info = replace(adapter.info, name=spec.name, task=spec.task)
+    else:
+        adapter = build_classifier(engine, spec, labels, config.seed)
+    adapter.requires_grad_(True)
     backbone = engine.backbone
     trainable = sum(p.numel() for p in adapter.parameters())
     backbone_parameters = sum(p.numel() for p in backbone.parameters())
@@ -170,6 +179,8 @@ def train_classifier(
             save_adapter(adapter, tmp)
             tmp.replace(out)
 
+    if init is not None:  # score (and write) the starting weights: continuing never writes worse ones
+        validate()
     adapter.train()
     done = False
     while not done:

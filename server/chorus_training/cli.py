@@ -94,7 +94,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
         cnn_adapters=args.cnn_adapters,
         cnn_dim=args.cnn_dim,
     )
-    result = train_classifier(Path(args.backbone), train, valid, spec, out, _train_config(args))
+    init = Path(args.init) if args.init else None
+    result = train_classifier(Path(args.backbone), train, valid, spec, out, _train_config(args), init)
     summary: dict[str, Any] = {
         "adapter": str(out),
         "labels": list(result.labels),
@@ -204,6 +205,7 @@ def add_commands(commands: Any, dev: Any) -> None:
     tc.add_argument("--top-k", type=int, default=None, help="bottlenecks in the top K layers only (default: all)")
     tc.add_argument("--cnn-adapters", action="store_true", help="CHAPTER CNN adapters after every conv layer")
     tc.add_argument("--cnn-dim", type=int, default=16, help="CNN adapter bottleneck size (default: 16)")
+    tc.add_argument("--init", default=None, help="continue from this classifier file (same labels)")
     _add_loop_options(tc, steps=1000, lr=1e-3, warmup=50)
     tc.set_defaults(func=_train_classifier)
 

@@ -91,3 +91,23 @@ def test_auto_elsewhere_is_refused_and_models_say_which_adapters_classify(tmp_pa
         assert "/v1/audio/transcriptions" in error_of(refused, 400, "auto_not_supported")["message"]
         kinds = {m["id"]: m["kind"] for m in client.get("/v1/models").json()["data"]}
     assert kinds["anonymous/lid"] == "classifier" and kinds["anonymous/eng-0"] == "houlsby"
+
+
+def test_demo_model_routes_its_samples_by_language(tmp_path):
+    """The embedded default as users start it (demo model, seeded store, VAD on): the shipped samples (held-out
+    words and voices) reach their language's adapter."""
+    import json
+
+    from chorus_server.demo_model import DEMO_DIR
+
+    samples = DEMO_DIR / "samples"
+    rows = [json.loads(line) for line in (samples / "samples.jsonl").read_text().splitlines() if line.strip()]
+    with running_app(make_settings(tmp_path, None, vad={"enabled": True})) as client:  # type: ignore[arg-type]
+        wrong = []
+        for row in rows:
+            response = transcribe(client, (samples / row["audio"]).read_bytes(), "auto")
+            assert response.status_code == 200, response.text
+            chosen = response.headers["x-chorus-language"], response.headers["x-chorus-adapter"].split("@")[0]
+            if chosen != (row["lang"], f"chorus/{row['lang']}"):
+                wrong.append((row["audio"], chosen))
+    assert len(wrong) <= 1, wrong

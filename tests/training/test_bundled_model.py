@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chorus_server.engine import Engine, load_adapter
+from chorus_server.engine import Engine, load_adapter, pad_batch
 from chorus_server.engine.adapter_format import read_adapter_file
 from chorus_training.demo import DEMO_DIR, adapter_path
 from chorus_training.manifest import error_rate, load_audio
@@ -18,6 +18,7 @@ from chorus_training.manifest import error_rate, load_audio
 # with a better model.
 MAX_CER = {"en": 0.25, "fr": 0.43, "de": 0.26, "es": 0.25, "it": 0.18}
 MAX_BYTES = 40 * 1024 * 1024
+CLASSIFIERS = ("lid", "speakers")  # language ID over MAX_CER's languages; speaker ID over 20 espeak-ng voices
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,25 @@ def test_transcribes_samples(loaded, lang: str) -> None:
 
 def test_adapters_are_small_and_match_the_backbone(loaded) -> None:
     backbone_params = sum(p.numel() for p in loaded.engine.backbone.parameters())
-    for path in sorted((DEMO_DIR / "adapters").glob("*.safetensors")):
+    paths = sorted((DEMO_DIR / "adapters").glob("*.safetensors"))
+    kinds = {path.stem: load_adapter(path).info.kind for path in paths}
+    assert kinds == {**dict.fromkeys(["de", "es", "fr", "it"], "houlsby"), **dict.fromkeys(CLASSIFIERS, "classifier")}
+    for path in paths:
         adapter = loaded.engine.prepare(load_adapter(path))  # raises on a fingerprint mismatch
-        assert adapter.info.kind == "houlsby"
         assert adapter.num_parameters() <= 0.10 * backbone_params, path.name
         assert read_adapter_file(path)[0]["backbone_fingerprint"] == loaded.engine.fingerprint
+
+
+def test_language_id_recognises_the_samples(loaded) -> None:
+    """The shipped samples are test-split utterances (words and voices `lid` never heard)."""
+    lid = loaded.engine.prepare(load_adapter(DEMO_DIR / "adapters" / "lid.safetensors"))
+    assert sorted(lid.labels) == sorted(MAX_CER)
+    rows = samples()
+    audios = [load_audio(DEMO_DIR / "samples" / r["audio"]) for r in rows]
+    logits = loaded.engine.forward(*pad_batch(audios), [lid] * len(rows))
+    predicted = [lid.labels[int(row.argmax())] for row in logits]
+    wrong = [(r["audio"], p) for r, p in zip(rows, predicted, strict=True) if p != r["lang"]]
+    assert len(wrong) <= 1, wrong
 
 
 def test_total_size() -> None:

@@ -64,6 +64,13 @@ def test_train_classifier_learns_and_writes_a_servable_adapter(tmp_path: Path, c
     assert adapter.layer_ids == (engine.config.num_hidden_layers - 1,)
     assert bool(adapter.cnn_channels) == cnn
     assert float(adapter.info.extra["valid_accuracy"]) == summary["valid_accuracy"]
+    if cnn:  # continue from the written file: it starts where it stopped (its test accuracy at least as good)
+        more = [*args, "--init", str(out)]
+        more[more.index("--out") + 1] = str(tmp_path / "more.safetensors")
+        more[more.index("--steps") + 1] = "30"
+        assert main(more) == 0
+        again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert again["test_accuracy"] >= 0.8 and load_adapter(tmp_path / "more.safetensors").cnn_channels
 
 
 def test_training_forward_is_the_served_computation(tmp_path: Path) -> None:
