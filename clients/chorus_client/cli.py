@@ -1,5 +1,5 @@
 """The `chorus` command: `transcribe`, `classify` and `adapters ...` against a local or remote server, plus whatever
-installed plugins add (the server distribution adds `serve`, `dev …` and `train-adapter` through the
+installed plugins add (the server distribution adds `serve`, `dev …`, `train-adapter` and `train-classifier` through the
 `chorus.commands` entry-point group). Nothing here imports torch; `adapters import-mms` converts the MMS file
 locally with the server package, and says so when only the client is installed.
 
@@ -325,7 +325,7 @@ def _import_mms(client: Chorus, args: argparse.Namespace) -> int:
 
 PLUGIN_GROUP = "chorus.commands"
 # Commands the server distribution registers; named here so a client-only install can say what is missing.
-SERVER_COMMANDS = ("serve", "keys", "dev", "train-adapter")
+SERVER_COMMANDS = ("serve", "keys", "dev", "train-adapter", "train-classifier")
 SERVER_NEEDED = "needs the Chorus server (torch): pip install ./clients . from a Chorus checkout (chorus-asr)"
 Plugin = Callable[[argparse._SubParsersAction], None]
 

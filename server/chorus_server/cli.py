@@ -1,4 +1,4 @@
-"""Server subcommands of the `chorus` command: `serve`, `keys …`, `dev …` and `train-adapter`.
+"""Server subcommands of the `chorus` command: `serve`, `keys …`, `dev …`, `train-adapter` and `train-classifier`.
 
 The `chorus` command itself belongs to the client distribution (`chorus_client.cli`); this module is its plugin,
 registered under the `chorus.commands` entry-point group in pyproject.toml. Nothing heavy is imported until a
@@ -113,7 +113,7 @@ ROLE_NAMES = ("admin", "operator", "user", "metrics")  # = chorus_server.keys.Ro
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register `serve`, `dev …` and `train-adapter` on the `chorus` parser's subcommands."""
+    """Register `serve`, `dev …`, `train-adapter` and `train-classifier` on the `chorus` parser's subcommands."""
     serve = commands.add_parser(
         "serve", help="run the HTTP server (settings from CHORUS_* environment variables or .env; see docs/server.md)"
     )
