@@ -41,6 +41,7 @@ class ClassifierSpec:
     top_k: int | None = None  # with bottlenecks: only the top K layers (None: all)
     cnn_adapters: bool = False  # CHAPTER: CNN adapters after every conv layer of the front end
     cnn_dim: int = 16
+    pooling: str = "mean"  # or "attentive"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def build_classifier(engine: Engine, spec: ClassifierSpec, labels: Sequence[str]
         cnn,
         spec.cnn_dim,
         normalize_states=True,
+        pooling=spec.pooling,
     )
     return adapter.reset_parameters(torch.Generator().manual_seed(seed))
 
@@ -92,7 +94,7 @@ def classifier_logits(
     segments = [Segment(0, waveforms.shape[0], adapter)]
     mix = LayerMix(segments)
     _, frames = backbone(normalize(waveforms, lengths), lengths, segments, states_hook=mix)
-    return classify(mix.mixed(segments[0]), frames.tolist(), adapter.head)
+    return classify(mix.mixed(segments[0]), frames.tolist(), adapter.head, adapter.pool)
 
 
 def _batch(examples: Sequence[Example], index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -93,6 +93,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         cnn_adapters=args.cnn_adapters,
         cnn_dim=args.cnn_dim,
+        pooling=args.pooling,
     )
     init = Path(args.init) if args.init else None
     result = train_classifier(Path(args.backbone), train, valid, spec, out, _train_config(args), init)
@@ -205,6 +206,9 @@ def add_commands(commands: Any, dev: Any) -> None:
     tc.add_argument("--top-k", type=int, default=None, help="bottlenecks in the top K layers only (default: all)")
     tc.add_argument("--cnn-adapters", action="store_true", help="CHAPTER CNN adapters after every conv layer")
     tc.add_argument("--cnn-dim", type=int, default=16, help="CNN adapter bottleneck size (default: 16)")
+    tc.add_argument(
+        "--pooling", choices=["mean", "attentive"], default="mean", help="over the utterance's frames (default: mean)"
+    )
     tc.add_argument("--init", default=None, help="continue from this classifier file (same labels)")
     _add_loop_options(tc, steps=1000, lr=1e-3, warmup=50)
     tc.set_defaults(func=_train_classifier)

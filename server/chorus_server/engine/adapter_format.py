@@ -3,8 +3,8 @@
 Native tensor names: `layers.{i}.{site}.{norm|down|up}.{weight|bias}` and `head.{weight|bias}` (+ `layer_weights`
 for a classifier). `__metadata__` (all strings): format, format_version, kind, name, language, task, vocab (JSON
 list), blank_id, word_delimiter_id, hidden_size, bottleneck_dim, layers (JSON list), backbone_fingerprint; a
-classifier has labels (JSON list), num_states and state_norm ("none" or "layer"; absent: "none") instead of vocab,
-blank_id and word_delimiter_id. CNN adapters
+classifier has labels (JSON list), num_states, state_norm ("none" or "layer"; absent: "none") and pooling ("mean"
+or "attentive" with tensor `pool.weight`; absent: "mean") instead of vocab, blank_id and word_delimiter_id. CNN adapters
 (any kind, optional): tensors `cnn.{i}.{down|conv|up}.{weight|bias}`, metadata cnn_layers, cnn_channels (JSON
 lists, one entry per adapted conv layer) and cnn_dim.
 See docs/adapter-format.md.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chorus_server.engine.adapters import CLASSIFIER, KIND_SITES, Adapter, AdapterInfo, Vocabulary
+from chorus_server.engine.adapters import CLASSIFIER, KIND_SITES, POOLINGS, Adapter, AdapterInfo, Vocabulary
 from chorus_server.engine.checkpoint import split_checkpoint
 from chorus_server.engine.errors import AdapterError
 from chorus_server.engine.tensor_file import DTYPE_NAMES, TensorViews, parse_safetensors, write_safetensors
@@ -40,6 +40,7 @@ def adapter_metadata(adapter: Adapter) -> dict[str, str]:
             "labels": json.dumps(list(adapter.labels), ensure_ascii=False),
             "num_states": str(adapter.num_states),
             "state_norm": "layer" if adapter.normalize_states else "none",
+            "pooling": adapter.pooling,
         }
         if adapter.is_classifier
         else {
@@ -102,6 +103,8 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
             num_states = int(_field(meta, "num_states"))
             if meta.get("state_norm", "none") not in ("none", "layer"):
                 raise AdapterError(f"state_norm must be 'none' or 'layer', got {meta['state_norm']!r}")
+            if meta.get("pooling", "mean") not in POOLINGS:
+                raise AdapterError(f"pooling must be one of {list(POOLINGS)}, got {meta['pooling']!r}")
         else:
             delimiter = _field(meta, "word_delimiter_id")
             vocab = Vocabulary(tuple(tokens), int(_field(meta, "blank_id")), int(delimiter) if delimiter else None)
@@ -120,7 +123,8 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
         with torch.device("meta"):
             hidden, dim = int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim"))
             cnn_dim, norm = int(meta.get("cnn_dim", "0")), meta.get("state_norm") == "layer"
-            return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, cnn_dim, norm)
+            pooling = meta.get("pooling", "mean") if classifier else "mean"
+            return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, cnn_dim, norm, pooling)
     except AdapterError:
         raise
     except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation
@@ -223,13 +227,13 @@ def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> 
     # numpy copies on the calling thread; a torch copy this size would wait for the busy intra-op thread pool.
     heads = ["head.weight", "head.bias", *(["layer_weights"] if adapter.is_classifier else [])]
     head = [torch.from_numpy(tensors[k].float().numpy().copy()) for k in heads]
-    cnn_names = [name for name in expected if name.startswith("cnn.")]
-    cnn = {name: torch.from_numpy(tensors[name].float().numpy().copy()) for name in cnn_names}
-    if not all(all_finite(t) for t in [*stacks.values(), *head, *cnn.values()]):
+    extra_names = [name for name in expected if name.startswith("cnn.") or name == "pool.weight"]
+    extras = {name: torch.from_numpy(tensors[name].float().numpy().copy()) for name in extra_names}
+    if not all(all_finite(t) for t in [*stacks.values(), *head, *extras.values()]):
         bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
         raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
     layer_weights = head[2] if adapter.is_classifier else None
-    return adapter.adopt(stacks, head[0], head[1], layer_weights, cnn).eval().requires_grad_(False)
+    return adapter.adopt(stacks, head[0], head[1], layer_weights, extras).eval().requires_grad_(False)
 
 
 def read_adapter_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], TensorViews]:

@@ -28,6 +28,7 @@ from torch import nn
 from chorus_server.engine.cnn_adapters import CNN_PARTS, cnn_name, cnn_part_shape
 
 CLASSIFIER = "classifier"
+POOLINGS = ("mean", "attentive")  # a classifier's pooling over an item's frames
 KIND_SITES: dict[str, tuple[str, ...]] = {
     "mms": ("output",),
     "houlsby": ("attn", "ffn"),
@@ -143,11 +144,13 @@ class Adapter(nn.Module):
         cnn_channels: Mapping[int, int] | None = None,
         cnn_dim: int = 0,
         normalize_states: bool = False,
+        pooling: str = "mean",
     ):
         """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1; `normalize_states`:
         each state is layer-normed (no parameters) before it is mixed, as SUPERB's featurizer can (the residual
-        stream's scale grows with depth). `cnn_channels`: conv layer -> its output channels, for CNN adapters of
-        bottleneck size `cnn_dim` after those layers."""
+        stream's scale grows with depth); `pooling`: `mean` or `attentive` over the item's frames (classify.py).
+        `cnn_channels`: conv layer -> its output channels, for CNN adapters of bottleneck size `cnn_dim` after
+        those layers."""
         super().__init__()
         if info.kind not in KIND_SITES:
             raise ValueError(f"unknown adapter kind {info.kind!r}; expected one of {sorted(KIND_SITES)}")
@@ -163,6 +166,9 @@ class Adapter(nn.Module):
         self.layer_ids = tuple(sorted(layers)) if bottlenecks else ()
         self.num_states = num_states if info.kind == CLASSIFIER else 0
         self.normalize_states = normalize_states and info.kind == CLASSIFIER
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling if info.kind == CLASSIFIER else "mean"
         if len(set(self.layer_ids)) != len(self.layer_ids):
             raise ValueError(f"adapter layers must be distinct, got {list(layers)}")
         self.sites = KIND_SITES[info.kind] if self.layer_ids else ()
@@ -177,9 +183,8 @@ class Adapter(nn.Module):
         self.cnn_dim = cnn_dim if self.cnn_channels else 0
         if self.cnn_channels and (cnn_dim < 1 or min(self.cnn_channels) < 0 or min(self.cnn_channels.values()) < 1):
             raise ValueError(f"CNN adapters need cnn_dim >= 1, conv layers >= 0 and channels >= 1, got {cnn_channels}")
-        for layer, part in self.cnn_keys():
-            shape = cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim)
-            self.register_parameter(_cnn_param(layer, part), nn.Parameter(torch.empty(shape), requires_grad=False))
+        for attr, shape in self._extras().values():
+            self.register_parameter(attr, nn.Parameter(torch.empty(shape), requires_grad=False))
         self._blocks: dict[tuple[int, str], Bottleneck] | None = None  # built on first use, see `block`
 
     def stack_keys(self) -> list[tuple[str, str]]:
@@ -187,6 +192,25 @@ class Adapter(nn.Module):
 
     def cnn_keys(self) -> list[tuple[int, str]]:
         return [(layer, part) for layer in self.cnn_channels for part in CNN_PARTS]
+
+    def _extras(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Tensors beside the stacks, head and layer mix: file name -> (attribute, shape). The CNN adapters'
+        and, for attentive pooling, `pool.weight` (H,): a frame's attention score is its mixed state times it."""
+        extras = {
+            cnn_name(layer, part): (
+                _cnn_param(layer, part),
+                cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim),
+            )
+            for layer, part in self.cnn_keys()
+        }
+        if self.pooling == "attentive":
+            extras["pool.weight"] = ("pool_weight", (self.hidden_size,))
+        return extras
+
+    @property
+    def pool(self) -> torch.Tensor | None:
+        """(H,) weight of attentive pooling's frame scores; None for mean pooling."""
+        return self._parameters.get("pool_weight")
 
     def cnn(self, layer: int) -> dict[str, torch.Tensor] | None:
         """The CNN adapter after conv layer `layer` (part -> tensor), or None."""
@@ -227,7 +251,7 @@ class Adapter(nn.Module):
         out["head.weight"], out["head.bias"] = self.head.weight, self.head.bias
         if self.is_classifier:
             out["layer_weights"] = self.layer_weights
-        out.update({cnn_name(*key): getattr(self, _cnn_param(*key)) for key in self.cnn_keys()})
+        out.update({name: getattr(self, attr) for name, (attr, _) in self._extras().items()})
         return out
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -240,8 +264,7 @@ class Adapter(nn.Module):
         shapes["head.weight"], shapes["head.bias"] = (len(self.vocab), self.hidden_size), (len(self.vocab),)
         if self.is_classifier:
             shapes["layer_weights"] = (self.num_states,)
-        for layer, part in self.cnn_keys():
-            shapes[cnn_name(layer, part)] = cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim)
+        shapes.update({name: shape for name, (_, shape) in self._extras().items()})
         return shapes
 
     def adopt(
@@ -250,10 +273,11 @@ class Adapter(nn.Module):
         head_weight: torch.Tensor,
         head_bias: torch.Tensor,
         layer_weights: torch.Tensor | None = None,
-        cnn: Mapping[str, torch.Tensor] | None = None,
+        extras: Mapping[str, torch.Tensor] | None = None,
     ) -> Adapter:
         """Take ownership of already-stacked tensors (no copy); shapes must match exactly. `layer_weights`:
-        (num_states,), required for a classifier; `cnn`: the CNN adapters' tensors under their file names."""
+        (num_states,), required for a classifier; `extras`: the CNN adapters' and attentive pooling's tensors
+        under their file names."""
         for (site, part), tensor in stacks.items():
             expected = self.stack(site, part).shape
             if tensor.shape != expected:
@@ -270,14 +294,12 @@ class Adapter(nn.Module):
             self.layer_weights = nn.Parameter(layer_weights, requires_grad=False)
         else:  # empty, but beside the head: an adapter built on the meta device keeps no meta tensor
             self.layer_weights = nn.Parameter(head_weight.new_empty(0), requires_grad=False)
-        cnn = cnn or {}
-        for layer, part in self.cnn_keys():
-            name = cnn_name(layer, part)
-            want = cnn_part_shape(part, self.cnn_channels[layer], self.cnn_dim)
-            if name not in cnn or tuple(cnn[name].shape) != want:
-                found = tuple(cnn[name].shape) if name in cnn else None
+        extras = extras or {}
+        for name, (attr, want) in self._extras().items():
+            if name not in extras or tuple(extras[name].shape) != want:
+                found = tuple(extras[name].shape) if name in extras else None
                 raise ValueError(f"{name} has shape {found}, expected {want}")
-            setattr(self, _cnn_param(layer, part), nn.Parameter(cnn[name], requires_grad=False))
+            setattr(self, attr, nn.Parameter(extras[name], requires_grad=False))
         self._blocks = None
         return self
 
@@ -295,6 +317,7 @@ class Adapter(nn.Module):
                 self.cnn_channels,
                 self.cnn_dim,
                 self.normalize_states,
+                self.pooling,
             )
 
         def move(tensor: torch.Tensor) -> torch.Tensor:
@@ -302,15 +325,15 @@ class Adapter(nn.Module):
 
         stacks = {key: move(self.stack(*key)) for key in self.stack_keys()}
         mix = move(self.layer_weights) if self.is_classifier else None
-        cnn = {cnn_name(*key): move(getattr(self, _cnn_param(*key))) for key in self.cnn_keys()}
-        return new.adopt(stacks, move(self.head.weight), move(self.head.bias), mix, cnn).train(self.training)
+        extras = {name: move(getattr(self, attr)) for name, (attr, _) in self._extras().items()}
+        return new.adopt(stacks, move(self.head.weight), move(self.head.bias), mix, extras).train(self.training)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> Adapter:
         """Training start point: bottlenecks are the identity (up-projection zero), the head is small random, the
-        layer mix uniform."""
+        layer mix uniform, attentive pooling the mean (scores all zero)."""
         for name, param in self.tensors().items():
-            if name == "layer_weights":
+            if name in ("layer_weights", "pool.weight"):
                 param.zero_()
             elif name.endswith("norm.weight"):
                 param.fill_(1.0)

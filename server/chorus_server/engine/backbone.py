@@ -44,7 +44,8 @@ class Backbone(nn.Module):
         features (training's masking); `states_hook(k, h)` sees every hidden state (see `Encoder.forward`).
         """
         gate = GradGate()
-        cnn: list = [None] * waveforms.shape[0]  # per item: its adapter's CNN adapters (`Adapter.cnn`), if any
+        # Per item: its adapter's CNN adapters (`Adapter.cnn`: conv layer -> tensors), if it has any.
+        cnn: list[Callable[[int], dict[str, torch.Tensor] | None] | None] = [None] * waveforms.shape[0]
         for seg in segments:
             if seg.adapter.cnn_channels:
                 cnn[seg.start : seg.stop] = [seg.adapter.cnn] * (seg.stop - seg.start)

@@ -52,14 +52,22 @@ class LayerMix:
         raise KeyError(f"segment of {segment.adapter.name!r} is not a classifier segment")
 
 
-def classify(mixed: torch.Tensor, frames: Sequence[int], head: torch.nn.Linear) -> torch.Tensor:
+def classify(
+    mixed: torch.Tensor, frames: Sequence[int], head: torch.nn.Linear, pool: torch.Tensor | None = None
+) -> torch.Tensor:
     """mixed: (n, T, H) float32; frames: each row's valid frames (>= 1) -> (n, labels) float32 logits.
 
-    Mean over each row's own frames (padding never counts), then the head, one row at a time: a reduction or a
-    matrix product over more rows may split its work differently, and a row's bits must not depend on that.
+    Pooling over each row's own frames (padding never counts): the mean, or with `pool` (H,) attentive pooling,
+    the frames weighted by softmax over frames of `frame · pool`. Then the head. One row at a time: a reduction or
+    a matrix product over more rows may split its work differently, and a row's bits must not depend on that.
     """
     rows = []
     for row, n in enumerate(frames):
-        pooled = mixed[row, :n].mean(dim=0, keepdim=True)  # (1, H)
+        states = mixed[row, :n]  # (T_i, H)
+        if pool is None:
+            pooled = states.mean(dim=0, keepdim=True)  # (1, H)
+        else:
+            weights = torch.softmax(states @ pool.float(), dim=0)  # (T_i,)
+            pooled = (weights @ states)[None]  # (1, H)
         rows.append(head(pooled.to(head.weight.dtype)).float())  # (1, labels)
     return torch.cat(rows)

@@ -211,7 +211,7 @@ class Engine:
         hook = mix if mix else None  # the encoder reports its hidden states only when a classifier reads them
         hidden, _ = self.backbone(batch.to(self.dtype), staged.lengths, staged.segments, states_hook=hook)  # (b, T, H)
         logits = [
-            classify(mix.mixed(seg), staged.frames[seg.start : seg.stop], seg.adapter.head)  # (n, labels)
+            classify(mix.mixed(seg), staged.frames[seg.start : seg.stop], seg.adapter.head, seg.adapter.pool)
             if seg.adapter.is_classifier
             else seg.adapter.head(hidden[seg.start : seg.stop]).float()  # (n, T, V)
             for seg in staged.segments

@@ -127,6 +127,7 @@ def random_classifier(
     cnn_dim: int = 0,
     cnn_layers: Sequence[int] = (),
     normalize_states: bool = False,
+    pooling: str = "mean",
 ) -> Adapter:
     """A classifier adapter (kind `classifier`) over `labels`; `dim=0` and no layers: no bottlenecks. `cnn_layers`:
     conv layers with CNN adapters of size `cnn_dim` after them."""
@@ -135,7 +136,7 @@ def random_classifier(
     vocab = Vocabulary.of_labels(labels)
     cnn = {i: config.conv_dim[i] for i in cnn_layers}
     states = config.num_hidden_layers + 1
-    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, states, cnn, cnn_dim, normalize_states)
+    adapter = Adapter(info, vocab, config.hidden_size, dim, layers, states, cnn, cnn_dim, normalize_states, pooling)
     randomize_tensors_(adapter.tensors(), generator)
     return adapter
 

@@ -30,15 +30,25 @@ def setup(random_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"classifiers-{preset}")
     every_conv = list(range(len(engine.config.conv_dim)))
     specs = [
-        ("lid", ["en", "fr", "de", "es", "it"], 0, [], 0, []),
-        ("spk", ["a", "b", "c"], 8, list(range(n)), 0, []),
-        ("spk-cnn", ["a", "b", "c", "d"], 8, [n - 1], 4, every_conv),  # CHAPTER: CNN adapters in the front end
+        ("lid", ["en", "fr", "de", "es", "it"], 0, [], 0, [], "mean"),
+        ("spk", ["a", "b", "c"], 8, list(range(n)), 0, [], "attentive"),
+        ("spk-cnn", ["a", "b", "c", "d"], 8, [n - 1], 4, every_conv, "mean"),  # CHAPTER: CNN adapters in the front end
     ]
     classifiers = []
-    for k, (name, labels, dim, layers, cnn_dim, cnn_layers) in enumerate(specs):
+    for k, (name, labels, dim, layers, cnn_dim, cnn_layers, pooling) in enumerate(specs):
         normalize = bool(cnn_layers)  # the CHAPTER one also layer-norms the states it mixes
         adapter = random_classifier(
-            engine.config, name, labels, dim, layers, 50 + k, engine.fingerprint, cnn_dim, cnn_layers, normalize
+            engine.config,
+            name,
+            labels,
+            dim,
+            layers,
+            50 + k,
+            engine.fingerprint,
+            cnn_dim,
+            cnn_layers,
+            normalize,
+            pooling,
         )
         save_adapter(adapter, out / f"{name}.safetensors")
         classifiers.append(engine.prepare(load_adapter(out / f"{name}.safetensors")))
@@ -232,3 +242,33 @@ def test_cnn_adapters_change_the_front_end_as_written(setup):
     torch.testing.assert_close(logits, expected, rtol=1e-2, atol=1e-3)
     plain = engine.forward(*pad_batch([audio]), [classifiers[1]])[0]  # CNN adapters do change the result
     assert plain.shape != logits.shape or not torch.allclose(plain, logits)
+
+
+def test_attentive_pooling_weights_each_frame_by_its_score(setup, tmp_path):
+    """Reference: the mixed states of a separate pass, softmax over the item's frames of `state · pool`, the
+    weighted sum, the head; plus the file round trip and a bad value refused."""
+    engine, _, _ = setup
+    adapter = random_classifier(engine.config, "att", ["a", "b"], 0, [], 9, engine.fingerprint, pooling="attentive")
+    save_adapter(adapter, tmp_path / "att.safetensors")
+    loaded = engine.prepare(load_adapter(tmp_path / "att.safetensors"))
+    assert (
+        loaded.pooling == "attentive" and loaded.pool is not None and loaded.pool.shape == (engine.config.hidden_size,)
+    )
+    with pytest.raises(AdapterError, match="pooling"):
+        adapter_from_bytes(_file(adapter, pooling="max"))
+    audio = torch.randn(20000, generator=torch.Generator().manual_seed(5))
+    logits = engine.forward(*pad_batch([audio]), [loaded])[0]
+    from chorus_server.engine.engine import normalize
+
+    waveforms, lengths = pad_batch([audio])
+    states: list[torch.Tensor] = []
+    with torch.inference_mode():
+        batch = normalize(waveforms, lengths).to(engine.dtype)
+        engine.backbone(batch, lengths, [], states_hook=lambda k, h: states.append(h.float().clone()))
+        weights = F.softmax(loaded.layer_weights.float(), dim=0)
+        mixed = sum(w * s for w, s in zip(weights, states, strict=True))[0]  # (T, H)
+        attention = F.softmax(mixed @ loaded.pool.float(), dim=0)  # (T,)
+        expected = loaded.head((attention[:, None] * mixed).sum(dim=0, keepdim=True).to(engine.dtype)).float()[0]
+        mean = loaded.head(mixed.mean(dim=0, keepdim=True).to(engine.dtype)).float()[0]
+    torch.testing.assert_close(logits, expected, rtol=1e-2, atol=1e-3)
+    assert not torch.allclose(logits, mean, rtol=1e-3, atol=1e-4)  # not the mean in disguise
