@@ -34,6 +34,7 @@ CONTRACT_METRICS = {
         "chorus_device_oom_total",
         "chorus_device_faults_total",
         "chorus_realtime_refusals_total",
+        "chorus_auto_routes_total",
     },
     "histogram": {
         "chorus_request_duration_seconds",
