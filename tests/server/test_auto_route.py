@@ -4,6 +4,8 @@ the language and the adapter; refusals are clear 400s; the routes are counted.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,17 @@ def test_demo_model_routes_its_samples_by_language(tmp_path):
             if chosen != (row["lang"], f"chorus/{row['lang']}"):
                 wrong.append((row["audio"], chosen))
     assert len(wrong) <= 1, wrong
+
+
+def test_auto_streams_with_the_chosen_adapter(tmp_path, model_dir, adapter_files, lid_file):
+    settings = make_settings(tmp_path, model_dir, routing={"languages": MAPPING, "detect_seconds": 1.0})
+    audio = tone(2.5, seed=2)
+    language = detected(model_dir, lid_file, audio[:16000])
+    with running_app(settings, [*adapter_files, lid_file]) as client:
+        streamed = transcribe(client, encode(audio), "auto", stream="true")
+        assert streamed.status_code == 200, streamed.text
+        assert streamed.headers["x-chorus-language"] == language
+        assert streamed.headers["x-chorus-adapter"] == f"anonymous/{MAPPING[language]}@1"
+        done = [line for line in streamed.text.splitlines() if "transcript.text.done" in line]
+        named = transcribe(client, encode(audio), MAPPING[language]).json()["text"]
+    assert len(done) == 1 and json.loads(done[0].removeprefix("data: "))["text"] == named
