@@ -112,7 +112,10 @@ async def create_transcription(
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
     if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
-        return await runtime.remote.transcribe(audio, record, who, response_format, granularities, language, vad)
+        answer = await runtime.remote.transcribe(audio, record, who, response_format, granularities, language, vad)
+        if answer.status_code < 400:
+            answer.headers.update(headers)
+        return answer
     try:
         result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request), vad)
     except ClientGone:
