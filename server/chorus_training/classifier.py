@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +32,7 @@ from chorus_training.loop import TrainConfig, learning_rate, make_batches
 from chorus_training.manifest import Example, load_examples
 
 logger = logging.getLogger(__name__)
+RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,15 @@ def classifier_logits(
     return classify(mix.mixed(segments[0]), frames.tolist(), adapter.head, adapter.pool)
 
 
-def _batch(examples: Sequence[Example], index: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    waveforms, lengths = pad_batch([e.audio.astype(np.float32) / 32768.0 for e in examples])
+def _batch(
+    examples: Sequence[Example], index: dict[str, int], perturb: float = 0.0, rng: np.random.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> waveforms (B, L), lengths (B,), label ids (B,). `perturb` > 0: each utterance played at a random speed in
+    [1 - perturb, 1 + perturb] (resampled: pitch, formants and tempo move together, a new voice in effect)."""
+    audios = [e.audio.astype(np.float32) / 32768.0 for e in examples]
+    if perturb > 0 and rng is not None:
+        audios = [soxr.resample(a, RATE, int(RATE / rng.uniform(1 - perturb, 1 + perturb))) for a in audios]
+    waveforms, lengths = pad_batch(audios)
     return waveforms, lengths, torch.tensor([index[e.text] for e in examples])
 
 
@@ -124,9 +133,11 @@ def train_classifier(
     out: Path,
     config: TrainConfig,
     init: Path | None = None,
+    speed_perturb: float = 0.0,
 ) -> ClassifierResult:
     """Train on `train` (label in `Example.text`), keep the best by validation accuracy (then loss), write `out`.
-    `init`: continue from this classifier file (same labels; its bottlenecks and CNN adapters, not the spec's)."""
+    `init`: continue from this classifier file (same labels; its bottlenecks and CNN adapters, not the spec's).
+    `speed_perturb`: training utterances at random speeds within ±this (see `_batch`); validation never."""
     torch.manual_seed(config.seed)
     engine = Engine.from_pretrained(backbone_dir, device="cpu", dtype="float32").engine
     labels = sorted({e.text for e in train})
@@ -189,7 +200,7 @@ def train_classifier(
         for batch in make_batches([e.audio.size for e in train], int(config.batch_seconds * 16_000), rng):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config, minutes())
-            waveforms, lengths, targets = _batch([train[i] for i in batch], index)
+            waveforms, lengths, targets = _batch([train[i] for i in batch], index, speed_perturb, rng)
             loss = F.cross_entropy(classifier_logits(backbone, adapter, waveforms, lengths), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -96,7 +96,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
         pooling=args.pooling,
     )
     init = Path(args.init) if args.init else None
-    result = train_classifier(Path(args.backbone), train, valid, spec, out, _train_config(args), init)
+    config = _train_config(args)
+    result = train_classifier(Path(args.backbone), train, valid, spec, out, config, init, args.speed_perturb)
     summary: dict[str, Any] = {
         "adapter": str(out),
         "labels": list(result.labels),
@@ -208,6 +209,9 @@ def add_commands(commands: Any, dev: Any) -> None:
     tc.add_argument("--cnn-dim", type=int, default=16, help="CNN adapter bottleneck size (default: 16)")
     tc.add_argument(
         "--pooling", choices=["mean", "attentive"], default="mean", help="over the utterance's frames (default: mean)"
+    )
+    tc.add_argument(
+        "--speed-perturb", type=float, default=0.0, help="train at random speeds within ±this, e.g. 0.1 (default: 0)"
     )
     tc.add_argument("--init", default=None, help="continue from this classifier file (same labels)")
     _add_loop_options(tc, steps=1000, lr=1e-3, warmup=50)

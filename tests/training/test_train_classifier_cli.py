@@ -91,3 +91,16 @@ def test_training_forward_is_the_served_computation(tmp_path: Path) -> None:
     assert all(p.grad is not None for p in adapter.parameters())  # every part trains, CNN adapters included
     served = engine.forward(waveforms, lengths, [engine.prepare(adapter)] * 2)
     torch.testing.assert_close(trained.detach(), torch.stack(served), rtol=1e-4, atol=1e-5)
+
+
+def test_speed_perturbation_resamples_training_audio_only_within_bounds() -> None:
+    from chorus_training.classifier import _batch
+    from chorus_training.manifest import Example
+
+    examples = [Example((clip("hum", seed) * 32767).astype(np.int16), "hum") for seed in range(8)]
+    _, plain_lengths, _ = _batch(examples, {"hum": 0})
+    assert plain_lengths.tolist() == [e.audio.size for e in examples]
+    _, lengths, labels = _batch(examples, {"hum": 0}, 0.1, np.random.default_rng(0))
+    ratios = [n / e.audio.size for n, e in zip(lengths.tolist(), examples, strict=True)]
+    assert all(1 / 1.1 - 0.01 <= r <= 1 / 0.9 + 0.01 for r in ratios), ratios
+    assert len({round(r, 3) for r in ratios}) > 4 and labels.tolist() == [0] * 8  # each its own speed
