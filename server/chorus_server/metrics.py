@@ -97,6 +97,7 @@ class Metrics:
         self.registry.register(self.state)
         self._labels: set[str] = set()
         self._tenant_labels: set[str] = set()
+        self._language_labels: set[str] = set()
         self._max_labels = max_adapter_labels
         self._lock = threading.Lock()
         r = self.registry
@@ -154,8 +155,10 @@ class Metrics:
         )
 
     def observe_auto_route(self, language: str, source: str, passes: int) -> None:
-        """Language labels come from the configured language-ID adapter's labels or a hint (bounded like adapters)."""
-        self.auto_routes.labels(language=self.adapter_label(language), source=source, passes=str(passes)).inc()
+        """Language labels come from the language-ID adapter's labels or a hint; bounded apart from adapter IDs, so
+        languages never take an adapter's label."""
+        language = self._bounded(self._language_labels, language)
+        self.auto_routes.labels(language=language, source=source, passes=str(passes)).inc()
 
     def observe_realtime_refusal(self, code: str) -> None:
         self.realtime_refusals.labels(code=code).inc()

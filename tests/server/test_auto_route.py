@@ -127,3 +127,14 @@ def test_auto_streams_with_the_chosen_adapter(tmp_path, model_dir, adapter_files
         done = [line for line in streamed.text.splitlines() if "transcript.text.done" in line]
         named = transcribe(client, encode(audio), MAPPING[language]).json()["text"]
     assert len(done) == 1 and json.loads(done[0].removeprefix("data: "))["text"] == named
+
+
+def test_route_languages_do_not_use_up_adapter_label_values():
+    from chorus_server.metrics import Metrics
+
+    metrics = Metrics(max_adapter_labels=2)
+    for language in ("en", "fr", "de"):
+        metrics.observe_auto_route(language, "hint", 1)
+    assert metrics.adapter_label("acme/fr") == "acme/fr"  # the adapters' two label values are still free
+    routed = metrics.auto_routes.collect()[0].samples
+    assert {s.labels["language"] for s in routed if s.name.endswith("_total")} == {"en", "fr", "other"}
