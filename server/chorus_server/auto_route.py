@@ -35,7 +35,6 @@ class Route:
     language: str
     source: str  # "detected" or "hint"
     passes: int  # backbone passes over the detected audio: 2 when detected, 1 with a hint
-    score: float | None = None  # the detected language's probability
 
 
 def adapter_for(language: str, settings: RoutingSettings) -> str:
@@ -65,10 +64,10 @@ class LanguageRouter:
                 "model",
             ) from None
         head = int(self.settings.detect_seconds * self.transcriber.rate)
-        start = Audio(audio.samples[:head], audio.rate) if len(audio.samples) > head else audio
+        start = Audio(audio.samples[:head], audio.rate)  # a view: no copy
         result = await Classifier(self.transcriber).classify(start, lid, who, disconnected)
-        language, score = result.scores[0]
-        route = Route(self._transcriber_for(language, who, "model"), language, "detected", 2, score)
+        language = result.scores[0][0]
+        route = Route(self._transcriber_for(language, who, "model"), language, "detected", 2)
         self.metrics.observe_auto_route(route.language, route.source, route.passes)
         return route
 

@@ -29,10 +29,9 @@ from chorus_server.engine.backbone import Backbone
 from chorus_server.engine.classify import LayerMix, classify
 from chorus_server.engine.engine import Engine, normalize, pad_batch
 from chorus_training.loop import TrainConfig, learning_rate, make_batches
-from chorus_training.manifest import Example, load_examples
+from chorus_training.manifest import SAMPLE_RATE, Example, load_examples
 
 logger = logging.getLogger(__name__)
-RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,8 @@ def _batch(
     [1 - perturb, 1 + perturb] (resampled: pitch, formants and tempo move together, a new voice in effect)."""
     audios = [e.audio.astype(np.float32) / 32768.0 for e in examples]
     if perturb > 0 and rng is not None:
-        audios = [soxr.resample(a, RATE, int(RATE / rng.uniform(1 - perturb, 1 + perturb))) for a in audios]
+        speeds = [rng.uniform(1 - perturb, 1 + perturb) for _ in audios]
+        audios = [soxr.resample(a, SAMPLE_RATE, int(SAMPLE_RATE / v)) for a, v in zip(audios, speeds, strict=True)]
     waveforms, lengths = pad_batch(audios)
     return waveforms, lengths, torch.tensor([index[e.text] for e in examples])
 
@@ -117,7 +117,7 @@ def evaluate(
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over `examples`."""
     correct, loss, rng = 0, 0.0, np.random.default_rng(0)
-    for batch in make_batches([e.audio.size for e in examples], int(batch_seconds * 16_000), rng):
+    for batch in make_batches([e.audio.size for e in examples], int(batch_seconds * SAMPLE_RATE), rng):
         waveforms, lengths, targets = _batch([examples[i] for i in batch], index)
         logits = classifier_logits(backbone, adapter, waveforms, lengths)
         correct += int((logits.argmax(dim=1) == targets).sum())
@@ -197,7 +197,7 @@ def train_classifier(
     adapter.train()
     done = False
     while not done:
-        for batch in make_batches([e.audio.size for e in train], int(config.batch_seconds * 16_000), rng):
+        for batch in make_batches([e.audio.size for e in train], int(config.batch_seconds * SAMPLE_RATE), rng):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config, minutes())
             waveforms, lengths, targets = _batch([train[i] for i in batch], index, speed_perturb, rng)

@@ -49,8 +49,11 @@ class Backbone(nn.Module):
         for seg in segments:
             if seg.adapter.cnn_channels:
                 cnn[seg.start : seg.stop] = [seg.adapter.cnn] * (seg.stop - seg.start)
-        trains = any(seg.adapter.cnn_trains() for seg in segments)
-        with gate.stage(self.feature_extractor, self.feature_projection, trains=lambda: trains):
+        with gate.stage(
+            self.feature_extractor,
+            self.feature_projection,
+            trains=lambda: any(seg.adapter.cnn_trains() for seg in segments),  # asked only under autograd
+        ):
             features, frames = self.feature_extractor(waveforms, lengths, cnn)  # (B, T, C)
             if features.device.type == "cpu" and features.shape[1] < MIN_CPU_FRAMES:
                 # CPU GEMMs of fewer than 12 rows take other kernels (other bits for a row); every product below
