@@ -161,7 +161,7 @@ def check_fit(
     bad = [i for i in adapter.layer_ids if not 0 <= i < num_layers]
     if bad:
         raise AdapterError(f"adapter {adapter.name!r} names layers {bad} but the backbone has {num_layers}")
-    if adapter.is_classifier and adapter.num_states != num_layers + 1:
+    if adapter.is_classifier and not 2 <= adapter.num_states <= num_layers + 1:
         raise AdapterError(
             f"classifier {adapter.name!r} mixes {adapter.num_states} hidden states, "
             f"the backbone has {num_layers + 1} ({num_layers} layers + its input)"

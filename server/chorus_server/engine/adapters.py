@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from chorus_server.engine.cnn_adapters import CNN_PARTS, cnn_name, cnn_part_shape
+
+if TYPE_CHECKING:
+    from chorus_server.engine.routing import Routing
 
 CLASSIFIER = "classifier"
 POOLINGS = ("mean", "attentive")  # a classifier's pooling over an item's frames
@@ -389,20 +393,24 @@ def _cnn_param(layer: int, part: str) -> str:
 
 @dataclass(frozen=True)
 class Segment:
-    """Items `[start, stop)` of a batch (sorted by adapter) that share one adapter."""
+    """Items `[start, stop)` of a batch (sorted by adapter) that share one adapter. A routed item (routing.py) is a
+    segment of its own: its detector's until the decision, then the chosen adapter's."""
 
     start: int
     stop: int
     adapter: Adapter
+    routing: Routing | None = None
 
 
-def find_segments(adapters: Sequence[Adapter]) -> list[Segment]:
-    """Runs of consecutive identical adapters -> segments covering the whole batch, in order."""
+def find_segments(adapters: Sequence[Adapter], routings: Sequence[Routing | None] = ()) -> list[Segment]:
+    """Runs of consecutive identical adapters -> segments covering the whole batch, in order. `routings`: per
+    item, its routing or None; a routed item gets a segment of its own."""
+    routed = list(routings) or [None] * len(adapters)
     segments: list[Segment] = []
     start = 0
     for i in range(1, len(adapters) + 1):
-        if i == len(adapters) or adapters[i] is not adapters[start]:
-            segments.append(Segment(start, i, adapters[start]))
+        if i == len(adapters) or adapters[i] is not adapters[start] or routed[i] or routed[start]:
+            segments.append(Segment(start, i, adapters[start], routed[start]))
             start = i
     return segments
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from chorus_server.engine.adapters import Segment
 from chorus_server.engine.config import BackboneConfig
-from chorus_server.engine.encoder import Encoder
+from chorus_server.engine.encoder import Encoder, StatesHook
 from chorus_server.engine.frontend import FeatureEncoder, FeatureProjection
 from chorus_server.engine.layers import GradGate
 
@@ -35,13 +35,14 @@ class Backbone(nn.Module):
         lengths: torch.Tensor,
         segments: Sequence[Segment],
         features_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        states_hook: Callable[[int, torch.Tensor], None] | None = None,
+        states_hook: StatesHook | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,).
 
         The one forward pass of serving and training. Under autograd, gradients start at the first stage with a
         trainable parameter (`GradGate`); `features_hook(h (B, T, H), frames (B,)) -> h` edits the projected
-        features (training's masking); `states_hook(k, h)` sees every hidden state (see `Encoder.forward`).
+        features (training's masking); `states_hook(k, h)` sees every hidden state and may regroup the segments
+        (see `Encoder.forward`).
         """
         gate = GradGate()
         # Per item: its adapter's CNN adapters (`Adapter.cnn`: conv layer -> tensors), if it has any.

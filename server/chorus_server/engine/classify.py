@@ -1,7 +1,8 @@
 """How a classifier adapter reads the shared backbone pass: layer mix -> mean over valid frames -> linear.
 
 The encoder reports every hidden state it computes (the input to the first layer, then each layer's output, the
-last after the pre-LN final norm: HF's `hidden_states`, L + 1 of them) to a `LayerMix`, which adds each state
+last after the pre-LN final norm: HF's `hidden_states`, L + 1 of them) to a `LayerMix`, which adds each state a
+classifier mixes (all L + 1, or the first N: a classifier may read the lower layers only)
 (layer-normed first when the adapter says `normalize_states`), weighted by softmax(layer_weights), into a float32
 running sum for the classifier segments' rows only: no second pass, and no L + 1 copies of the batch kept alive.
 Every step is per frame (weighted adds) or per item (the mean over the item's own frames, the head over one pooled
@@ -34,7 +35,7 @@ class LayerMix:
         """Add hidden state `index` (0 = encoder input) of the whole batch, h: (B, T, H), to each segment's sum."""
         for k, (seg, weights) in enumerate(zip(self.segments, self.weights, strict=True)):
             if index >= weights.numel():
-                raise ValueError(f"classifier {seg.adapter.name!r} mixes {weights.numel()} states, got state {index}")
+                continue  # a classifier mixing the first N states only (a one-pass detector: routing.py)
             part = h[seg.start : seg.stop].float()  # (n, T, H)
             if seg.adapter.normalize_states:
                 part = F.layer_norm(part, part.shape[-1:])

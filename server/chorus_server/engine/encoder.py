@@ -24,6 +24,9 @@ from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.frontend import time_mask
 from chorus_server.engine.layers import GradGate, activation
 
+# Sees hidden state k (B, T, H); may return the segments the layers after it run with.
+StatesHook = Callable[[int, torch.Tensor], Sequence[Segment] | None]
+
 
 def _adapters_train(segments: Sequence[Segment], layer: int) -> bool:
     return any(seg.adapter.trains(layer) for seg in segments)
@@ -143,12 +146,13 @@ class Encoder(nn.Module):
         frames: Sequence[int],
         segments: Sequence[Segment],
         gate: GradGate | None = None,
-        states_hook: Callable[[int, torch.Tensor], None] | None = None,
+        states_hook: StatesHook | None = None,
     ) -> torch.Tensor:
         """h: (B, T, H); frames: each item's valid frames, host integers (so no device value is read) -> (B, T, H).
         `gate`: where gradients start (the backbone's, so the front end counts too). `states_hook(k, h (B, T, H))`
         sees each hidden state as HF's `hidden_states` lists them: k = 0 the first layer's input, k = i + 1 layer
-        i's output, the last one after the final norm of a pre-LN encoder (classifiers mix them; classify.py)."""
+        i's output, the last one after the final norm of a pre-LN encoder (classifiers mix them; classify.py). When
+        it returns segments, the layers after state k run with those (a routed item's decision: routing.py)."""
         gate = gate or GradGate()
         width = h.shape[1]
         mask = time_mask(torch.tensor(frames), width).to(h.device, non_blocking=True)  # (B, T) bool
@@ -164,12 +168,12 @@ class Encoder(nn.Module):
         key_mask = None if spans is not None or full else mask[:, None, None, :]  # (B, 1, 1, T)
         last = len(self.layers) - 1
         if states_hook is not None:
-            states_hook(0, h)
+            segments = states_hook(0, h) or segments
         for i, layer in enumerate(self.layers):
             with gate.stage(layer, trains=functools.partial(_adapters_train, segments, i)):
                 h = layer(h, key_mask, segments, spans)
             if states_hook is not None and (i < last or not self.pre_ln):
-                states_hook(i + 1, h)
+                segments = states_hook(i + 1, h) or segments
         if self.pre_ln:
             with gate.stage(self.layer_norm):
                 h = self.layer_norm(h)

@@ -35,6 +35,7 @@ from chorus_server.engine.device import (
 )
 from chorus_server.engine.errors import AdapterError, CheckpointError, InputError
 from chorus_server.engine.frontend import time_mask
+from chorus_server.engine.routing import Router, Routing, one_pass_problem
 from chorus_server.engine.staging import HostBuffers, StagedBatch, stage_batch
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class Engine:
 
     @torch.inference_mode()
     def forward(
-        self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter | Routing]
     ) -> list[torch.Tensor]:
         """One backbone pass over a mixed-adapter batch: `run(stage(...))`.
 
@@ -162,7 +163,8 @@ class Engine:
         adapters: B adapters (prepared by this engine). Returns B float32 logits tensors on the host: (T_i, V_i) per
         frame for a CTC adapter, (labels_i,) for the whole item for a classifier (softmax gives its scores).
         Items too short for one frame (< receptive field, 400 samples) get (0, V_i) logits, or (0,) for a
-        classifier (nothing to classify).
+        classifier (nothing to classify). An item given as a `Routing` (routing.py) gets the logits of the adapter its
+        detector picks inside this pass (the decision is recorded in the `Routing`).
         """
         return self.run(self.stage(waveforms, lengths, adapters))
 
@@ -170,7 +172,7 @@ class Engine:
         self,
         waveforms: torch.Tensor,
         lengths: torch.Tensor,
-        adapters: Sequence[Adapter],
+        adapters: Sequence[Adapter | Routing],
         buffers: HostBuffers | None = None,
     ) -> StagedBatch:
         """The host half of `forward` (any thread): check, sort by adapter, pad, start the copy to the device.
@@ -208,24 +210,31 @@ class Engine:
         if self.preprocess.do_normalize:
             batch = normalize(batch, batch_lengths)
         mix = LayerMix(staged.segments)
-        hook = mix if mix else None  # the encoder reports its hidden states only when a classifier reads them
+        router = Router(staged.segments, mix, staged.frames)
+        hook = router if mix else None  # the encoder reports its hidden states only when a classifier reads them
         hidden, _ = self.backbone(batch.to(self.dtype), staged.lengths, staged.segments, states_hook=hook)  # (b, T, H)
+        segments = router.segments  # routed items: the chosen adapter's segments now
         logits = [
-            classify(mix.mixed(seg), staged.frames[seg.start : seg.stop], seg.adapter.head, seg.adapter.pool)
+            torch.zeros(seg.stop - seg.start, 0, 0)  # routed to a label without a candidate: no transcription
+            if seg.routing is not None and seg.adapter is seg.routing.detector
+            else classify(mix.mixed(seg), staged.frames[seg.start : seg.stop], seg.adapter.head, seg.adapter.pool)
             if seg.adapter.is_classifier
             else seg.adapter.head(hidden[seg.start : seg.stop]).float()  # (n, T, V)
-            for seg in staged.segments
+            for seg in segments
         ]
         host = [part.to("cpu", non_blocking=True) for part in logits]
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
-        for seg, part in zip(staged.segments, host, strict=True):
+        for seg, part in zip(segments, host, strict=True):
             for row in range(seg.start, seg.stop):
                 item = part[row - seg.start]  # (T, V) or a classifier's (labels,)
-                results[staged.order[row]] = item if seg.adapter.is_classifier else item[: staged.frames[row]]
+                is_scores = seg.adapter.is_classifier and seg.routing is None
+                results[staged.order[row]] = item if is_scores else item[: staged.frames[row]]
         return results
 
-    def _check_batch(self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter]) -> None:
+    def _check_batch(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, adapters: Sequence[Adapter | Routing]
+    ) -> None:
         if waveforms.dim() != 2:
             raise InputError(f"expected mono (B, L) audio, got shape {tuple(waveforms.shape)}")
         if lengths.shape != (waveforms.shape[0],):
@@ -236,7 +245,14 @@ class Engine:
             raise InputError(f"lengths must lie in [0, {waveforms.shape[1]}], got {lengths.tolist()}")
         if not bool(torch.isfinite(waveforms).all()):
             raise InputError("audio contains NaN or Inf samples")
-        for adapter in adapters:
+        routings = [a for a in adapters if isinstance(a, Routing)]
+        if len({id(r) for r in routings}) != len(routings):
+            raise InputError("a Routing records one item's decision: make one per routed item")
+        for routing in routings:
+            problem = one_pass_problem(routing.detector, routing.candidates, self.config.num_hidden_layers)
+            if problem is not None:
+                raise AdapterError(f"cannot route in one pass: {problem}")
+        for adapter in [a for item in adapters for a in _adapters_of(item)]:
             weight = adapter.head.weight
             if not same_device(weight.device, self.device) or weight.dtype != self.dtype:
                 raise AdapterError(f"adapter {adapter.name!r} is not prepared for this engine; call engine.prepare()")
@@ -246,6 +262,10 @@ class Engine:
         waveforms, lengths = pad_batch(audios)
         logits = self.forward(waveforms, lengths, adapters)
         return [ctc_greedy_decode(lg, a.vocab, self.frame_seconds) for lg, a in zip(logits, adapters, strict=True)]
+
+
+def _adapters_of(item: Adapter | Routing) -> list[Adapter]:
+    return [item.detector, *item.candidates.values()] if isinstance(item, Routing) else [item]
 
 
 def pad_batch(audios: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,14 +128,16 @@ def random_classifier(
     cnn_layers: Sequence[int] = (),
     normalize_states: bool = False,
     pooling: str = "mean",
+    num_states: int | None = None,
 ) -> Adapter:
     """A classifier adapter (kind `classifier`) over `labels`; `dim=0` and no layers: no bottlenecks. `cnn_layers`:
-    conv layers with CNN adapters of size `cnn_dim` after them."""
+    conv layers with CNN adapters of size `cnn_dim` after them; `num_states`: mixes the first N hidden states only
+    (default: all)."""
     generator = torch.Generator().manual_seed(seed)
     info = AdapterInfo(name=name, kind="classifier", task="classify", backbone_fingerprint=fp)
     vocab = Vocabulary.of_labels(labels)
     cnn = {i: config.conv_dim[i] for i in cnn_layers}
-    states = config.num_hidden_layers + 1
+    states = num_states or config.num_hidden_layers + 1
     adapter = Adapter(info, vocab, config.hidden_size, dim, layers, states, cnn, cnn_dim, normalize_states, pooling)
     randomize_tensors_(adapter.tensors(), generator)
     return adapter

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from chorus_server.engine.adapters import Adapter, Segment, find_segments
+from chorus_server.engine.routing import Routing
 
 
 def bucket_samples(samples: int, rate: int) -> int:
@@ -98,7 +99,7 @@ class StagedBatch:
 def stage_batch(
     waveforms: torch.Tensor,
     lengths: torch.Tensor,
-    adapters: Sequence[Adapter],
+    adapters: Sequence[Adapter | Routing],
     frame_lengths: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     rate: int,
@@ -107,10 +108,11 @@ def stage_batch(
     """Sort, segment and pad a checked batch (waveforms (B, L) float32 and lengths (B,) on the host) for `device`.
 
     Items too short for one frame get no row. `buffers` (CUDA): pinned staging memory; without it a CUDA batch is
-    copied with a blocking copy from pageable memory."""
+    copied with a blocking copy from pageable memory. A routed item (`Routing`) is a segment of its own, run by its
+    detector until the decision; an item too short for a frame is then never decided (empty (0, 0) logits)."""
     frames = frame_lengths(lengths).tolist()
-    vocab_sizes = [len(a.vocab) for a in adapters]
-    classifiers = [a.is_classifier for a in adapters]
+    vocab_sizes = [0 if isinstance(a, Routing) else len(a.vocab) for a in adapters]
+    classifiers = [isinstance(a, Adapter) and a.is_classifier for a in adapters]
     # Stable sort by adapter in first-appearance order, so each adapter is one segment.
     first_seen: dict[int, int] = {}
     runnable = [i for i in range(len(adapters)) if frames[i] > 0]
@@ -119,7 +121,11 @@ def stage_batch(
     if not order:
         empty = waveforms.new_zeros(0, 0)
         return StagedBatch(size, vocab_sizes, [], [], [], empty, lengths.new_zeros(0), classifiers=classifiers)
-    segments = find_segments([adapters[i] for i in order])
+    row_adapters = [adapters[i] for i in order]
+    segments = find_segments(
+        [a.detector if isinstance(a, Routing) else a for a in row_adapters],
+        [a if isinstance(a, Routing) else None for a in row_adapters],
+    )
     row_lengths = lengths[order]
     longest = int(row_lengths.max())
     if device.type == "cpu":

@@ -98,13 +98,15 @@ def test_bad_classifier_files_are_rejected(setup, meta, message):
         adapter_from_bytes(_file(adapter, **meta))
 
 
-def test_classifier_must_mix_every_state_of_this_backbone(setup):
+def test_classifier_mixes_at_most_every_state_of_this_backbone(setup):
+    """All L + 1 states, or the first N (a detector reading the lower layers), never more than the backbone has."""
     engine = setup[0]
     n = engine.config.num_hidden_layers
     adapter = random_classifier(engine.config, "lid", ["en", "fr"], 0, [], 1, engine.fingerprint)
     check_fit(adapter, engine.config.hidden_size, n, engine.fingerprint)
+    check_fit(adapter, engine.config.hidden_size, n + 1, engine.fingerprint)  # reads the lower n + 1 states only
     with pytest.raises(AdapterError, match="hidden states"):
-        check_fit(adapter, engine.config.hidden_size, n + 1, engine.fingerprint)
+        check_fit(adapter, engine.config.hidden_size, n - 1, engine.fingerprint)
     with pytest.raises(AdapterError, match="trained for backbone"):
         check_fit(adapter, engine.config.hidden_size, n, "other")
 
