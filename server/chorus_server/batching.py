@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from chorus_server.engine.adapters import Adapter
+from chorus_server.engine.routing import Routing
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,10 @@ class BatchLimits:
 
 @dataclass(eq=False)
 class WorkItem:
-    """One window of one request's audio, with the adapter it runs through."""
+    """One window of one request's audio, with the adapter it runs through (or its one-pass routing: routing.py)."""
 
     samples: np.ndarray  # (L,) float32
-    adapter: Adapter
+    adapter: Adapter | Routing
     enqueued: float
     deadline: float
     tenant: str = ""

@@ -22,6 +22,7 @@ from chorus_server.chunking import Window, plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
 from chorus_server.engine.adapters import CLASSIFIER, Adapter
 from chorus_server.engine.cache import AdapterCache
+from chorus_server.engine.routing import Routing
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
 from chorus_server.settings import Settings
@@ -177,7 +178,13 @@ class Transcriber:
         return await asyncio.to_thread(detect, audio.samples, self.rate, vad, hop, MIN_SAMPLES)
 
     def _plan(
-        self, audio: Audio, speech: Speech, adapter: Adapter, record: AdapterRecord, tenant: str, deadline: float
+        self,
+        audio: Audio,
+        speech: Speech,
+        adapter: Adapter | Routing,
+        record: AdapterRecord,
+        tenant: str,
+        deadline: float,
     ) -> tuple[list[tuple[Region, list[Window]]], list[WorkItem]]:
         """Cut each speech region into windows, one work item per window for the inference thread (in order)."""
         batch = self.settings.batch

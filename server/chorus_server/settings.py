@@ -161,6 +161,13 @@ class RoutingSettings(BaseModel):
     detect_seconds: float = Field(
         30.0, gt=0, le=600, description="audio from the start that language detection listens to"
     )
+    one_pass_max_candidates: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="detect inside the transcription's backbone pass when the placement allows and the language-ID "
+        "adapter's labels map to at most this many adapters (each held resident for the request); 0: never",
+    )
 
 
 class Settings(BaseSettings):

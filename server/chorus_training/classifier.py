@@ -43,6 +43,7 @@ class ClassifierSpec:
     cnn_adapters: bool = False  # CHAPTER: CNN adapters after every conv layer of the front end
     cnn_dim: int = 16
     pooling: str = "mean"  # or "attentive"
+    num_states: int | None = None  # mix only the first N hidden states (a one-pass detector); None: all L + 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ def build_classifier(engine: Engine, spec: ClassifierSpec, labels: Sequence[str]
     top_k = layers if spec.top_k is None else spec.top_k
     if spec.bottleneck_dim and not 1 <= top_k <= layers:
         raise ValueError(f"--top-k must lie in [1, {layers}] for this backbone, got {top_k}")
+    states = layers + 1 if spec.num_states is None else spec.num_states
+    if not 2 <= states <= layers + 1:
+        raise ValueError(f"--mix-states must lie in [2, {layers + 1}] for this backbone, got {states}")
     info = AdapterInfo(name=spec.name, kind=CLASSIFIER, task=spec.task, backbone_fingerprint=engine.fingerprint)
     cnn = dict(enumerate(config.conv_dim)) if spec.cnn_adapters else {}
     adapter = Adapter(
@@ -79,7 +83,7 @@ def build_classifier(engine: Engine, spec: ClassifierSpec, labels: Sequence[str]
         config.hidden_size,
         spec.bottleneck_dim,
         range(layers - top_k, layers) if spec.bottleneck_dim else (),
-        layers + 1,
+        states,
         cnn,
         spec.cnn_dim,
         normalize_states=True,
@@ -99,16 +103,33 @@ def classifier_logits(
 
 
 def _batch(
-    examples: Sequence[Example], index: dict[str, int], perturb: float = 0.0, rng: np.random.Generator | None = None
+    examples: Sequence[Example],
+    index: dict[str, int],
+    perturb: float = 0.0,
+    rng: np.random.Generator | None = None,
+    crop_seconds: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> waveforms (B, L), lengths (B,), label ids (B,). `perturb` > 0: each utterance played at a random speed in
-    [1 - perturb, 1 + perturb] (resampled: pitch, formants and tempo move together, a new voice in effect)."""
+    [1 - perturb, 1 + perturb] (resampled: pitch, formants and tempo move together, a new voice in effect).
+    `crop_seconds` > 0: half the utterances cut to a random window of at least that long (short clips are where a
+    classifier errs most; cropping makes every training utterance teach them too)."""
     audios = [e.audio.astype(np.float32) / 32768.0 for e in examples]
     if perturb > 0 and rng is not None:
         speeds = [rng.uniform(1 - perturb, 1 + perturb) for _ in audios]
         audios = [soxr.resample(a, SAMPLE_RATE, int(SAMPLE_RATE / v)) for a, v in zip(audios, speeds, strict=True)]
+    if crop_seconds > 0 and rng is not None:
+        audios = [_random_crop(a, int(crop_seconds * SAMPLE_RATE), rng) for a in audios]
     waveforms, lengths = pad_batch(audios)
     return waveforms, lengths, torch.tensor([index[e.text] for e in examples])
+
+
+def _random_crop(audio: np.ndarray, shortest: int, rng: np.random.Generator) -> np.ndarray:
+    """With probability one half, a random window of `audio` between `shortest` samples and its full length."""
+    if audio.size <= shortest or rng.uniform() < 0.5:
+        return audio
+    size = int(rng.integers(shortest, audio.size + 1))
+    first = int(rng.integers(0, audio.size - size + 1))
+    return audio[first : first + size]
 
 
 @torch.no_grad()
@@ -134,10 +155,12 @@ def train_classifier(
     config: TrainConfig,
     init: Path | None = None,
     speed_perturb: float = 0.0,
+    crop_seconds: float = 0.0,
 ) -> ClassifierResult:
     """Train on `train` (label in `Example.text`), keep the best by validation accuracy (then loss), write `out`.
     `init`: continue from this classifier file (same labels; its bottlenecks and CNN adapters, not the spec's).
-    `speed_perturb`: training utterances at random speeds within ±this (see `_batch`); validation never."""
+    `speed_perturb`: training utterances at random speeds within ±this; `crop_seconds`: half of them cut to random
+    windows at least this long (see `_batch`); validation never."""
     torch.manual_seed(config.seed)
     engine = Engine.from_pretrained(backbone_dir, device="cpu", dtype="float32").engine
     labels = sorted({e.text for e in train})
@@ -200,7 +223,7 @@ def train_classifier(
         for batch in make_batches([e.audio.size for e in train], int(config.batch_seconds * SAMPLE_RATE), rng):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config, minutes())
-            waveforms, lengths, targets = _batch([train[i] for i in batch], index, speed_perturb, rng)
+            waveforms, lengths, targets = _batch([train[i] for i in batch], index, speed_perturb, rng, crop_seconds)
             loss = F.cross_entropy(classifier_logits(backbone, adapter, waveforms, lengths), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

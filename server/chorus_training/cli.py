@@ -94,10 +94,13 @@ def _train_classifier(args: argparse.Namespace) -> int:
         cnn_adapters=args.cnn_adapters,
         cnn_dim=args.cnn_dim,
         pooling=args.pooling,
+        num_states=args.mix_states,
     )
     init = Path(args.init) if args.init else None
     config = _train_config(args)
-    result = train_classifier(Path(args.backbone), train, valid, spec, out, config, init, args.speed_perturb)
+    result = train_classifier(
+        Path(args.backbone), train, valid, spec, out, config, init, args.speed_perturb, args.crop_seconds
+    )
     summary: dict[str, Any] = {
         "adapter": str(out),
         "labels": list(result.labels),
@@ -211,7 +214,20 @@ def add_commands(commands: Any, dev: Any) -> None:
         "--pooling", choices=["mean", "attentive"], default="mean", help="over the utterance's frames (default: mean)"
     )
     tc.add_argument(
+        "--mix-states",
+        type=int,
+        default=None,
+        help="mix only the first N hidden states (input + layers 0..N-2); without adapters of its own, a language-ID "
+        "classifier that model=auto runs inside the transcription's pass (default: all)",
+    )
+    tc.add_argument(
         "--speed-perturb", type=float, default=0.0, help="train at random speeds within ±this, e.g. 0.1 (default: 0)"
+    )
+    tc.add_argument(
+        "--crop-seconds",
+        type=float,
+        default=0.0,
+        help="train half the utterances as random windows at least this long, e.g. 1.0 (default: 0, whole)",
     )
     tc.add_argument("--init", default=None, help="continue from this classifier file (same labels)")
     _add_loop_options(tc, steps=1000, lr=1e-3, warmup=50)

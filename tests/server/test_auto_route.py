@@ -5,6 +5,7 @@ the language and the adapter; refusals are clear 400s; the routes are counted.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,122 @@ def test_route_languages_do_not_use_up_adapter_label_values():
     assert metrics.adapter_label("acme/fr") == "acme/fr"  # the adapters' two label values are still free
     routed = metrics.auto_routes.collect()[0].samples
     assert {s.labels["language"] for s in routed if s.name.endswith("_total")} == {"en", "fr", "other"}
+
+
+# One pass: a detector reading states 0 and 1 only, and candidates that change nothing below layer 1.
+ONE_PASS = {"en": "top-en", "fr": "top-fr", "de": "top-de"}
+
+
+@pytest.fixture(scope="module")
+def one_pass_files(model_dir, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """(detector file, candidate files). The detector's head is set so that test tones get different labels (a
+    random head gives all the same): each label scores one pooled feature, standardised over a dozen tones."""
+    from chorus_server.engine.random_model import random_adapter
+
+    engine = Engine.from_pretrained(model_dir, device="cpu").engine
+    config, fp = engine.config, engine.fingerprint
+    labels = list(ONE_PASS)
+    detector = random_classifier(config, "lid1", labels, 0, [], 31, fp, normalize_states=True, num_states=2)
+    with torch.no_grad():
+        detector.head.weight.zero_()
+        detector.head.bias.zero_()
+        for k in range(len(labels)):
+            detector.head.weight[k, k] = 1.0  # logits = the first pooled features
+    prepared = engine.prepare(detector)
+    features = torch.stack([_scores(engine, prepared, tone(2.5, seed=s)) for s in range(12)])  # (12, 3)
+    mean, std = features.mean(dim=0), features.std(dim=0)
+    with torch.no_grad():
+        for k in range(len(labels)):
+            detector.head.weight[k, k] = 1 / std[k]
+            detector.head.bias[k] = -mean[k] / std[k]
+    out = tmp_path_factory.mktemp("one-pass")
+    save_adapter(detector, out / "lid1.safetensors")
+    n = config.num_hidden_layers
+    candidates = [
+        random_adapter(config, "houlsby", "top-en", 8, list(range(1, n)), 12, 41, fp),
+        random_adapter(config, "houlsby", "top-fr", 4, [n - 1], 14, 42, fp),
+        random_adapter(config, "head", "top-de", 0, [], 10, 43, fp),
+        random_adapter(config, "houlsby", "low-de", 4, [0], 10, 44, fp),  # changes layer 0: two passes
+    ]
+    for adapter in candidates:
+        save_adapter(adapter, out / f"{adapter.name}.safetensors")
+    return out / "lid1.safetensors", [out / f"{a.name}.safetensors" for a in candidates]
+
+
+def _scores(engine: Engine, adapter, audio: np.ndarray) -> torch.Tensor:
+    return engine.forward(torch.from_numpy(audio)[None], torch.tensor([len(audio)]), [adapter])[0]
+
+
+def one_pass_label(model_dir, lid: Path, audio: np.ndarray) -> str:
+    """Reference: the detector's top label on `audio` alone."""
+    engine = Engine.from_pretrained(model_dir, device="cpu").engine
+    adapter = engine.prepare(load_adapter(lid))
+    return adapter.labels[int(_scores(engine, adapter, audio).argmax())]
+
+
+def test_detection_rides_the_transcription_pass_where_the_placement_allows(tmp_path, model_dir, one_pass_files):
+    lid, candidates = one_pass_files
+    routing = {"language_adapter": "lid1", "languages": ONE_PASS}
+    clips = [tone(2.5, seed=seed) for seed in range(20, 28)]
+    with running_app(make_settings(tmp_path, model_dir, routing=routing), [lid, *candidates]) as client:
+        seen = set()
+        for audio in clips:
+            language = one_pass_label(model_dir, lid, audio)  # one window: the detector hears all of it
+            seen.add(language)
+            response = transcribe(client, encode(audio), "auto", response_format="verbose_json")
+            assert response.status_code == 200, response.text
+            assert response.headers["x-chorus-language"] == language
+            assert response.headers["x-chorus-adapter"] == f"anonymous/{ONE_PASS[language]}@1"
+            named = transcribe(client, encode(audio), ONE_PASS[language], response_format="verbose_json").json()
+            assert response.json()["text"] == named["text"] and response.json()["language"] == language
+        metrics = client.get("/metrics").text
+    assert len(seen) >= 2, seen
+    for language in seen:
+        assert f'chorus_auto_routes_total{{language="{language}",passes="1",source="detected"}}' in metrics
+    assert 'passes="2"' not in metrics
+
+
+def test_one_pass_decides_on_the_first_window_and_transcribes_every_window(tmp_path, model_dir, one_pass_files):
+    """Long audio: the first window is the routed item; the others follow with the chosen adapter, and the stitched
+    transcript equals the named adapter's."""
+    lid, candidates = one_pass_files
+    routing = {"language_adapter": "lid1", "languages": ONE_PASS, "detect_seconds": 2.0}
+    batch = {"chunk_seconds": 2.0, "stride_seconds": 0.4}
+    head = tone(2.0, seed=31)
+    language = one_pass_label(model_dir, lid, head)  # the first window: 2 s
+    tails = (tone(5.0, seed=s) for s in range(32, 48))  # the whole file would say otherwise
+    audio = next(a for a in (np.concatenate([head, t]) for t in tails) if one_pass_label(model_dir, lid, a) != language)
+    settings = make_settings(tmp_path, model_dir, routing=routing, batch=batch)
+    with running_app(settings, [lid, *candidates]) as client:
+        response = transcribe(client, encode(audio), "auto")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-chorus-adapter"] == f"anonymous/{ONE_PASS[language]}@1"
+        named = transcribe(client, encode(audio), ONE_PASS[language]).json()["text"]
+        assert response.json()["text"] == named
+        assert 'passes="1"' in client.get("/metrics").text
+
+
+def test_a_candidate_below_the_detectors_states_means_two_passes(tmp_path, model_dir, one_pass_files):
+    lid, candidates = one_pass_files
+    routing = {"language_adapter": "lid1", "languages": {**ONE_PASS, "de": "low-de"}}
+    audio = tone(2.5, seed=20)
+    language = one_pass_label(model_dir, lid, audio)
+    with running_app(make_settings(tmp_path, model_dir, routing=routing), [lid, *candidates]) as client:
+        response = transcribe(client, encode(audio), "auto")
+        assert response.status_code == 200, response.text
+        assert response.headers["x-chorus-language"] == language
+        metrics = client.get("/metrics").text
+    assert 'passes="2"' in metrics and 'passes="1"' not in metrics
+
+
+def test_one_pass_reports_a_language_without_an_adapter(tmp_path, model_dir, one_pass_files):
+    lid, candidates = one_pass_files
+    clips = {one_pass_label(model_dir, lid, tone(2.5, seed=s)): tone(2.5, seed=s) for s in range(20, 32)}
+    missing = sorted(clips)[0]
+    routing = {"language_adapter": "lid1", "languages": {k: v for k, v in ONE_PASS.items() if k != missing}}
+    with running_app(make_settings(tmp_path, model_dir, routing=routing), [lid, *candidates]) as client:
+        refused = transcribe(client, encode(clips[missing]), "auto")
+        assert missing in error_of(refused, 400, "no_adapter_for_language")["message"]
+        other = next(k for k in clips if k != missing)
+        assert transcribe(client, encode(clips[other]), "auto").headers["x-chorus-language"] == other
+        assert 'passes="1"' in client.get("/metrics").text

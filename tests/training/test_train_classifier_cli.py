@@ -104,3 +104,36 @@ def test_speed_perturbation_resamples_training_audio_only_within_bounds() -> Non
     ratios = [n / e.audio.size for n, e in zip(lengths.tolist(), examples, strict=True)]
     assert all(1 / 1.1 - 0.01 <= r <= 1 / 0.9 + 0.01 for r in ratios), ratios
     assert len({round(r, 3) for r in ratios}) > 4 and labels.tolist() == [0] * 8  # each its own speed
+
+
+def test_a_classifier_of_the_lower_states_trains_and_serves(tmp_path: Path, capsys) -> None:
+    """--mix-states 2: the mix reads the encoder input and layer 0 only (a one-pass detector: engine/routing.py)."""
+    from chorus_server.engine.random_model import write_random_model
+
+    write_random_model(tmp_path / "bb", "tiny", 0)
+    train = write_manifest(tmp_path, "train", 24, 0)
+    test = write_manifest(tmp_path, "test", 10, 1000)
+    out = tmp_path / "low.safetensors"
+    args = ["train-classifier", "--backbone", str(tmp_path / "bb"), "--manifest", str(train), "--test", str(test)]
+    args += ["--label-field", "kind", "--out", str(out), "--steps", "120", "--eval-every", "30", "--lr", "3e-2"]
+    args += ["--batch-seconds", "4", "--mix-states", "2", "--pooling", "attentive"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["test_accuracy"] >= 0.8, summary
+    engine = Engine.from_pretrained(tmp_path / "bb", device="cpu").engine
+    adapter = engine.prepare(load_adapter(out))
+    assert adapter.num_states == 2 and not adapter.layer_ids and not adapter.cnn_channels
+    with pytest.raises(ValueError, match="--mix-states"):  # more states than the backbone has
+        main([*args[:-4], "--mix-states", str(engine.config.num_hidden_layers + 2)])
+
+
+def test_cropping_cuts_about_half_the_training_utterances_to_windows_at_least_that_long() -> None:
+    from chorus_training.classifier import _batch
+    from chorus_training.manifest import Example
+
+    examples = [Example((clip("hiss", seed) * 32767).astype(np.int16), "hiss") for seed in range(40)]
+    _, lengths, _ = _batch(examples, {"hiss": 0}, rng=np.random.default_rng(0), crop_seconds=0.3)
+    full = [e.audio.size for e in examples]
+    assert all(int(0.3 * RATE) <= n <= f for n, f in zip(lengths.tolist(), full, strict=True))
+    cropped = sum(n < f for n, f in zip(lengths.tolist(), full, strict=True))
+    assert 10 <= cropped <= 30, cropped

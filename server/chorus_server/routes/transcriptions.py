@@ -93,9 +93,13 @@ async def create_transcription(
                        "`language` or name an adapter", "not_implemented", "model")  # fmt: skip
     record = route.record if route else None if model == AUTO_MODEL else runtime.transcriber.resolve(model, who)
     audio = await receive_audio(runtime, who, file)
-    if record is None:
+    result: Result | None = None
+    if record is None:  # model=auto: detect (and transcribe too, where it fits one pass)
         try:
-            route = await router.detect(audio, who, lambda: _disconnected(request))
+            if stream:
+                route = await router.detect(audio, who, lambda: _disconnected(request))
+            else:
+                route, result = await router.transcribe(audio, who, lambda: _disconnected(request), vad)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         record = route.record
@@ -117,7 +121,8 @@ async def create_transcription(
             answer.headers.update(headers)
         return answer
     try:
-        result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request), vad)
+        if result is None:
+            result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request), vad)
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     response = render(result, response_format, granularities, language, audio.seconds, detected=route is not None)

@@ -168,4 +168,3 @@ def test_placements_that_would_change_what_the_detector_reads_are_refused(setup,
     assert "adapters of its own" in (one_pass_problem(chapter, candidates, n) or "")
     assert "not a classifier" in (one_pass_problem(candidates["en"], candidates, n) or "")
     assert "is a classifier" in (one_pass_problem(detector, {"en": detector}, n) or "")
-
