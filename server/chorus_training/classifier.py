@@ -156,13 +156,11 @@ def train_classifier(
     init: Path | None = None,
     speed_perturb: float = 0.0,
     crop_seconds: float = 0.0,
-    last_out: Path | None = None,
 ) -> ClassifierResult:
     """Train on `train` (label in `Example.text`), keep the best by validation accuracy (then loss), write `out`.
     `init`: continue from this classifier file (same labels; its bottlenecks and CNN adapters, not the spec's).
     `speed_perturb`: training utterances at random speeds within ±this; `crop_seconds`: half of them cut to random
-    windows at least this long (see `_batch`); validation never. `last_out`: also write the final weights there,
-    whatever they score (ingredients of an average: `chorus dev average-adapters`)."""
+    windows at least this long (see `_batch`); validation never."""
     torch.manual_seed(config.seed)
     engine = Engine.from_pretrained(backbone_dir, device="cpu", dtype="float32").engine
     labels = sorted({e.text for e in train})
@@ -239,8 +237,6 @@ def train_classifier(
                 validate()
             if done:
                 break
-    if last_out is not None:
-        save_adapter(adapter, last_out)
     return ClassifierResult(best[0], tuple(labels), trainable, backbone_parameters, step, minutes())
 
 

@@ -69,14 +69,6 @@ def _train_adapter(args: argparse.Namespace) -> int:
     return 0
 
 
-def _average_adapters(args: argparse.Namespace) -> int:
-    from chorus_training.average import average_adapters
-
-    adapter = average_adapters([Path(f) for f in args.files], Path(args.out))
-    print(json.dumps({"adapter": args.out, "averaged": len(args.files), "parameters": adapter.num_parameters()}))
-    return 0
-
-
 def _train_classifier(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -107,16 +99,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
     init = Path(args.init) if args.init else None
     config = _train_config(args)
     result = train_classifier(
-        Path(args.backbone),
-        train,
-        valid,
-        spec,
-        out,
-        config,
-        init,
-        args.speed_perturb,
-        args.crop_seconds,
-        Path(args.save_last) if args.save_last else None,
+        Path(args.backbone), train, valid, spec, out, config, init, args.speed_perturb, args.crop_seconds
     )
     summary: dict[str, Any] = {
         "adapter": str(out),
@@ -247,19 +230,8 @@ def add_commands(commands: Any, dev: Any) -> None:
         help="train half the utterances as random windows at least this long, e.g. 1.0 (default: 0, whole)",
     )
     tc.add_argument("--init", default=None, help="continue from this classifier file (same labels)")
-    tc.add_argument(
-        "--save-last", default=None, help="also write the final weights here, whatever they score (for averaging)"
-    )
     _add_loop_options(tc, steps=1000, lr=1e-3, warmup=50)
     tc.set_defaults(func=_train_classifier)
-
-    av = dev.add_parser(
-        "average-adapters",
-        help="average adapter files of one structure into one (a model soup of runs continued from one start)",
-    )
-    av.add_argument("--out", required=True, help="adapter file to write")
-    av.add_argument("files", nargs="+", help="adapter files: same kind, labels or vocabulary, shapes and backbone")
-    av.set_defaults(func=_average_adapters)
 
     mc = dev.add_parser("make-corpus", help="synthesize a labelled multilingual corpus with espeak-ng")
     mc.add_argument("--out", required=True, help="output directory")

@@ -137,30 +137,3 @@ def test_cropping_cuts_about_half_the_training_utterances_to_windows_at_least_th
     assert all(int(0.3 * RATE) <= n <= f for n, f in zip(lengths.tolist(), full, strict=True))
     cropped = sum(n < f for n, f in zip(lengths.tolist(), full, strict=True))
     assert 10 <= cropped <= 30, cropped
-
-
-def test_average_adapters_writes_the_mean_of_every_tensor(tmp_path: Path, capsys) -> None:
-    from chorus_server.engine import save_adapter
-    from chorus_server.engine.random_model import random_classifier, write_random_model
-
-    write_random_model(tmp_path / "bb", "tiny", 0)
-    engine = Engine.from_pretrained(tmp_path / "bb", device="cpu").engine
-    config, fp = engine.config, engine.fingerprint
-    files = []
-    for seed in (1, 2, 3):
-        adapter = random_classifier(config, "lid", ["a", "b"], 4, [1], seed, fp, pooling="attentive")
-        files.append(tmp_path / f"lid{seed}.safetensors")
-        save_adapter(adapter, files[-1])
-    out = tmp_path / "soup.safetensors"
-    assert main(["dev", "average-adapters", "--out", str(out), *map(str, files)]) == 0
-    assert json.loads(capsys.readouterr().out)["averaged"] == 3
-    soup, parts = load_adapter(out), [load_adapter(f) for f in files]
-    assert soup.labels == ("a", "b") and soup.info.extra == {"averaged": "3"}
-    for name, tensor in soup.tensors().items():
-        expected = sum(p.tensors()[name] for p in parts) / 3
-        torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-6)
-    engine.prepare(soup)  # servable as is
-    other = random_classifier(config, "lid", ["a", "c"], 4, [1], 4, fp, pooling="attentive")
-    save_adapter(other, tmp_path / "other.safetensors")
-    with pytest.raises(ValueError, match="cannot average"):
-        main(["dev", "average-adapters", "--out", str(out), str(files[0]), str(tmp_path / "other.safetensors")])
