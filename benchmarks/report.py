@@ -280,20 +280,27 @@ def plot(results: dict[str, Result], path: Path) -> bool:
     return True
 
 
-KEPT_HEADINGS = ("## Live transcription latency",)  # measured by their own scripts, not by `make bench`
+GENERATED_HEADINGS = (  # the sections `make bench` writes; every other `## ` section was measured by its own script
+    "How we compare",
+    "How to run, and how to read the numbers",
+    "Summary",
+    "Where the targets are missed, and why",
+    "Details",
+    "What changed in the engine for these numbers",
+)
 
 
 def kept_sections(docs: Path) -> list[str]:
-    """Sections of the current file that `make bench` does not produce (each runs to the next `## ` heading)."""
+    """Sections of the current file that `make bench` does not produce (each runs to the next `## ` heading),
+    in their order: results of other scripts (live latency, model=auto, a round's side-by-side runs)."""
     if not docs.exists():
         return []
-    text = docs.read_text()
+    text = "\n" + docs.read_text()
     kept = []
-    for heading in KEPT_HEADINGS:
-        start = text.find(f"\n{heading}\n")
-        if start >= 0:
-            end = text.find("\n## ", start + 1)
-            kept.append(text[start + 1 : end if end >= 0 else len(text)].strip())
+    for part in text.split("\n## ")[1:]:
+        heading = part.split("\n", 1)[0].strip()
+        if heading not in GENERATED_HEADINGS:
+            kept.append(f"## {part}".strip())
     return kept
 
 

@@ -13,3 +13,14 @@ def test_the_live_latency_section_survives_a_rewrite(tmp_path):
     assert kept_sections(docs) == [live]
     docs.write_text("# Benchmarks\n\n## Summary\n")
     assert kept_sections(docs) == []
+
+
+def test_every_section_make_bench_does_not_write_survives_in_order(tmp_path):
+    """A round's side-by-side results and other scripts' sections (model=auto in one pass) were dropped before."""
+    docs = tmp_path / "benchmarks.md"
+    one_pass = "## model=auto in one pass (2026-12-01)\n\n| path | s |\n\nprose"
+    round_ = "## This round (2026-12-01): runtimes side by side\n\nnumbers"
+    live = "## Live transcription latency\n\n| a |"
+    generated = "## How we compare\n\nx\n\n## Summary\n\nold\n\n## Details\n\nd"
+    docs.write_text(f"# Benchmarks\n\n{one_pass}\n\n{round_}\n\n{generated}\n\n{live}\n")
+    assert kept_sections(docs) == [one_pass, round_, live]
