@@ -21,7 +21,6 @@ reaches nothing a tenant could not name itself.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from chorus_store.base import AdapterRecord
 from chorus_store.errors import AdapterNotFound
 
 __all__ = ["AUTO_MODEL", "LanguageRouter", "Route"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
