@@ -21,7 +21,6 @@ reaches nothing a tenant could not name itself.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from chorus_server.audio import Audio
 from chorus_server.auth import Principal
 from chorus_server.classification import Classifier
 from chorus_server.engine.cache import Lease
-from chorus_server.engine.routing import Routing, one_pass_problem
+from chorus_server.engine.routing import Routing, last_state, one_pass_problem
 from chorus_server.errors import ApiError
 from chorus_server.metrics import Metrics
 from chorus_server.service import AUTO_MODEL, Result, Transcriber
@@ -100,57 +99,53 @@ class LanguageRouter:
         limit = self.settings.one_pass_max_candidates
         if limit == 0 or t.settings.batch.chunk_seconds > self.settings.detect_seconds:
             return None
-        deadline = time.monotonic() + t.settings.limits.request_timeout_seconds
-        t._admit(audio.seconds, who.tenant)
-        gone = asyncio.ensure_future(disconnected())
-        leases: list[Lease] = []
+        async with t.admitted(audio, who.tenant, disconnected) as (deadline, gone):
+            leases: list[Lease] = []
 
-        async def lease(record: AdapterRecord) -> Lease:
-            leases.append(await t._within(asyncio.wrap_future(t.cache.lease(record.ref)), deadline, gone, []))
-            return leases[-1]
+            async def lease(record: AdapterRecord) -> Lease:
+                leases.append(await t.lease(record, deadline, gone))
+                return leases[-1]
 
-        try:
-            detector = (await lease(lid)).adapter
-            layers = t.engine.config.num_hidden_layers
-            records = self._candidates(detector.labels, who)
-            last_state = detector.num_states - 1  # record.layers: a check before loading anything
-            if (
-                one_pass_problem(detector, {}, layers) is not None
-                or len(records) > limit
-                or any(min(r.layers, default=layers) < last_state for r in records.values())
-            ):
-                return None
-            candidates = {label: (await lease(record)).adapter for label, record in records.items()}
-            if one_pass_problem(detector, candidates, layers) is not None:
-                return None
-            speech = await t._detect(audio, vad)
-            routing = Routing(detector, candidates)
-            plans, items = t._plan(audio, speech, routing, lid, who.tenant, deadline)
-            if not items:  # silence: nothing for the detector to hear in this pass
-                return None
-            t.worker.submit(items[:1])
-            first = await t._within(asyncio.wrap_future(items[0].future), deadline, gone, items)
-            if routing.label is None:  # the window was too short to classify
-                return None
-            language = routing.label
-            if language not in records:
-                self._transcriber_for(language, who, "model")  # raises the reason (missing, or not a transcriber)
-                return None  # it appeared meanwhile: transcribe in passes of its own
-            record, adapter = records[language], candidates[language]
-            public = record.id if record.visibility == "public" else ""
-            for item in items[1:]:
-                item.adapter, item.label = adapter, public
-            if len(items) > 1:
-                t.worker.submit(items[1:])
-            rest = await t._within(
-                asyncio.gather(*(asyncio.wrap_future(item.future) for item in items[1:])), deadline, gone, items
-            )
-            transcript = await asyncio.to_thread(t._decode, [first, *rest], plans, adapter)
-        finally:
-            for held in leases:
-                held.release()
-            gone.cancel()
-            t.budget.release(who.tenant, audio.seconds)
+            try:
+                detector = (await lease(lid)).adapter
+                layers = t.engine.config.num_hidden_layers
+                records = self._candidates(detector.labels, who)
+                below = last_state(detector)  # records carry their layers: a check before loading any
+                if (
+                    one_pass_problem(detector, {}, layers) is not None
+                    or len(records) > limit
+                    or any(min(r.layers, default=layers) < below for r in records.values())
+                ):
+                    return None
+                candidates = {label: (await lease(record)).adapter for label, record in records.items()}
+                if one_pass_problem(detector, candidates, layers) is not None:
+                    return None
+                speech = await t._detect(audio, vad)
+                routing = Routing(detector, candidates)
+                plans, items = t._plan(audio, speech, routing, lid, who.tenant, deadline)
+                if not items:  # silence: nothing for the detector to hear in this pass
+                    return None
+                t.worker.submit(items[:1])
+                first = await t._within(asyncio.wrap_future(items[0].future), deadline, gone, items)
+                if routing.label is None:  # the window was too short to classify
+                    return None
+                language = routing.label
+                if language not in records:
+                    self._transcriber_for(language, who, "model")  # raises the reason (missing, or not a transcriber)
+                    return None  # it appeared meanwhile: transcribe in passes of its own
+                record, adapter = records[language], candidates[language]
+                public = record.id if record.visibility == "public" else ""
+                for item in items[1:]:
+                    item.adapter, item.label = adapter, public
+                if len(items) > 1:
+                    t.worker.submit(items[1:])
+                rest = await t._within(
+                    asyncio.gather(*(asyncio.wrap_future(item.future) for item in items[1:])), deadline, gone, items
+                )
+                transcript = await asyncio.to_thread(t._decode, [first, *rest], plans, adapter)
+            finally:
+                for held in leases:
+                    held.release()
         route = Route(record, language, "detected", 1)
         self.metrics.observe_auto_route(route.language, route.source, route.passes)
         return route, Result(record, adapter, transcript, speech)

@@ -60,11 +60,8 @@ class Classifier:
     ) -> Classification:
         """Raises ApiError (400, 413, 503, 504), a store error, or ClientGone when `disconnected()` completes first."""
         t = self.transcriber
-        deadline = time.monotonic() + t.settings.limits.request_timeout_seconds
-        t._admit(audio.seconds, who.tenant)
-        gone = asyncio.ensure_future(disconnected())
-        try:
-            lease = await t._within(asyncio.wrap_future(t.cache.lease(record.ref)), deadline, gone, [])
+        async with t.admitted(audio, who.tenant, disconnected) as (deadline, gone):
+            lease = await t.lease(record, deadline, gone)
             try:
                 window = int(t.settings.batch.chunk_seconds * t.rate)
                 bounds = window_bounds(len(audio.samples), window)
@@ -80,6 +77,3 @@ class Classifier:
                 return Classification(record, scores)
             finally:
                 lease.release()
-        finally:
-            gone.cancel()
-            t.budget.release(who.tenant, audio.seconds)

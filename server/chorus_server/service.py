@@ -5,10 +5,11 @@ deadline and the caller's presence), stitch each region's logits, decode, and jo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -21,7 +22,7 @@ from chorus_server.batching import WorkItem
 from chorus_server.chunking import Window, plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
 from chorus_server.engine.adapters import CLASSIFIER, Adapter
-from chorus_server.engine.cache import AdapterCache
+from chorus_server.engine.cache import AdapterCache, Lease
 from chorus_server.engine.routing import Routing
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
@@ -118,15 +119,29 @@ class Transcriber:
     ) -> Result:
         """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
         `vad`: the detector's options (None: the whole file is speech; "settings": the server's default)."""
-        deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
-        self._admit(audio.seconds, tenant.tenant)
-        gone = asyncio.ensure_future(disconnected())
         options = self.default_vad() if vad == "settings" else vad
-        try:
+        async with self.admitted(audio, tenant.tenant, disconnected) as (deadline, gone):
             return await self._run(audio, record, tenant.tenant, deadline, gone, options)
+
+    @contextlib.asynccontextmanager
+    async def admitted(
+        self, audio: Audio, tenant: str, disconnected: Callable[[], Awaitable[None]]
+    ) -> AsyncIterator[tuple[float, asyncio.Future[None]]]:
+        """For the block, `audio` holds its place in the tenant's queued-audio budget (raises 503 or 413 when
+        refused); yields the request's deadline and a future that completes when the caller disconnects. Every
+        request that queues work (transcriptions, classifications, model=auto) enters through here."""
+        deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
+        self._admit(audio.seconds, tenant)
+        gone = asyncio.ensure_future(disconnected())
+        try:
+            yield deadline, gone
         finally:
             gone.cancel()
-            self.budget.release(tenant.tenant, audio.seconds)
+            self.budget.release(tenant, audio.seconds)
+
+    async def lease(self, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Lease:
+        """Hold `record`'s adapter resident (loading it if needed), waiting no longer than the request may."""
+        return await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
 
     def check_queue(self, tenant: str, seconds: float = 0.0) -> None:
         """Raise 503 now if `seconds` more for `tenant` would not be admitted (before reading or decoding)."""
@@ -161,7 +176,7 @@ class Transcriber:
         vad: VadOptions | None,
     ) -> Result:
         speech = await self._detect(audio, vad)
-        lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
+        lease = await self.lease(record, deadline, gone)
         try:
             plans, items = self._plan(audio, speech, lease.adapter, record, tenant, deadline)
             if items:  # silence alone costs no backbone time
@@ -219,31 +234,29 @@ class Transcriber:
         with a plain error until then), then a `Piece` per window in order as windows finish: within a speech
         region the pieces concatenated are exactly the logits `transcribe` decodes for it. Same errors as
         `transcribe`. The first window is queued alone, so its text is not held back by a batch of the others."""
-        deadline = time.monotonic() + self.settings.limits.request_timeout_seconds
-        self._admit(audio.seconds, who.tenant)
-        gone = asyncio.ensure_future(disconnected())
         items: list[WorkItem] = []
-        try:
-            speech = await self._detect(audio, self.default_vad() if vad == "settings" else vad)
-            lease = await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
+        async with self.admitted(audio, who.tenant, disconnected) as (deadline, gone):
             try:
-                plans, items = self._plan(audio, speech, lease.adapter, record, who.tenant, deadline)
-                if items:  # silence alone costs no backbone time
-                    self.worker.submit(items[:1])
-                yield None
-                windows = [(k == 0, window) for _, region_windows in plans for k, window in enumerate(region_windows)]
-                for n, ((starts_region, window), item) in enumerate(zip(windows, items, strict=True)):
-                    piece = await self._within(asyncio.wrap_future(item.future), deadline, gone, items)
-                    if n == 0 and len(items) > 1:
-                        self.worker.submit(items[1:])
-                    yield Piece(lease.adapter, piece[window.keep_from : window.keep_to], starts_region)
+                speech = await self._detect(audio, self.default_vad() if vad == "settings" else vad)
+                lease = await self.lease(record, deadline, gone)
+                try:
+                    plans, items = self._plan(audio, speech, lease.adapter, record, who.tenant, deadline)
+                    if items:  # silence alone costs no backbone time
+                        self.worker.submit(items[:1])
+                    yield None
+                    windows = [
+                        (k == 0, window) for _, region_windows in plans for k, window in enumerate(region_windows)
+                    ]
+                    for n, ((starts_region, window), item) in enumerate(zip(windows, items, strict=True)):
+                        piece = await self._within(asyncio.wrap_future(item.future), deadline, gone, items)
+                        if n == 0 and len(items) > 1:
+                            self.worker.submit(items[1:])
+                        yield Piece(lease.adapter, piece[window.keep_from : window.keep_to], starts_region)
+                finally:
+                    lease.release()
             finally:
-                lease.release()
-        finally:
-            for item in items:  # the caller stopped reading (or failed): windows not yet run must not run
-                item.future.cancel()
-            gone.cancel()
-            self.budget.release(who.tenant, audio.seconds)
+                for item in items:  # the caller stopped reading (or failed): windows not yet run must not run
+                    item.future.cancel()
 
     def _decode(
         self, pieces: list[torch.Tensor], plans: list[tuple[Region, list[Window]]], adapter: Adapter

@@ -32,8 +32,13 @@ class Routing:
 
     @property
     def decision_state(self) -> int:
-        """The hidden state after which the detector has read everything it mixes (0: the first layer's input)."""
-        return self.detector.num_states - 1
+        return last_state(self.detector)
+
+
+def last_state(classifier: Adapter) -> int:
+    """The last hidden state a classifier mixes, the input of that layer (0: the first layer's input): its answer
+    is known once the pass has computed it."""
+    return classifier.num_states - 1
 
 
 def one_pass_problem(detector: Adapter, candidates: Mapping[str, Adapter], num_layers: int) -> str | None:
@@ -42,7 +47,7 @@ def one_pass_problem(detector: Adapter, candidates: Mapping[str, Adapter], num_l
         return f"{detector.name!r} is not a classifier"
     if detector.layer_ids or detector.cnn_channels:
         return f"the detector {detector.name!r} has adapters of its own (it must read the frozen backbone)"
-    last = detector.num_states - 1  # its last state: the input of layer `last`
+    last = last_state(detector)
     for label, adapter in candidates.items():
         if adapter.is_classifier:
             return f"candidate {adapter.name!r} (for {label!r}) is a classifier"
