@@ -40,17 +40,23 @@ def write_manifest(folder: Path, name: str, count: int, seed: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("cnn", [False, True])
-def test_train_classifier_learns_and_writes_a_servable_adapter(tmp_path: Path, capsys, cnn: bool) -> None:
+def training_args(tmp_path: Path, out: Path, steps: int) -> list[str]:
+    """A tiny random backbone, hum/hiss train and test manifests, and the `train-classifier` arguments for them."""
     from chorus_server.engine.random_model import write_random_model
 
     write_random_model(tmp_path / "bb", "tiny", 0)
     train = write_manifest(tmp_path, "train", 24, 0)
     test = write_manifest(tmp_path, "test", 10, 1000)
-    out = tmp_path / "kind.safetensors"
     args = ["train-classifier", "--backbone", str(tmp_path / "bb"), "--manifest", str(train), "--test", str(test)]
-    args += ["--label-field", "kind", "--out", str(out), "--steps", "150", "--eval-every", "30", "--lr", "3e-2"]
-    args += ["--batch-seconds", "4", "--bottleneck-dim", "4", "--top-k", "1", "--task", "noise-id"]
+    args += ["--label-field", "kind", "--out", str(out), "--steps", str(steps), "--eval-every", "30", "--lr", "3e-2"]
+    return [*args, "--batch-seconds", "4"]
+
+
+@pytest.mark.parametrize("cnn", [False, True])
+def test_train_classifier_learns_and_writes_a_servable_adapter(tmp_path: Path, capsys, cnn: bool) -> None:
+    out = tmp_path / "kind.safetensors"
+    args = training_args(tmp_path, out, 150)
+    args += ["--bottleneck-dim", "4", "--top-k", "1", "--task", "noise-id"]
     args += ["--cnn-adapters", "--cnn-dim", "4"] if cnn else []
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -108,15 +114,8 @@ def test_speed_perturbation_resamples_training_audio_only_within_bounds() -> Non
 
 def test_a_classifier_of_the_lower_states_trains_and_serves(tmp_path: Path, capsys) -> None:
     """--mix-states 2: the mix reads the encoder input and layer 0 only (a one-pass detector: engine/routing.py)."""
-    from chorus_server.engine.random_model import write_random_model
-
-    write_random_model(tmp_path / "bb", "tiny", 0)
-    train = write_manifest(tmp_path, "train", 24, 0)
-    test = write_manifest(tmp_path, "test", 10, 1000)
     out = tmp_path / "low.safetensors"
-    args = ["train-classifier", "--backbone", str(tmp_path / "bb"), "--manifest", str(train), "--test", str(test)]
-    args += ["--label-field", "kind", "--out", str(out), "--steps", "120", "--eval-every", "30", "--lr", "3e-2"]
-    args += ["--batch-seconds", "4", "--mix-states", "2", "--pooling", "attentive"]
+    args = [*training_args(tmp_path, out, 120), "--mix-states", "2", "--pooling", "attentive"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_accuracy"] >= 0.8, summary

@@ -16,6 +16,7 @@ from chorus_server.engine.cnn_adapters import CNN_PARTS
 from chorus_server.engine.random_model import random_classifier
 from chorus_server.engine.tensor_file import write_safetensors
 from chorus_server.runtime import choose_dtype
+from tests.server.engine.passes import forward_counting_passes
 
 DEFAULT_DTYPE = choose_dtype("auto", torch.device("cpu"))
 
@@ -152,19 +153,8 @@ def test_mixed_transcription_and_classification_is_bitwise_equal_to_solo(setup, 
     lengths = [int(rng.uniform(0.025, 6.0) * 16000) for _ in range(n_items - len(fixed))] + fixed
     audios = [torch.randn(n, generator=gen) * rng.uniform(0.01, 1.0) for n in lengths]
     chosen = [rng.choice(adapters) for _ in range(n_items - len(fixed))] + classifiers  # every classifier once
-    calls = []
-    original = engine.backbone.forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    engine.backbone.forward = counting  # type: ignore[method-assign]
-    try:
-        batch = engine.forward(*pad_batch(audios), chosen)
-    finally:
-        del engine.backbone.forward
-    assert len(calls) == 1
+    batch, passes = forward_counting_passes(engine, audios, chosen)
+    assert passes == 1
     for audio, adapter, logits in zip(audios, chosen, batch, strict=True):
         solo = engine.forward(*pad_batch([audio]), [adapter])[0]
         assert logits.shape == ((len(adapter.labels),) if adapter.is_classifier else solo.shape)

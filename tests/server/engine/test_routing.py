@@ -15,6 +15,7 @@ from chorus_server.engine.engine import normalize
 from chorus_server.engine.random_model import random_adapter, random_classifier
 from chorus_server.engine.routing import Routing, one_pass_problem
 from chorus_server.runtime import choose_dtype
+from tests.server.engine.passes import forward_counting_passes
 
 DEFAULT_DTYPE = choose_dtype("auto", torch.device("cpu"))
 LABELS = ["de", "en", "fr"]
@@ -103,19 +104,8 @@ def test_routed_items_equal_solo_passes_with_the_adapter_their_detector_picks(se
     order = list(range(len(items)))
     rng.shuffle(order)
     audios = [(routed_audio + plain_audio)[i] for i in order]
-    calls = []
-    original = engine.backbone.forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    engine.backbone.forward = counting  # type: ignore[method-assign]
-    try:
-        out = engine.forward(*pad_batch(audios), [items[i] for i in order])
-    finally:
-        del engine.backbone.forward
-    assert len(calls) == 1
+    out, passes = forward_counting_passes(engine, audios, [items[i] for i in order])
+    assert passes == 1
     results = dict(zip(order, out, strict=True))
     for k, (audio, routing) in enumerate(zip(routed_audio, routings, strict=True)):
         scores = _solo(engine, audio, detector)
