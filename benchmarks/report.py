@@ -98,11 +98,22 @@ def summary(results: dict[str, Result]) -> list[tuple[str, str, str, str]]:
         for row in r["rows"]:
             rows.append((f"host bytes, {row['tasks']} tasks: full models / Chorus", f"{row['ratio']:.1f}×", "", ""))
     if r := results.get("adapter_cold_load"):
+        if "evicting_p50_ms" in r:  # the steady state of a working set larger than the cache
+            p50 = r["evicting_p50_ms"]
+            rows.append(
+                ("adapter cold load p50 (MMS size), cache full", f"{p50:.1f} ms", "≤ 10 ms", verdict(p50 <= 10))
+            )
+            rows.append(("CPU time per cold load, cache full", f"{r['evicting_cpu_p50_ms']:.1f} ms", "", ""))
         rows.append(
-            ("adapter cold load p50 (MMS size)", f"{r['p50_ms']:.1f} ms", "≤ 10 ms", verdict(r["p50_ms"] <= 10))
+            (
+                "adapter cold load p50 (MMS size), cache filling",
+                f"{r['p50_ms']:.1f} ms",
+                "≤ 10 ms",
+                verdict(r["p50_ms"] <= 10),
+            )
         )
-        rows.append(("adapter cold load p95", f"{r['p95_ms']:.1f} ms", "", ""))
-        rows.append(("CPU time per cold load", f"{r['cpu_p50_ms']:.1f} ms", "", ""))
+        rows.append(("adapter cold load p95, cache filling", f"{r['p95_ms']:.1f} ms", "", ""))
+        rows.append(("CPU time per cold load, cache filling", f"{r['cpu_p50_ms']:.1f} ms", "", ""))
     if r := results.get("load_dip"):
         dip, noise = r["throughput_ratio_busy_vs_quiet"], abs(1 - r["quiet_odd_vs_even"])
         rows.append(

@@ -30,16 +30,21 @@ class BackboneValidator:
         config = engine.config
         return cls(config.hidden_size, config.num_hidden_layers, engine.fingerprint, tuple(config.conv_dim))
 
-    def load(self, data: bytes | bytearray, allow_fingerprint_mismatch: bool = False) -> Adapter:
+    def load(
+        self, data: bytes | bytearray, allow_fingerprint_mismatch: bool = False, check_finite: bool = True
+    ) -> Adapter:
         """The adapter in `data` on the CPU, checked; raises `AdapterError` naming the problem."""
-        adapter = adapter_from_bytes(data)
+        adapter = adapter_from_bytes(data, check_finite)
         fingerprint = None if allow_fingerprint_mismatch else self.fingerprint
         check_fit(adapter, self.hidden_size, self.num_layers, fingerprint, self.conv_dims)
         return adapter
 
     def load_version(self, data: bytearray, record: AdapterRecord) -> Adapter:
-        """A stored version (the cache loader's builder): published with an override, it keeps that override."""
-        return self.load(data, allow_fingerprint_mismatch=record.fingerprint_override)
+        """A stored version (the cache loader's builder): published with an override, it keeps that override.
+        Its weights were scanned for NaN/Inf when it was published, and the loader discards the build unless the
+        bytes match the checksum taken then, so the scan is not repeated on every cold load. The fit is checked
+        again: the store may be shared by servers on other backbones."""
+        return self.load(data, record.fingerprint_override, check_finite=False)
 
     def validate(self, data: bytes | bytearray, allow_fingerprint_mismatch: bool = False) -> AdapterSummary:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 import torch
@@ -49,6 +50,17 @@ def test_corrupt_file_fails_only_that_adapter(store, cache, adapter_files):
     fixed = store.publish("acme/bad", adapter_files[1])  # the next good version loads fine
     with cache.acquire(fixed.ref, timeout=30):
         pass
+
+
+def test_weights_turned_nan_in_the_store_never_load(store, cache, adapter_files):
+    """Cold loads skip the NaN/Inf scan that publish ran; the checksum taken at publish is what stops bytes
+    changed since (here the last weight of the file made NaN, same length)."""
+    record = store.publish("acme/nan", adapter_files[0])
+    data = adapter_files[0].read_bytes()
+    damage(store, "acme/nan", "data", data[:-4] + struct.pack("<f", float("nan")))
+    with pytest.raises(AdapterCorrupt):
+        cache.lease(record.ref).result(timeout=30)
+    assert cache.resident_keys() == []
 
 
 def test_a_version_published_with_a_fingerprint_override_is_served(store, cache, adapter_files):

@@ -120,11 +120,10 @@ def adapter_from_metadata(meta: dict[str, str]) -> Adapter:
         if not isinstance(layers, list) or not all(isinstance(i, int) for i in layers):
             raise AdapterError("adapter layers must be a JSON list of integers")
         cnn_channels = _cnn_channels(meta)
-        with torch.device("meta"):
-            hidden, dim = int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim"))
-            cnn_dim, norm = int(meta.get("cnn_dim", "0")), meta.get("state_norm") == "layer"
-            pooling = meta.get("pooling", "mean") if classifier else "mean"
-            return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, cnn_dim, norm, pooling)
+        hidden, dim = int(_field(meta, "hidden_size")), int(_field(meta, "bottleneck_dim"))
+        cnn_dim, norm = int(meta.get("cnn_dim", "0")), meta.get("state_norm") == "layer"
+        pooling = meta.get("pooling", "mean") if classifier else "mean"
+        return Adapter(info, vocab, hidden, dim, layers, num_states, cnn_channels, cnn_dim, norm, pooling, "meta")
     except AdapterError:
         raise
     except (ValueError, TypeError) as exc:  # bad JSON, bad ints, Vocabulary/Adapter validation
@@ -191,8 +190,9 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())
 
 
-def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> Adapter:
-    """Strictly load tensors (file names), naming every missing/unexpected key, wrong shape and non-finite value.
+def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor], check_finite: bool = True) -> Adapter:
+    """Strictly load tensors (file names), naming every missing/unexpected key, wrong shape and (unless not
+    `check_finite`) non-finite value.
 
     Each site's per-layer tensors become one (layers, ...) float32 stack that the adapter adopts: a view of the file
     buffer when the file lays them out back to back in float32 (as Chorus writes them), else one copy.
@@ -229,7 +229,7 @@ def load_tensors_into(adapter: Adapter, tensors: Mapping[str, torch.Tensor]) -> 
     head = [torch.from_numpy(tensors[k].float().numpy().copy()) for k in heads]
     extra_names = [name for name in expected if name.startswith("cnn.") or name == "pool.weight"]
     extras = {name: torch.from_numpy(tensors[name].float().numpy().copy()) for name in extra_names}
-    if not all(all_finite(t) for t in [*stacks.values(), *head, *extras.values()]):
+    if check_finite and not all(all_finite(t) for t in [*stacks.values(), *head, *extras.values()]):
         bad = next(k for k, t in sorted(tensors.items()) if not bool(torch.isfinite(t).all()))
         raise AdapterError(f"adapter {adapter.name!r}: {bad} contains NaN or Inf")
     layer_weights = head[2] if adapter.is_classifier else None
@@ -247,10 +247,11 @@ def read_adapter_file(path: str | os.PathLike[str]) -> tuple[dict[str, str], Ten
     return parse_safetensors(data, f"adapter file {path.name}")
 
 
-def adapter_from_bytes(data: bytes | bytearray) -> Adapter:
-    """A native adapter from the bytes of its file (as the store returns them), validated."""
+def adapter_from_bytes(data: bytes | bytearray, check_finite: bool = True) -> Adapter:
+    """A native adapter from the bytes of its file (as the store returns them), validated; `check_finite=False`
+    skips the scan for NaN/Inf (a full read of the weights) for bytes known to have passed it."""
     meta, tensors = parse_safetensors(data, "adapter file")
-    return load_tensors_into(adapter_from_metadata(meta), tensors)
+    return load_tensors_into(adapter_from_metadata(meta), tensors, check_finite)
 
 
 def load_adapter(path: str | os.PathLike[str]) -> Adapter:

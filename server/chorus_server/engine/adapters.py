@@ -149,12 +149,13 @@ class Adapter(nn.Module):
         cnn_dim: int = 0,
         normalize_states: bool = False,
         pooling: str = "mean",
+        device: torch.device | str | None = None,
     ):
         """`num_states` (classifier only): hidden states it mixes, the backbone's layers + 1; `normalize_states`:
         each state is layer-normed (no parameters) before it is mixed, as SUPERB's featurizer can (the residual
         stream's scale grows with depth); `pooling`: `mean` or `attentive` over the item's frames (classify.py).
         `cnn_channels`: conv layer -> its output channels, for CNN adapters of bottleneck size `cnn_dim` after
-        those layers."""
+        those layers. `device="meta"` builds placeholders that `adopt` replaces (no memory, no init cost)."""
         super().__init__()
         if info.kind not in KIND_SITES:
             raise ValueError(f"unknown adapter kind {info.kind!r}; expected one of {sorted(KIND_SITES)}")
@@ -179,16 +180,18 @@ class Adapter(nn.Module):
         self.parts = PARTS if info.kind == "mms" else PARTS[2:]
         for site, part in self.stack_keys():
             shape = (len(self.layer_ids), *part_shape(part, hidden_size, self.bottleneck_dim))
-            self.register_parameter(stack_name(site, part), nn.Parameter(torch.empty(shape), requires_grad=False))
-        self.head = nn.Linear(hidden_size, len(vocab))
+            self.register_parameter(
+                stack_name(site, part), nn.Parameter(torch.empty(shape, device=device), requires_grad=False)
+            )
+        self.head = nn.Linear(hidden_size, len(vocab), device=device)
         # (num_states,) logits of the layer mix; (0,) for the CTC kinds, so every adapter has the attribute.
-        self.layer_weights = nn.Parameter(torch.empty(self.num_states), requires_grad=False)
+        self.layer_weights = nn.Parameter(torch.empty(self.num_states, device=device), requires_grad=False)
         self.cnn_channels = dict(sorted((cnn_channels or {}).items()))
         self.cnn_dim = cnn_dim if self.cnn_channels else 0
         if self.cnn_channels and (cnn_dim < 1 or min(self.cnn_channels) < 0 or min(self.cnn_channels.values()) < 1):
             raise ValueError(f"CNN adapters need cnn_dim >= 1, conv layers >= 0 and channels >= 1, got {cnn_channels}")
         for attr, shape in self._extras().values():
-            self.register_parameter(attr, nn.Parameter(torch.empty(shape), requires_grad=False))
+            self.register_parameter(attr, nn.Parameter(torch.empty(shape, device=device), requires_grad=False))
         self._blocks: dict[tuple[int, str], Bottleneck] | None = None  # built on first use, see `block`
 
     def stack_keys(self) -> list[tuple[str, str]]:
@@ -310,19 +313,19 @@ class Adapter(nn.Module):
     def converted(self, device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> Adapter:
         """A copy with every tensor on `device` in `dtype`; this adapter stays as it is (`nn.Module.to` converts in
         place, which turned the cache's host copy into its device copy). Tensors already right are shared."""
-        with torch.device("meta"):  # no allocation and no random init for tensors about to be replaced
-            new = Adapter(
-                self.info,
-                self.vocab,
-                self.hidden_size,
-                self.bottleneck_dim,
-                self.layer_ids,
-                self.num_states,
-                self.cnn_channels,
-                self.cnn_dim,
-                self.normalize_states,
-                self.pooling,
-            )
+        new = Adapter(  # placeholders on the meta device: no allocation for tensors about to be replaced
+            self.info,
+            self.vocab,
+            self.hidden_size,
+            self.bottleneck_dim,
+            self.layer_ids,
+            self.num_states,
+            self.cnn_channels,
+            self.cnn_dim,
+            self.normalize_states,
+            self.pooling,
+            device="meta",
+        )
 
         def move(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.detach().to(device, dtype, non_blocking=non_blocking)

@@ -42,27 +42,30 @@ MAX_RANK = 8  # adapter tensors have 1-3 dimensions; a bound keeps shape arithme
 
 
 def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int], int, int]:
-    """One header entry -> (dtype, shape, begin, end), after checking dtype, shape and offsets."""
-    if not isinstance(spec, dict):
+    """One header entry -> (dtype, shape, begin, end), after checking dtype, shape and offsets (one pass over the
+    shape: a cold load parses hundreds of entries)."""
+    if type(spec) is not dict:
         raise ValueError(f"tensor {name!r}: header entry is not an object")
     dtype_name, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+    dtype = DTYPES.get(dtype_name) if type(dtype_name) is str else None
+    if dtype is None:
         raise ValueError(f"tensor {name!r}: unsupported dtype {str(dtype_name)[:40]!r}")
-    if (
-        type(shape) is not list
-        or len(shape) > MAX_RANK
-        or any(type(d) is not int or not 0 <= d < MAX_DIM for d in shape)
-        or math.prod([max(d, 1) for d in shape]) >= MAX_DIM  # torch cannot even describe an empty such tensor
-    ):
+    if type(shape) is not list or len(shape) > MAX_RANK:
         raise ValueError(f"tensor {name!r}: invalid shape {str(shape)[:80]}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+    count, bound = 1, 1  # bound: the product with empty dimensions as 1; torch cannot describe one >= MAX_DIM
+    for d in shape:
+        if type(d) is not int or not 0 <= d < MAX_DIM:
+            raise ValueError(f"tensor {name!r}: invalid shape {str(shape)[:80]}")
+        count, bound = count * d, bound * (d or 1)
+    if bound >= MAX_DIM:
+        raise ValueError(f"tensor {name!r}: invalid shape {str(shape)[:80]}")
+    if type(offsets) is not list or len(offsets) != 2 or type(offsets[0]) is not int or type(offsets[1]) is not int:
         raise ValueError(f"tensor {name!r}: invalid data_offsets {offsets!r}")
     begin, end = offsets
     if not 0 <= begin <= end <= data_len:
         raise ValueError(f"tensor {name!r}: data_offsets {offsets} outside the {data_len}-byte data buffer")
-    dtype = DTYPES[dtype_name]
-    expected = math.prod(shape) * dtype.itemsize
-    if end - begin != expected:
+    if end - begin != count * dtype.itemsize:
+        expected = count * dtype.itemsize
         raise ValueError(f"tensor {name!r}: {end - begin} bytes for dtype {dtype_name} shape {shape} ({expected})")
     return dtype, shape, begin, end
 
