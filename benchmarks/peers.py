@@ -1,13 +1,14 @@
 """Runtimes side by side: Chorus vs transformers vs OpenVINO vs ONNX Runtime, and each against the GEMM limit.
 
 Every system runs the same random model (`base`: post-LN with GroupNorm front end; `base-mms`: pre-LN with
-LayerNorm front end) on the same 10 s clips, B = 1 and B = 4, round-robin on one inference thread, in one
-process, so the ratios are measured side by side. OpenVINO and ONNX Runtime run the ONNX export of transformers'
-`Wav2Vec2ForCTC` (`torch.onnx.export`, opset 17, dynamic batch and length), as a user of those runtimes would;
-OpenVINO's bf16 is its `INFERENCE_PRECISION_HINT=bf16`. bf16 systems run only where the CPU has native bf16 (there
-Chorus's default is bf16 too); elsewhere bf16 is emulated, slow, and not what anyone would deploy. Each system's
-speed is also given as a fraction of the measured GEMM rate of its precision: model FLOPs per audio second ×
-real-time factor / GEMM FLOP/s.
+LayerNorm front end) on the same 10 s clips, B = 1 and B = 4, each system in a process of its own, called
+round-robin with 0.5 s of quiet before each call (benchmarks/isolated.py: runtimes called back to back in one
+process slowed each other by up to 40%), so the ratios are measured side by side. OpenVINO and ONNX Runtime run
+the ONNX export of transformers' `Wav2Vec2ForCTC` (`torch.onnx.export`, opset 17, dynamic batch and length), as
+a user of those runtimes would; OpenVINO's bf16 is its `INFERENCE_PRECISION_HINT=bf16`. bf16 systems run only where
+the CPU has native bf16 (there Chorus's default is bf16 too); elsewhere bf16 is emulated, slow, and not what anyone
+would deploy. Each system's speed is also given as a fraction of the measured GEMM rate of its precision: model
+FLOPs per audio second × real-time factor / GEMM FLOP/s.
 
     python -m benchmarks.peers [--reps 3] [--out result.json] [--variants base,base-mms]
 """
@@ -16,22 +17,22 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import Wav2Vec2ForCTC
 
-from benchmarks.backbone_speed import best_gemm, hf_forward, model_flops
-from benchmarks.common import clip, finish, interleaved, median, model_dir, parser
-from chorus_server.engine import Engine
+from benchmarks import peer_systems
+from benchmarks.backbone_speed import model_flops
+from benchmarks.common import clip, finish, median, model_dir, parser
+from benchmarks.isolated import System, interleaved_isolated
 from chorus_server.runtime import choose_dtype
 
 CPU = torch.device("cpu")
 THREADS = torch.get_num_threads()
 BF16 = choose_dtype("auto", torch.device("cpu")) == "bfloat16"  # native bf16 (else bf16 is emulated and slow)
 GEMM_REPEATS = 20
+SETTLE_SECONDS = 0.5  # quiet before each call: the previous system's thread pool may still be spinning
 
 
 def onnx_export(hf: Wav2Vec2ForCTC, out: Path) -> Path:
@@ -50,72 +51,34 @@ def onnx_export(hf: Wav2Vec2ForCTC, out: Path) -> Path:
     return out
 
 
-def openvino_system(onnx: Path, precision: str) -> Callable[[np.ndarray], object] | None:
-    try:
-        import openvino as ov
-    except ImportError:
-        return None
-    core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-    compiled = core.compile_model(core.read_model(str(onnx)), "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})
-
-
-def ort_system(onnx: Path) -> Callable[[np.ndarray], object] | None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(None, {"input_values": x})
-
-
-def gemm_rate(dtype: torch.dtype, engine: Engine, frames: int) -> tuple[Callable[[], object], int]:
-    """The fastest model-shaped GEMM, repeated: (the call to time, its FLOPs)."""
-    hidden, inner = engine.config.hidden_size, engine.config.intermediate_size
-    shapes = [(b * frames, k, n) for b in (1, 4) for k, n in ((hidden, inner), (inner, hidden))]
-    m, k, n = best_gemm(dtype, torch.device("cpu"), shapes)
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    return (lambda: [a @ b for _ in range(GEMM_REPEATS)]), 2 * m * k * n * GEMM_REPEATS
-
-
 def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: int) -> dict:
     hf32 = Wav2Vec2ForCTC.from_pretrained(path).eval()
     flops = model_flops(hf32, clip(seconds)) / seconds
     dtypes = ("float32", "bfloat16") if BF16 else ("float32",)
-    hf16 = Wav2Vec2ForCTC.from_pretrained(path, dtype=torch.bfloat16).eval() if BF16 else None
-    engines = {name: Engine.from_pretrained(path, device="cpu", dtype=name) for name in dtypes}
-    frames = int(engines["float32"].engine.frame_lengths(torch.tensor([int(seconds * 16000)]))[0])
-    systems: dict[str, Callable[[], object]] = {}
-    gemms = {name: gemm_rate(loaded.engine.dtype, loaded.engine, frames) for name, loaded in engines.items()}
-    for name, (fn, _) in gemms.items():
-        systems[f"gemm {name} 0"] = fn
-    peers: dict[str, Callable[[np.ndarray], object] | None] = {}
+    config = hf32.config
+    frames = int(hf32.wav2vec2._get_feat_extract_output_lengths(torch.tensor(int(seconds * 16000))))
+    shapes = [
+        (b * frames, k, n)
+        for b in (1, 4)
+        for k, n in ((config.hidden_size, config.intermediate_size), (config.intermediate_size, config.hidden_size))
+    ]
+    systems = {f"gemm {name} 0": System(peer_systems.gemm, (name, shapes, GEMM_REPEATS)) for name in dtypes}
+    onnx = None
     if importlib.util.find_spec("openvino") or importlib.util.find_spec("onnxruntime"):  # else: no peer to run
-        onnx = onnx_export(hf32, path / "model.onnx")
-        peers = {"openvino float32": openvino_system(onnx, "f32"), "onnxruntime float32": ort_system(onnx)}
-        if BF16:
-            peers["openvino bfloat16"] = openvino_system(onnx, "bf16")
+        onnx = str(onnx_export(hf32, path / "model.onnx"))
     for batch in batches:
-        x = clip(seconds, batch, seed=batch)
-        lengths, xn = torch.full((batch,), x.shape[1]), x.numpy()
-        for name, loaded in engines.items():
-            head = loaded.default_adapter
-            systems[f"chorus {name} {batch}"] = lambda e=loaded.engine, x=x, n=lengths, a=head, b=batch: e.forward(
-                x, n, [a] * b
-            )
-        systems[f"transformers float32 {batch}"] = lambda x=x: hf_forward(hf32, x, CPU, torch.float32)
-        if hf16 is not None:
-            systems[f"transformers bfloat16 {batch}"] = lambda x=x, m=hf16: hf_forward(m, x, CPU, torch.bfloat16)
-        for key, peer in peers.items():
-            if peer is not None:
-                systems[f"{key} {batch}"] = lambda p=peer, xn=xn: p(xn)
-    times = interleaved(systems, reps, torch.device("cpu"))
-    gflops = {name: flops / median(times.pop(f"gemm {name} 0")) / 1e9 for name, (_, flops) in gemms.items()}
+        audio = clip(seconds, batch, seed=batch).numpy()
+        for name in dtypes:
+            systems[f"chorus {name} {batch}"] = System(peer_systems.chorus, (str(path), name, audio))
+            systems[f"transformers {name} {batch}"] = System(peer_systems.transformers, (str(path), name, audio))
+        if onnx and importlib.util.find_spec("openvino"):
+            for precision in ("f32", "bf16") if BF16 else ("f32",):
+                name = "float32" if precision == "f32" else "bfloat16"
+                systems[f"openvino {name} {batch}"] = System(peer_systems.openvino, (onnx, precision, THREADS, audio))
+        if onnx and importlib.util.find_spec("onnxruntime"):
+            systems[f"onnxruntime float32 {batch}"] = System(peer_systems.onnxruntime, (onnx, THREADS, audio))
+    times, info = interleaved_isolated(systems, reps, settle=SETTLE_SECONDS)
+    gflops = {name: info[f"gemm {name} 0"]["flops"] / median(times.pop(f"gemm {name} 0")) / 1e9 for name in dtypes}
     runs = []
     for key, values in times.items():
         system, dtype, batch = key.split()
