@@ -1,11 +1,11 @@
 """Systems timed side by side, each in a process of its own, round-robin, with a pause between calls.
 
 Runtimes timed back to back do not leave each other alone: their thread pools keep spinning for a while after
-a call returns. On a 2-core machine, Chorus ran `base` (10 s clip) in 1.93 s called right after ONNX Runtime and
-OpenVINO in one process, 1.43 s with 0.2 s of quiet before each call and 1.31 s with 1 s; alone it took about
-1.0-1.1 s, as did each peer alone. A deployment runs one runtime per process, so comparisons between runtimes do
-too: each system is built by a factory in its own (spawned) process and called there on a dedicated thread, one
-system at a time, after `settle` seconds of quiet.
+a call returns. On a 2-core machine, with Chorus, ONNX Runtime and OpenVINO round-robin in one process (`base`,
+10 s clip), Chorus took 1.93 s per forward with no pause between calls, 1.43 s with 0.2 s of quiet before each
+call and 1.31 s with 1 s (ONNX Runtime 1.45, 1.19, 1.10 s). A deployment runs one runtime per process, so
+comparisons between runtimes do too: each system is built by a factory in its own (spawned) process and called
+there on a dedicated thread, one system at a time, after `settle` seconds of quiet.
 
 A factory is a module-level function (it is pickled by name) that returns `(call, info)`: the call to time and
 a JSON-able dict for the caller (e.g. a GEMM's FLOPs).

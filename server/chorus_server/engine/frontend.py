@@ -26,7 +26,7 @@ from torch import nn
 from chorus_server.engine.cnn_adapters import apply_cnn_adapter
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.device import to_device
-from chorus_server.engine.layers import activation
+from chorus_server.engine.layers import activate_, activation
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -108,13 +108,13 @@ class ConvLayer(nn.Module):
         """One item, channels-last: x (T_in, C_in) -> (T_out, C_out); T_in >= kernel."""
         frames = (x.shape[0] - self.kernel) // self.stride + 1
         if isinstance(self.layer_norm, nn.GroupNorm):
-            return self.act(self._group_normed_conv(x, frames))
+            return activate_(self.act, self._group_normed_conv(x, frames))  # a new tensor: in place is safe
         y = strided_conv(x, self.gemm_blocks(), self.stride, frames)  # (T_out, C_out)
         if self.conv.bias is not None:
             y += self.conv.bias
         if self.layer_norm is not None:
             y = self.layer_norm(y)
-        return self.act(y)
+        return activate_(self.act, y)  # y: the GEMMs' (or the norm's) new tensor
 
     def _group_normed_conv(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """Conv + per-channel GroupNorm over time, folded into one GEMM (see module docstring). x: (T, C_in)."""

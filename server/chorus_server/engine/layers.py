@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # HF activation name -> module factory (only the ones wav2vec 2.0 checkpoints use); the config validates against it.
@@ -23,6 +24,22 @@ def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
+
+
+def activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`act(x)`, overwriting `x` when autograd is off (bitwise the same values). For the front end, whose
+    activations are the model's largest tensors ((32000, 512) per 10 s item at layer 0): writing a new one costs
+    more in page faults than the activation itself (GELU over (32000, 512) float32: 37 ms into new memory, 10 ms
+    in place). `x` must be a tensor nothing else reads."""
+    if torch.is_grad_enabled():
+        return act(x)
+    if isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    if isinstance(act, nn.ReLU):
+        return x.relu_()
+    if isinstance(act, nn.SiLU):
+        return F.silu(x, inplace=True)
+    return act(x)
 
 
 class GradGate:
