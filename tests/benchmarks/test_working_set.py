@@ -26,3 +26,5 @@ def test_working_set_quick_run(tmp_path):
     for kind in ("zipf", "single"):
         assert report[kind]["audio_per_second"] > 0
         assert 0 < report[kind]["p50"] <= report[kind]["p95"]
+        # The clips reach the backbone (voice activity detection would skip synthetic noise as non-speech).
+        assert report[kind]["items_per_batch"] > 0 and report[kind]["forward_seconds_per_batch"] > 0
