@@ -187,17 +187,10 @@ def chorus_profile(engine: Engine, x: torch.Tensor, adapter, reps: int) -> dict[
 
 
 def ort_profile(onnx: Path, xn: np.ndarray, reps: int) -> dict[str, dict[str, float]] | None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
+    if importlib.util.find_spec("onnxruntime") is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = THREADS
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+        session = peer_systems.ort_session(str(onnx), THREADS, profile_prefix=str(Path(tmp) / "ort"))
         for _ in range(reps + 1):  # the first run warms up and is left out
             session.run(None, {"input_values": xn})
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -213,13 +206,9 @@ def ort_profile(onnx: Path, xn: np.ndarray, reps: int) -> dict[str, dict[str, fl
 
 
 def openvino_profile(onnx: Path, xn: np.ndarray, reps: int) -> dict[str, dict[str, float]] | None:
-    try:
-        import openvino as ov
-    except ImportError:
+    if importlib.util.find_spec("openvino") is None:
         return None
-    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = ov.Core().compile_model(str(onnx), "CPU", {**config, "PERF_COUNT": True})
-    request = compiled.create_infer_request()
+    request = peer_systems.openvino_request(str(onnx), "f32", THREADS, perf_count=True)
     request.infer({0: xn})
     out = empty_profile()
     for _ in range(reps):

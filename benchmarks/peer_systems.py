@@ -37,21 +37,34 @@ def transformers(path: str, dtype: str, audio: np.ndarray) -> Built:
     return (lambda: hf_forward(model, waveforms, torch.device("cpu"), torch_dtype)), {}
 
 
-def onnxruntime(onnx: str, threads: int, audio: np.ndarray) -> Built:
+def ort_session(onnx: str, threads: int, profile_prefix: str | None = None) -> Any:
+    """ONNX Runtime on the CPU with every graph optimisation; `profile_prefix`: write its profile there."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+
+
+def openvino_request(onnx: str, precision: str, threads: int, perf_count: bool = False) -> Any:
+    """An OpenVINO infer request on the CPU, latency-tuned; `perf_count`: keep per-node timings."""
+    import openvino as ov
+
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    return ov.Core().compile_model(onnx, "CPU", {**config, "PERF_COUNT": perf_count}).create_infer_request()
+
+
+def onnxruntime(onnx: str, threads: int, audio: np.ndarray) -> Built:
+    session = ort_session(onnx, threads)
     return (lambda: session.run(None, {"input_values": audio})), {}
 
 
 def openvino(onnx: str, precision: str, threads: int, audio: np.ndarray) -> Built:
-    import openvino as ov
-
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-    request = ov.Core().compile_model(onnx, "CPU", config).create_infer_request()
+    request = openvino_request(onnx, precision, threads)
     return (lambda: request.infer({0: audio})), {}
 
 

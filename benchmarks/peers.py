@@ -28,7 +28,6 @@ from benchmarks.common import clip, finish, median, model_dir, parser
 from benchmarks.isolated import System, interleaved_isolated
 from chorus_server.runtime import choose_dtype
 
-CPU = torch.device("cpu")
 THREADS = torch.get_num_threads()
 BF16 = choose_dtype("auto", torch.device("cpu")) == "bfloat16"  # native bf16 (else bf16 is emulated and slow)
 GEMM_REPEATS = 20

@@ -64,8 +64,8 @@ def _span(name: str, spec: object, data_len: int) -> tuple[torch.dtype, list[int
     begin, end = offsets
     if not 0 <= begin <= end <= data_len:
         raise ValueError(f"tensor {name!r}: data_offsets {offsets} outside the {data_len}-byte data buffer")
-    if end - begin != count * dtype.itemsize:
-        expected = count * dtype.itemsize
+    expected = count * dtype.itemsize
+    if end - begin != expected:
         raise ValueError(f"tensor {name!r}: {end - begin} bytes for dtype {dtype_name} shape {shape} ({expected})")
     return dtype, shape, begin, end
 
