@@ -70,14 +70,18 @@ def test_too_large_uploads_are_413_while_streaming(tmp_path, model_dir):
         assert transcribe(client, wav(1.0), "default").status_code == 200
 
 
-def gate_forward(client) -> tuple[threading.Event, list[int]]:
+def gate_forward(client, entered: threading.Event | None = None) -> tuple[threading.Event, list[int]]:
     """Make the inference thread wait at the next forward until the returned event is set; the list records the
-    size of every batch that ran. `client`: anything with `.app` (TestClient, BackgroundServer)."""
+    size of every batch that ran; `entered` (optional) is set once a batch waits at the gate, i.e. is in the
+    backbone (a request in flight with nothing queued may still be before it: detection and planning come first).
+    `client`: anything with `.app` (TestClient, BackgroundServer)."""
     runtime = client.app.state.chorus
     gate, calls = threading.Event(), []
     real = Engine.forward
 
     def gated(waveforms, lengths, adapters):
+        if entered is not None:
+            entered.set()
         gate.wait(30)
         calls.append(len(adapters))
         return real(runtime.engine, waveforms, lengths, adapters)
@@ -136,13 +140,10 @@ def test_tenant_concurrency_limit_is_429(tmp_path, model_dir):
 def test_deadline_is_504_and_the_queued_work_is_dropped(tmp_path, model_dir):
     settings = make_settings(tmp_path, model_dir, limits={"request_timeout_seconds": 0.5}, batch={"max_items": 1})
     with running_app(settings) as client:
-        gate, calls = gate_forward(client)
+        entered = threading.Event()
+        gate, calls = gate_forward(client, entered)
         blocker, blocker_out = in_background(transcribe, client, wav(1.0), "default")
-        wait_until(
-            lambda: (
-                client.app.state.chorus.worker.queued_items == 0 and client.app.state.chorus.transcriber.budget.held > 0
-            )
-        )
+        wait_until(entered.is_set)  # the blocker's batch is in the backbone, not merely admitted
         late = transcribe(client, wav(1.0, seed=5), "default")  # waits behind the blocked batch
         error_of(late, 504, "deadline_exceeded")
         gate.set()
