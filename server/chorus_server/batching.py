@@ -11,9 +11,9 @@ so idle time banks no credit) — deficit round robin over audio samples. The ba
 tenant in that order, round after round, within `contended_max_samples` — a smaller budget, because a batch in
 progress is never preempted: a tenant arriving behind another's backlog waits at most one short batch.
 
-A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, or when the
-server is draining. Items past their deadline (or too close to it to finish), or cancelled by their caller,
-are dropped.
+A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, when no other
+request is on its way (waiting would only delay the work already queued), or when the server is draining. Items
+past their deadline (or too close to it to finish), or cancelled by their caller, are dropped.
 """
 
 from __future__ import annotations
@@ -72,10 +72,12 @@ def collect_batch(
     draining: bool = False,
     served: Mapping[str, float] | None = None,
     seconds_per_sample: float = 0.0,
+    company_expected: bool = True,
 ) -> Collected:
     """Choose the next batch from `queue` (arrival order). Does not mutate anything. `seconds_per_sample`: the
     compute time of one sample; a window that could not finish before its deadline even alone counts as expired
-    (running it would be work for a request that has already failed)."""
+    (running it would be work for a request that has already failed). `company_expected`: whether other requests
+    are on their way and may join within `max_wait`; when none is, a batch leaves at once."""
 
     def hopeless(item: WorkItem) -> bool:
         return item.deadline <= now + len(item) * seconds_per_sample
@@ -96,7 +98,7 @@ def collect_batch(
     oldest = live[0]
     cannot_grow = len(batch) < len(live) or len(batch) >= limits.max_items
     due = oldest.enqueued + limits.max_wait
-    if cannot_grow or draining or now >= due:
+    if cannot_grow or draining or now >= due or not company_expected:
         return Collected(batch, expired, cancelled, 0.0)
     next_deadline = min(item.deadline for item in live)
     return Collected([], expired, cancelled, max(0.0, min(due, next_deadline) - now))

@@ -166,6 +166,10 @@ class Metrics:
     def observe_realtime_delta(self, seconds: float) -> None:
         self.realtime_delta_seconds.observe(seconds)
 
+    def requests_in_flight(self) -> int:
+        """Transcription and classification requests being served now (the `chorus_requests_in_flight` gauge)."""
+        return int(self.in_flight._value.get())
+
     def adapter_label(self, adapter_id: str) -> str:
         """Bounded label cardinality: the first N adapter IDs seen get their own label, the rest share 'other'."""
         return self._bounded(self._labels, adapter_id)

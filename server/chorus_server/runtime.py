@@ -168,7 +168,16 @@ class Runtime:
         limits = resolve_batch_limits(settings.batch, engine.device, rate)
         on_gpu = engine.device.type == "cuda"
         warm_up = warm_up_plan(engine, limits, settings.batch) if on_gpu else None
-        worker = Worker(engine, limits, metrics, warm_up=warm_up, prefetch=on_gpu)
+        # A request waits `max_wait` for company only while another request is in flight: a lone request (its
+        # own windows already queued) would wait for nobody.
+        worker = Worker(
+            engine,
+            limits,
+            metrics,
+            warm_up=warm_up,
+            prefetch=on_gpu,
+            company_expected=lambda: metrics.requests_in_flight() > 1,
+        )
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device
         metrics.state.adapters_info, metrics.state.max_adapters = worker.adapters_info, worker.limits.max_items

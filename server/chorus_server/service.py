@@ -116,12 +116,14 @@ class Transcriber:
         tenant: Principal,
         disconnected: Callable[[], Awaitable[None]],
         vad: VadOptions | Literal["settings"] | None = "settings",
+        no_speech_prob: bool = True,
     ) -> Result:
         """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
-        `vad`: the detector's options (None: the whole file is speech; "settings": the server's default)."""
+        `vad`: the detector's options (None: the whole file is speech; "settings": the server's default);
+        `no_speech_prob`: whether the caller reports it (`Result.speech` then has the detector's probabilities)."""
         options = self.default_vad() if vad == "settings" else vad
         async with self.admitted(audio, tenant.tenant, disconnected) as (deadline, gone):
-            return await self._run(audio, record, tenant.tenant, deadline, gone, options)
+            return await self._run(audio, record, tenant.tenant, deadline, gone, options, no_speech_prob)
 
     @contextlib.asynccontextmanager
     async def admitted(
@@ -174,8 +176,9 @@ class Transcriber:
         deadline: float,
         gone: asyncio.Future[None],
         vad: VadOptions | None,
+        no_speech_prob: bool = True,
     ) -> Result:
-        speech = await self._detect(audio, vad)
+        speech = await self._detect(audio, vad, no_speech_prob)
         lease = await self.lease(record, deadline, gone)
         try:
             plans, items = self._plan(audio, speech, lease.adapter, record, tenant, deadline)
@@ -188,9 +191,9 @@ class Transcriber:
         finally:
             lease.release()
 
-    async def _detect(self, audio: Audio, vad: VadOptions | None) -> Speech:
+    async def _detect(self, audio: Audio, vad: VadOptions | None, probabilities: bool = True) -> Speech:
         hop = self.engine.config.inputs_to_logits_ratio
-        return await asyncio.to_thread(detect, audio.samples, self.rate, vad, hop, MIN_SAMPLES)
+        return await asyncio.to_thread(detect, audio.samples, self.rate, vad, hop, MIN_SAMPLES, probabilities)
 
     def _plan(
         self,
@@ -237,7 +240,8 @@ class Transcriber:
         items: list[WorkItem] = []
         async with self.admitted(audio, who.tenant, disconnected) as (deadline, gone):
             try:
-                speech = await self._detect(audio, self.default_vad() if vad == "settings" else vad)
+                options = self.default_vad() if vad == "settings" else vad
+                speech = await self._detect(audio, options, probabilities=False)  # pieces carry no no_speech_prob
                 lease = await self.lease(record, deadline, gone)
                 try:
                     plans, items = self._plan(audio, speech, lease.adapter, record, who.tenant, deadline)

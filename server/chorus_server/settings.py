@@ -25,7 +25,12 @@ class BatchSettings(BaseModel):
         le=36000,
         description="most padded audio seconds in one pass, items x longest item (CPU default 60, GPU 1200)",
     )
-    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long the oldest item may wait for company")
+    max_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        le=10_000,
+        description="how long the oldest item may wait for company while other requests are in flight",
+    )
     chunk_seconds: float = Field(20.0, ge=2, le=120, description="long audio is cut into windows this long")
     stride_seconds: float = Field(
         2.0, ge=0, le=30, description="context on each side of a chunk that is computed but dropped"

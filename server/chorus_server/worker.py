@@ -52,10 +52,13 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         warm_up: WarmUp | None = None,
         prefetch: bool = False,
+        company_expected: Callable[[], bool] = lambda: True,
     ):
-        """`prefetch`: stage the next batch on another thread while this one runs (GPU; needs `engine.stage`)."""
+        """`prefetch`: stage the next batch on another thread while this one runs (GPU; needs `engine.stage`).
+        `company_expected()`: whether requests other than those already queued are on their way (being uploaded,
+        decoded or planned); when not, the batch at hand runs at once instead of waiting `limits.max_wait`."""
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
-        self.warm_up, self.prefetch = warm_up, prefetch
+        self.warm_up, self.prefetch, self.company_expected = warm_up, prefetch, company_expected
         self._warmed = threading.Event()
         self._buffers = HostBuffers(engine.device) if prefetch else None
         self._queue: list[WorkItem] = []
@@ -164,6 +167,7 @@ class Worker:
                     draining=self._stopping,
                     served=self._served,
                     seconds_per_sample=per_sample,
+                    company_expected=self.company_expected(),
                 )
                 dropped = collected.batch + collected.expired + collected.cancelled
                 if dropped:

@@ -27,6 +27,11 @@ def test_lone_item_waits_for_company_until_max_wait():
     assert due.batch == queue
 
 
+def test_with_nobody_on_the_way_a_batch_leaves_at_once():
+    queue = [item(500, enqueued=1.0), item(600, enqueued=1.0)]
+    assert collect_batch(queue, LIMITS, now=1.0, company_expected=False).batch == queue
+
+
 def test_draining_dispatches_without_waiting():
     queue = [item(500, enqueued=1.0)]
     assert collect_batch(queue, LIMITS, now=1.0, draining=True).batch == queue

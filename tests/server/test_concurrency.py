@@ -112,3 +112,14 @@ def test_loading_an_adapter_leaves_inference_all_its_threads(tmp_path, model_dir
         for path in adapter_files[:2]:  # cold loads on the loader threads
             assert transcribe(client, wav(1.0), path.stem).status_code == 200
         assert threads_of_a_new_thread() == threads
+
+
+def test_a_lone_request_does_not_wait_for_company(tmp_path, model_dir, adapter_files):
+    """`max_wait_ms` holds a batch open only while other requests are in flight: with nobody else on the way,
+    the windows already queued run at once (here `max_wait_ms` would hold them 5 s)."""
+    settings = make_settings(tmp_path, model_dir, batch={"max_items": 8, "max_wait_ms": 5000})
+    with running_app(settings, adapter_files) as client:
+        assert transcribe(client, encode(tone(1.0)), adapter_files[0].stem).status_code == 200
+        metrics = client.get("/metrics").text
+    assert float(metrics.split("chorus_queue_wait_seconds_count ")[1].split()[0]) == 1
+    assert float(metrics.split("chorus_queue_wait_seconds_sum ")[1].split()[0]) < 1.0

@@ -81,6 +81,11 @@ def test_without_detection_the_whole_file_is_one_region():
     assert speech.regions == [Region(0, len(audio))]
     assert speech.pauses() == []
     assert speech.no_speech_prob(0.0, 2.0) > 0.9  # still measured
+    unmeasured = detect(audio, RATE, None, hop=320, min_samples=400, probabilities=False)  # nobody reports it
+    assert unmeasured.regions == speech.regions and len(unmeasured.probs) == 0
+    assert unmeasured.no_speech_prob(0.0, 2.0) == 0.0
+    detected = detect(audio, RATE, DEFAULTS, hop=320, min_samples=400, probabilities=False)
+    assert detected.regions == [] and len(detected.probs) == len(speech.probs)  # detection needs them anyway
 
 
 def test_other_rates_are_not_detected():

@@ -4,14 +4,17 @@ costs no backbone time and yields no text, segments end at known pauses, cues ke
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import soundfile
 from fastapi.testclient import TestClient
 
+from chorus_server import speech
 from chorus_server.batching import WorkItem
 from chorus_server.subtitles import CUE_SECONDS, LINE_CHARS
 from tests.server.conftest import encode, make_settings, running_app, transcribe
@@ -141,3 +144,29 @@ def test_a_streamed_transcript_follows_the_speech_regions(client):
     deltas = [e["delta"] for e in events if e["type"] == "transcript.text.delta"]
     assert events[-1]["type"] == "transcript.text.done"
     assert " " in plain and "".join(deltas) == events[-1]["text"] == plain
+
+
+def test_without_detection_only_verbose_json_runs_the_detector(tmp_path, monkeypatch):
+    """Detection off: the whole file is speech, and the detector's probabilities serve only `no_speech_prob`, which
+    only verbose_json reports — other formats reach the backbone without the detector's ~25 ms per 5 s."""
+    runs: list[int] = []
+    measure = speech.speech_probabilities
+
+    def counted(samples: np.ndarray) -> np.ndarray:
+        runs.append(len(samples))
+        return measure(samples)
+
+    monkeypatch.setattr(speech, "speech_probabilities", counted)
+    settings = make_settings(tmp_path, None, vad={"enabled": False})  # type: ignore[arg-type]
+    audio = np.concatenate([sample("en-2"), silence(2.0)])
+    with running_app(settings) as app:
+        runs.clear()  # start-up warms the detector
+        for response_format in ("json", "text", "srt", "vtt"):
+            assert transcribe(app, encode(audio), "en", response_format=response_format).status_code == 200
+        assert runs == []
+        body = transcribe(app, encode(audio), "en", response_format="verbose_json").json()
+    assert runs == [len(audio)]
+    decoded = soundfile.read(io.BytesIO(encode(audio)), dtype="float32")[0]  # what the server saw (PCM16)
+    measured = speech.detect(decoded, RATE, None, hop=320, min_samples=400)
+    (segment,) = body["segments"]
+    assert segment["no_speech_prob"] == measured.no_speech_prob(segment["start"], segment["end"]) > 0.0

@@ -52,7 +52,8 @@ class ChorusWorker:
             never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             who = principal(tenant, Role(role))
             options = VadOptions(**vad) if vad else None
-            result = await runtime.transcriber.transcribe(audio, record, who, lambda: never, options)
+            verbose = response_format == "verbose_json"
+            result = await runtime.transcriber.transcribe(audio, record, who, lambda: never, options, verbose)
             response = render(result, response_format, set(granularities), language, audio.seconds)
         except (ApiError, StoreError) as exc:
             error = exc if isinstance(exc, ApiError) else from_domain(exc)
@@ -72,7 +73,7 @@ class ChorusWorker:
         keys = self.runtime.cache.resident_keys()
         return {
             "resident": sorted({key.partition("@")[0] for key in keys} | set(keys)),
-            "load": self.runtime.worker.queued_items + self.runtime.metrics.in_flight._value.get(),
+            "load": self.runtime.worker.queued_items + self.runtime.metrics.requests_in_flight(),
         }
 
     def ready(self) -> bool:

@@ -122,7 +122,14 @@ async def create_transcription(
         return answer
     try:
         if result is None:
-            result = await runtime.transcriber.transcribe(audio, record, who, lambda: _disconnected(request), vad)
+            result = await runtime.transcriber.transcribe(
+                audio,
+                record,
+                who,
+                lambda: _disconnected(request),
+                vad,
+                no_speech_prob=response_format == "verbose_json",
+            )
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     response = render(result, response_format, granularities, language, audio.seconds, detected=route is not None)
