@@ -189,10 +189,14 @@ def run(
             results["overhead"] = statistics.median(h[0] / d[0] for d, h in pairs) - 1
             results["direct_cores"] = statistics.median(d[1] for d, _ in pairs)
             results["server_cores"] = statistics.median(h[1] for _, h in pairs)
-            # The server's own view, immune to client-side noise: request time beyond the forward passes.
+            # The server's own view, immune to client-side noise: request time beyond the forward passes; and the
+            # split of the end-to-end overhead: HTTP outside the server's handler, the handler beyond the forward
+            # passes, and the forward passes in the server against the same forward in a fresh process.
             after = _sums(url)
             request, inference = (after[k] - before[k] for k in ("request", "inference"))
             results["server_side_overhead"] = request / inference - 1
+            results["outside_handler_overhead"] = sum(h[0] for _, h in pairs) / request - 1
+            results["server_forward_ratio"] = inference / sum(d[0] for d, _ in pairs)
             for c in concurrency:
                 level = asyncio.run(load(url, wav, names, requests, c))
                 level["audio_per_second"] = requests * clip / level["wall"]
@@ -225,6 +229,11 @@ def main() -> None:
         f" ms, overhead {results['overhead'] * 100:+.1f}% end to end (target <= +5%), "
         f"{results['server_side_overhead'] * 100:+.1f}% inside the server; cores busy: engine "
         f"{results['direct_cores']:.2f}, server {results['server_cores']:.2f}"
+    )
+    print(
+        f"split: HTTP outside the handler {results['outside_handler_overhead'] * 100:+.1f}%, handler beyond the"
+        f" forward {results['server_side_overhead'] * 100:+.1f}%, the server's forward / a fresh process's"
+        f" {results['server_forward_ratio']:.3f}"
     )
     for c, level in results["levels"].items():
         print(

@@ -74,6 +74,7 @@ def test_server_load_harness_runs(tmp_path):
     assert "overhead" in result.stdout and "c=2" in result.stdout
     report = json.loads(out.read_text())
     assert report["direct_seconds"] > 0 and report["http_c1_seconds"] > 0
+    assert report["server_forward_ratio"] > 0 and report["outside_handler_overhead"] > -1
     assert set(report["levels"]) == {"1", "2"}
     assert all(level["n"] == 4 and level["p95"] >= level["p50"] > 0 for level in report["levels"].values())
 
