@@ -22,7 +22,8 @@ from torch import nn
 from chorus_server.engine.adapters import Segment, apply_site
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.frontend import time_mask
-from chorus_server.engine.layers import GradGate, activation
+from chorus_server.engine.layers import GradGate, activate_, activation
+from chorus_server.engine.spectral_conv import block_size, kernel_spectrum, spectral_conv
 
 # Sees hidden state k (B, T, H); may return the segments the layers after it run with.
 StatesHook = Callable[[int, torch.Tensor], Sequence[Segment] | None]
@@ -43,14 +44,29 @@ class PositionalConv(nn.Module):
         )
         self.trim = 1 if k % 2 == 0 else 0
         self.act = activation(config.feat_extract_activation)
+        self.block = block_size(k)
+        self._spectrum: tuple[tuple[object, ...], torch.Tensor] | None = None
+
+    def spectrum(self) -> torch.Tensor:
+        """The kernel's spectrum for `spectral_conv`, rebuilt only when the weight changes (load, `.to()`)."""
+        w = self.conv.weight
+        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        if self._spectrum is None or self._spectrum[0] != key:
+            self._spectrum = (key, kernel_spectrum(w, self.conv.groups, self.block))
+        return self._spectrum[1]
 
     def forward(self, h: torch.Tensor, spans: Sequence[int] | None = None) -> torch.Tensor:
         """h: (B, T, H) with padded frames zeroed -> (B, T, H). With `spans` (each item's valid frames) every item
-        is convolved alone over its own frames; padded frames of the result are then zero."""
+        is convolved alone over its own frames, in the frequency domain (spectral_conv.py) unless the weight
+        trains; padded frames of the result are then zero."""
         if spans is not None:
             out = torch.zeros_like(h)
+            spectral = not self.conv.weight.requires_grad
             for i, n in enumerate(spans):
-                if n:
+                if n and spectral:
+                    y = spectral_conv(h[i, :n], self.spectrum(), self.conv.bias, self.conv.kernel_size[0], self.block)
+                    out[i, :n] = activate_(self.act, y)  # y: a new tensor
+                elif n:
                     out[i, :n] = self(h[i : i + 1, :n])[0]
             return out
         x = self.conv(h.transpose(1, 2))  # (B, H, T + trim)
