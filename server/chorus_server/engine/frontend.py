@@ -54,9 +54,14 @@ def tap_blocks(weight: torch.Tensor, stride: int) -> list[tuple[int, int, torch.
 
 
 def strided_conv(
-    x: torch.Tensor, blocks: list[tuple[int, int, torch.Tensor]], stride: int, frames: int
+    x: torch.Tensor,
+    blocks: list[tuple[int, int, torch.Tensor]],
+    stride: int,
+    frames: int,
+    into: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Channels-last strided conv as GEMMs over views: x (T, C_in) -> (frames, C_out), no bias."""
+    """Channels-last strided conv as GEMMs over views: x (T, C_in) -> (frames, C_out), no bias; written into
+    `into` ((frames, C_out), not autograd) when given."""
     channels = x.shape[1]
     out: torch.Tensor | None = None
     for first, taps, w in blocks:
@@ -69,7 +74,10 @@ def strided_conv(
                 for j in range(taps)
             ]
         for a, b in parts:
-            out = a @ b if out is None else out.addmm_(a, b)
+            if out is None:
+                out = a @ b if into is None else torch.mm(a, b, out=into)
+            else:
+                out.addmm_(a, b)
     assert out is not None
     return out
 
@@ -104,19 +112,23 @@ class ConvLayer(nn.Module):
             self._blocks = (key, tap_blocks(w.detach(), self.stride))
         return self._blocks[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One item, channels-last: x (T_in, C_in) -> (T_out, C_out); T_in >= kernel."""
-        frames = (x.shape[0] - self.kernel) // self.stride + 1
+    def output_frames(self, frames: int) -> int:
+        return (frames - self.kernel) // self.stride + 1
+
+    def forward(self, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """One item, channels-last: x (T_in, C_in) -> (T_out, C_out); T_in >= kernel. `into`: memory of that
+        shape for the conv's result (without autograd), which nothing else reads until the result has been used."""
+        frames = self.output_frames(x.shape[0])
         if isinstance(self.layer_norm, nn.GroupNorm):
-            return activate_(self.act, self._group_normed_conv(x, frames))  # a new tensor: in place is safe
-        y = strided_conv(x, self.gemm_blocks(), self.stride, frames)  # (T_out, C_out)
+            return activate_(self.act, self._group_normed_conv(x, frames, into))  # `into` or new: ours to overwrite
+        y = strided_conv(x, self.gemm_blocks(), self.stride, frames, into)  # (T_out, C_out)
         if self.conv.bias is not None:
             y += self.conv.bias
         if self.layer_norm is not None:
-            y = self.layer_norm(y)
-        return activate_(self.act, y)  # y: the GEMMs' (or the norm's) new tensor
+            y = self.layer_norm(y)  # new memory (LayerNorm has no real out= variant: aten's allocates and copies)
+        return activate_(self.act, y)  # y: the GEMMs' (or the norm's) result, nobody else's
 
-    def _group_normed_conv(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+    def _group_normed_conv(self, x: torch.Tensor, frames: int, into: torch.Tensor | None = None) -> torch.Tensor:
         """Conv + per-channel GroupNorm over time, folded into one GEMM (see module docstring). x: (T, C_in)."""
         assert isinstance(self.layer_norm, nn.GroupNorm)
         w = self.conv.weight.double().permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C, k·C_in)
@@ -129,6 +141,8 @@ class ConvLayer(nn.Module):
         scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.double()
         bias = self.layer_norm.bias.double() - (w @ mu) * scale
         w_folded = (w * scale[:, None]).T.to(x.dtype)  # (k·C_in, C)
+        if into is not None:
+            return torch.addmm(bias.to(x.dtype), windows, w_folded, out=into)  # (T, C)
         return torch.addmm(bias.to(x.dtype), windows, w_folded)  # (T, C)
 
 
@@ -152,6 +166,7 @@ class FeatureEncoder(nn.Module):
             in_dim = dim
         self.conv_layers = nn.ModuleList(layers)
         self.out_channels = config.conv_dim[-1]
+        self._scratch: list[torch.Tensor] = [torch.empty(0), torch.empty(0)]
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """(B,) samples -> (B,) output frames."""
@@ -190,12 +205,32 @@ class FeatureEncoder(nn.Module):
             x = waveforms[b, :size, None]  # (L, 1)
             cnn = cnn_adapters[b] if b < len(cnn_adapters) else None
             for i, layer in enumerate(self.conv_layers):
-                x = layer(x)  # (T_i, C_i)
+                assert isinstance(layer, ConvLayer)
+                into = None
+                if x.device.type == "cpu" and not torch.is_grad_enabled():  # write scratch i % 2, read (i - 1) % 2
+                    into = self.scratch(i % 2, layer.output_frames(x.shape[0]), layer.conv.out_channels, x)
+                x = layer(x, into)  # (T_i, C_i)
                 tensors = cnn(i) if cnn is not None else None
                 if tensors is not None:
                     x = apply_cnn_adapter(x, tensors)
             out[b, :count] = x  # (T, C)
         return out, to_device(torch.tensor(counts, dtype=torch.int64), waveforms.device)
+
+    def scratch(self, slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        """A (rows, cols) tensor in reused memory, for a conv layer's output at inference.
+
+        Layer 0's output is the model's largest tensor ((32000, 512) float32 per 10 s: 65 MB) and layer 1's the
+        next; allocations that large are fresh pages from the kernel every time (glibc maps anything over 32 MB
+        anew), 16,000 page faults per 10 s forward. Two slots that only grow keep the largest item's two largest
+        activations instead (98 MB for a 10 s item in float32, twice that for 20 s windows): the peak memory of a
+        forward does not change, only what stays mapped between forwards. (The LayerNorm front end of large
+        models still writes each norm's result to new memory.)"""
+        need = rows * cols
+        memory = self._scratch[slot]
+        if memory.numel() < need or memory.dtype != like.dtype or memory.device != like.device:
+            with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
+                memory = self._scratch[slot] = torch.empty(need, dtype=like.dtype, device=like.device)
+        return memory[:need].view(rows, cols)
 
 
 class FeatureProjection(nn.Module):
