@@ -78,6 +78,18 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
             systems[f"onnxruntime float32 {batch}"] = System(peer_systems.onnxruntime, (onnx, THREADS, audio))
     times, info = interleaved_isolated(systems, reps, settle=SETTLE_SECONDS)
     gflops = {name: info[f"gemm {name} 0"]["flops"] / median(times.pop(f"gemm {name} 0")) / 1e9 for name in dtypes}
+    # Per round, Chorus against the fastest peer of that round: the machine's speed drifts by tens of percent
+    # within minutes, and a round's systems run back to back, so the median of per-round ratios is the steadier.
+    vs_fastest: dict[str, float] = {}
+    for key, values in times.items():
+        system, dtype, batch = key.split()
+        peers = [
+            v
+            for k, v in times.items()
+            if k.split()[0] in ("openvino", "onnxruntime") and k.split()[1:] == [dtype, batch]
+        ]
+        if system == "chorus" and peers:
+            vs_fastest[f"{dtype} {batch}"] = median([min(p[i] for p in peers) / t for i, t in enumerate(values)])
     runs = []
     for key, values in times.items():
         system, dtype, batch = key.split()
@@ -92,7 +104,7 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
             }
         )
         print(f"{path.name} {key}: {xrt:.1f}x real time", file=sys.stderr, flush=True)
-    return {"flops_per_audio_second": flops, "gemm_gflops": gflops, "runs": runs}
+    return {"flops_per_audio_second": flops, "gemm_gflops": gflops, "runs": runs, "vs_fastest_peer": vs_fastest}
 
 
 def main() -> None:

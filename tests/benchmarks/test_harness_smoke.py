@@ -110,3 +110,5 @@ def test_peers_harness_runs(tmp_path):
         systems = {(r["system"], r["dtype"]) for r in report["variants"][variant]["runs"]}
         assert {("chorus", "float32"), ("transformers", "float32")} <= systems
         assert all(r["xrt"] > 0 and r["gemm_fraction"] > 0 for r in report["variants"][variant]["runs"])
+        if {"openvino", "onnxruntime"} & {system for system, _ in systems}:  # Chorus / each round's fastest peer
+            assert report["variants"][variant]["vs_fastest_peer"]["float32 1"] > 0

@@ -7,13 +7,16 @@ limits are set so that 429, 503 and 504 can be produced on purpose.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -194,9 +197,16 @@ def test_every_error_class_a_healthy_server_can_produce(server, model_dir, audio
 
 
 def test_rate_limit_overload_and_deadline_with_retry_after(strict, model_dir, audio):
-    """One slow request holds alice's only slot; meanwhile 429 and 503 are retried per Retry-After, then raised."""
+    """One slow request holds alice's only slot; meanwhile 429 and 503 are retried per Retry-After, then raised.
+    It is slow because its batch waits for company (10 s) past its deadline (3 s): a batch waits only while
+    another request is on its way, so an upload that has begun and not finished stays in flight meanwhile."""
     with Chorus(strict, ADMIN) as admin:
         admin.upload_adapter(adapter_file(model_dir), "limits", visibility="public")
+    with upload_in_progress(strict, ADMIN, audio["short"]):
+        _rate_limit_overload_and_deadline(strict, audio)
+
+
+def _rate_limit_overload_and_deadline(strict: str, audio: dict[str, Path]) -> None:
     holder_error: list[BaseException] = []
 
     def hold_the_slot() -> None:
@@ -229,17 +239,47 @@ def test_rate_limit_overload_and_deadline_with_retry_after(strict, model_dir, au
 
 
 def wait_until_queued(url: str, timeout: float = 30.0) -> None:
+    wait_for_gauge(url, "chorus_queue_depth", "the holding request never reached the queue", timeout)
+
+
+def wait_for_gauge(url: str, name: str, failure: str, timeout: float = 30.0) -> None:
+    """Until the gauge `name` is at least 1."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         scrape = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
         families = {f.name: f for f in text_string_to_metric_families(scrape)}
-        depth = families.get("chorus_queue_depth")
-        if depth is not None and depth.samples and depth.samples[0].value >= 1:
+        gauge = families.get(name)
+        if gauge is not None and gauge.samples and gauge.samples[0].value >= 1:
             return
         time.sleep(0.05)  # polling a subprocess's state, not timing a result
-    raise AssertionError("the holding request never reached the queue")
+    raise AssertionError(failure)
+
+
+@contextlib.contextmanager
+def upload_in_progress(url: str, key: str, wav: Path) -> Iterator[None]:
+    """A transcription whose upload has begun and stalls halfway (raw socket): in flight, not yet queued."""
+    boundary = "chorus-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nlimits\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            "Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + wav.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    parsed = httpx.URL(url)
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {parsed.host}:{parsed.port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((parsed.host, parsed.port)) as conn:
+        conn.sendall(head + body[: len(body) // 2])
+        wait_for_gauge(url, "chorus_requests_in_flight", "the stalled upload never reached the server")
+        yield
 
 
 def test_async_client(server, model_dir, audio, tmp_path):

@@ -110,10 +110,11 @@ def test_full_queue_is_503_with_retry_after(tmp_path, model_dir):
     # The bound counts audio admitted and not finished: the running 3 s and the queued 3 s fit in 7 s.
     settings = make_settings(tmp_path, model_dir, limits={"max_queue_audio_seconds": 7.0}, batch={"max_items": 1})
     with running_app(settings) as client:
-        gate, _ = gate_forward(client)
+        entered = threading.Event()
+        gate, _ = gate_forward(client, entered)
         worker = client.app.state.chorus.worker
         running, running_out = in_background(transcribe, client, wav(3.0), "default")
-        wait_until(lambda: worker.queued_items == 0 and client.app.state.chorus.metrics.in_flight._value.get() == 1)
+        wait_until(entered.is_set)  # in the backbone: not merely in flight (then its audio may not count yet)
         queued, queued_out = in_background(transcribe, client, wav(3.0, seed=1), "default")
         wait_until(lambda: worker.queued_items == 1)
         refused = transcribe(client, wav(3.0, seed=2), "default")

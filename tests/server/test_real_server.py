@@ -77,7 +77,7 @@ def test_a_disconnected_client_has_its_queued_work_dropped(live):
     wait_for(entered.is_set)
     with pytest.raises(httpx.ReadTimeout):  # this client gives up while its work waits behind the blocker
         httpx.post(f"{live.url}/v1/audio/transcriptions", files=files, data={"model": "eng-0"}, timeout=0.5)
-    wait_for(lambda: runtime.metrics.in_flight._value.get() == 1)  # the server noticed and let it go
+    wait_for(lambda: runtime.metrics.requests_in_flight() == 1)  # the server noticed and let it go
     gate.set()
     blocker.join(30)
     wait_for(lambda: runtime.worker.queued_items == 0)
