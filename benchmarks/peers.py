@@ -82,14 +82,10 @@ def measure_variant(path: Path, seconds: float, batches: tuple[int, ...], reps: 
     # within minutes, and a round's systems run back to back, so the median of per-round ratios is the steadier.
     vs_fastest: dict[str, float] = {}
     for key, values in times.items():
-        system, dtype, batch = key.split()
-        peers = [
-            v
-            for k, v in times.items()
-            if k.split()[0] in ("openvino", "onnxruntime") and k.split()[1:] == [dtype, batch]
-        ]
+        system, setting = key.split(maxsplit=1)  # setting: "<dtype> <batch>"
+        peers = [times[f"{peer} {setting}"] for peer in ("openvino", "onnxruntime") if f"{peer} {setting}" in times]
         if system == "chorus" and peers:
-            vs_fastest[f"{dtype} {batch}"] = median([min(p[i] for p in peers) / t for i, t in enumerate(values)])
+            vs_fastest[setting] = median([min(p[i] for p in peers) / t for i, t in enumerate(values)])
     runs = []
     for key, values in times.items():
         system, dtype, batch = key.split()

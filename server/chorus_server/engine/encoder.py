@@ -22,7 +22,7 @@ from torch import nn
 from chorus_server.engine.adapters import Segment, apply_site
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.frontend import time_mask
-from chorus_server.engine.layers import GradGate, activate_, activation
+from chorus_server.engine.layers import GradGate, activate_, activation, weight_key
 from chorus_server.engine.spectral_conv import block_size, kernel_spectrum, spectral_conv
 
 # Sees hidden state k (B, T, H); may return the segments the layers after it run with.
@@ -49,10 +49,9 @@ class PositionalConv(nn.Module):
 
     def spectrum(self) -> torch.Tensor:
         """The kernel's spectrum for `spectral_conv`, rebuilt only when the weight changes (load, `.to()`)."""
-        w = self.conv.weight
-        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        key = weight_key(self.conv.weight)
         if self._spectrum is None or self._spectrum[0] != key:
-            self._spectrum = (key, kernel_spectrum(w, self.conv.groups, self.block))
+            self._spectrum = (key, kernel_spectrum(self.conv.weight, self.conv.groups, self.block))
         return self._spectrum[1]
 
     def forward(self, h: torch.Tensor, spans: Sequence[int] | None = None) -> torch.Tensor:

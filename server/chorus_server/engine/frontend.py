@@ -26,7 +26,7 @@ from torch import nn
 from chorus_server.engine.cnn_adapters import apply_cnn_adapter
 from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.device import to_device
-from chorus_server.engine.layers import activate_, activation
+from chorus_server.engine.layers import activate_, activation, weight_key
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -74,10 +74,7 @@ def strided_conv(
                 for j in range(taps)
             ]
         for a, b in parts:
-            if out is None:
-                out = a @ b if into is None else torch.mm(a, b, out=into)
-            else:
-                out.addmm_(a, b)
+            out = torch.mm(a, b, out=into) if out is None else out.addmm_(a, b)
     assert out is not None
     return out
 
@@ -107,12 +104,13 @@ class ConvLayer(nn.Module):
         w = self.conv.weight
         if w.requires_grad and torch.is_grad_enabled():
             return tap_blocks(w, self.stride)
-        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        key = weight_key(w)
         if self._blocks is None or self._blocks[0] != key:
             self._blocks = (key, tap_blocks(w.detach(), self.stride))
         return self._blocks[1]
 
     def output_frames(self, frames: int) -> int:
+        """Output frames for `frames` >= kernel input frames."""
         return (frames - self.kernel) // self.stride + 1
 
     def forward(self, x: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,9 +139,7 @@ class ConvLayer(nn.Module):
         scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.double()
         bias = self.layer_norm.bias.double() - (w @ mu) * scale
         w_folded = (w * scale[:, None]).T.to(x.dtype)  # (k·C_in, C)
-        if into is not None:
-            return torch.addmm(bias.to(x.dtype), windows, w_folded, out=into)  # (T, C)
-        return torch.addmm(bias.to(x.dtype), windows, w_folded)  # (T, C)
+        return torch.addmm(bias.to(x.dtype), windows, w_folded, out=into)  # (T, C); new when `into` is None
 
 
 class FeatureEncoder(nn.Module):
@@ -179,7 +175,7 @@ class FeatureEncoder(nn.Module):
         """Output frames of one item of `samples` samples, on the host."""
         for layer in self.conv_layers:
             assert isinstance(layer, ConvLayer)
-            samples = (samples - layer.kernel) // layer.stride + 1 if samples >= layer.kernel else 0
+            samples = layer.output_frames(samples) if samples >= layer.kernel else 0
         return samples
 
     def forward(

@@ -42,6 +42,12 @@ def activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return act(x)
 
 
+def weight_key(weight: torch.Tensor) -> tuple[object, ...]:
+    """What a tensor derived from `weight` depends on: its memory, dtype, device and in-place version. A cache
+    keyed on it is rebuilt after a load, a `.to()` or an in-place update, and only then."""
+    return (weight.data_ptr(), weight.dtype, weight.device, weight._version)
+
+
 class GradGate:
     """Where gradients start in one forward pass: autograd is off until the first stage with a trainable parameter.
 
