@@ -34,20 +34,23 @@ class System:
 
 
 def _serve(conn: Connection, system: System) -> None:
-    """The worker: build, report `info`, then time one call per "run" until "stop"."""
-    try:
-        call, info = system.factory(*system.args)
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        raise
-    conn.send(("ready", info))
-
-    def timed() -> float:
-        start = time.perf_counter()
-        call()
-        return time.perf_counter() - start
-
+    """The worker: build, report `info`, then time one call per "run" until "stop". The system is built on the
+    thread that calls it: libgomp keeps a team of OpenMP threads per thread that ran parallel torch ops, and with
+    two teams on 2 CPUs its threads stop spinning between parallel regions (a torch forward built on one thread
+    and run on another was 1.09-1.20x slower; chorus_server/engine/threads.py)."""
     with ThreadPoolExecutor(1, thread_name_prefix="bench-inference") as runner:
+        try:
+            call, info = runner.submit(system.factory, *system.args).result()
+        except BaseException as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            raise
+
+        def timed() -> float:
+            start = time.perf_counter()
+            call()
+            return time.perf_counter() - start
+
+        conn.send(("ready", info))
         while conn.recv() == "run":
             conn.send(runner.submit(timed).result())
 

@@ -74,8 +74,10 @@ _KINDS = {
         "FusedConv",
         "Convolution",
         "GroupConvolution",
+        "_fft_r2c",  # Chorus's positional conv on the CPU is an FFT convolution (engine/spectral_conv.py)
+        "_fft_c2r",
     },
-    "GELU": {"gelu", "Gelu", "BiasGelu", "FastGelu", "Erf"},
+    "GELU": {"gelu", "gelu_", "Gelu", "BiasGelu", "FastGelu", "Erf"},
     "normalization": {
         "layer_norm",
         "native_layer_norm",

@@ -35,7 +35,7 @@ import soundfile
 
 from benchmarks.adapter_cold_load import percentile
 from chorus_server.background import ServerProcess
-from chorus_server.engine import Engine, load_adapter
+from chorus_server.engine import Adapter, Engine, load_adapter
 from chorus_server.engine.random_model import write_random_model
 
 T = TypeVar("T")
@@ -80,11 +80,16 @@ def process_cpu_seconds(pid: int) -> float:
 
 def engine_child(model: Path, adapter_path: Path, clip: float, dtype: str, device: str) -> None:
     """The direct engine in a process of its own: per line on stdin, one transcription of the clip on an
-    inference thread (as in the server); prints its wall seconds and the cores busy meanwhile."""
-    engine = Engine.from_pretrained(model, device=device, dtype=dtype).engine
-    adapter = engine.prepare(load_adapter(adapter_path))
-    audio, _ = clip_bytes(clip)
+    inference thread (as in the server); prints its wall seconds and the cores busy meanwhile. Built on that
+    thread too, so the process holds one OpenMP team, the best a direct caller gets (engine/threads.py)."""
     inference_thread = ThreadPoolExecutor(1)
+
+    def build() -> tuple[Engine, Adapter]:
+        engine = Engine.from_pretrained(model, device=device, dtype=dtype).engine
+        return engine, engine.prepare(load_adapter(adapter_path))
+
+    engine, adapter = inference_thread.submit(build).result()
+    audio, _ = clip_bytes(clip)
     print("ready", flush=True)
     for _ in sys.stdin:
         cpu, started = time.process_time(), time.perf_counter()

@@ -20,7 +20,7 @@ from chorus_server.audit import AuditLog
 from chorus_server.auth import Authenticator, anonymous_role, env_keys, key_file
 from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
-from chorus_server.engine import Adapter, Engine, save_adapter
+from chorus_server.engine import Adapter, Engine, save_adapter, threads
 from chorus_server.engine.cache import AdapterCache
 from chorus_server.engine.device import choose_dtype, resolve_device
 from chorus_server.engine.random_model import write_random_model
@@ -139,11 +139,15 @@ class Runtime:
     pinned: dict[str, str]  # adapter ID -> pinned version ref
     watcher: StoreWatcher
     remote: RemoteWorkers | None = None  # a cluster ingress: transcription runs on worker replicas
+    cores: int = 0  # torch's process-wide thread count before start; given back on close
 
     @classmethod
     def start(cls, settings: Settings, remote: RemoteWorkers | None = None) -> Runtime:
         source = model_source(settings)
         device = resolve_device(settings.device)
+        # Only the inference thread computes on every core; start-up, loaders and request handlers run their
+        # torch ops serially, so OpenMP never manages more threads than there are CPUs (engine/threads.py).
+        cores = threads.serial_by_default()
         loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
         engine = loaded.engine
         validator = BackboneValidator.for_engine(engine)
@@ -177,6 +181,7 @@ class Runtime:
             warm_up=warm_up,
             prefetch=on_gpu,
             company_expected=lambda: metrics.requests_in_flight() > 1,
+            compute_threads=cores if threads.per_thread_control() else None,
         )
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device
@@ -208,6 +213,7 @@ class Runtime:
             pinned,
             watcher,
             remote,
+            cores,
         )
 
     def close(self) -> None:
@@ -216,6 +222,8 @@ class Runtime:
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
         self.quotas.close()
+        if self.cores:
+            torch.set_num_threads(self.cores)  # threads that start later may use every core again
 
 
 def open_store(settings: Settings, validator: BackboneValidator) -> AdapterStore:

@@ -18,7 +18,7 @@ import torch
 
 from chorus_server.batching import BatchLimits, WorkItem, collect_batch
 from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory
-from chorus_server.engine import Engine, pad_batch
+from chorus_server.engine import Engine, pad_batch, threads
 from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
 from chorus_server.engine.staging import HostBuffers, StagedBatch
 from chorus_server.metrics import Metrics
@@ -53,12 +53,16 @@ class Worker:
         warm_up: WarmUp | None = None,
         prefetch: bool = False,
         company_expected: Callable[[], bool] = lambda: True,
+        compute_threads: int | None = None,
     ):
         """`prefetch`: stage the next batch on another thread while this one runs (GPU; needs `engine.stage`).
         `company_expected()`: whether requests other than those already queued are on their way (being uploaded,
-        decoded or planned); when not, the batch at hand runs at once instead of waiting `limits.max_wait`."""
+        decoded or planned); when not, the batch at hand runs at once instead of waiting `limits.max_wait`.
+        `compute_threads`: the threads the inference thread's torch ops use, set for that thread alone (the server
+        makes every other thread serial: engine/threads.py); None leaves torch's setting as it is."""
         self.engine, self.limits, self.metrics, self.clock = engine, limits, metrics, clock
         self.warm_up, self.prefetch, self.company_expected = warm_up, prefetch, company_expected
+        self.compute_threads = compute_threads
         self._warmed = threading.Event()
         self._buffers = HostBuffers(engine.device) if prefetch else None
         self._queue: list[WorkItem] = []
@@ -117,6 +121,8 @@ class Worker:
     # ---- the inference thread ------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.compute_threads is not None:
+            threads.use_cores(self.compute_threads)
         if self.warm_up is not None:
             self._warm_up(self.warm_up)
         self._warmed.set()

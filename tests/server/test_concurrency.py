@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -95,23 +94,26 @@ def _char_error_rate(hypothesis: str, reference: str) -> float:
 
 
 def test_loading_an_adapter_leaves_inference_all_its_threads(tmp_path, model_dir, adapter_files):
-    """torch.set_num_threads is process-wide: a loader thread setting it once slowed every forward 1.7x."""
+    """torch.set_num_threads is process-wide: a loader thread setting it once slowed every forward 1.7x. Every
+    forward runs with the threads the process had before the server started, cold loads or not (the server makes
+    other threads serial, and gives the inference thread its cores back for itself alone: engine/threads.py)."""
     import torch
 
     from tests.server.conftest import make_settings, running_app, transcribe, wav
 
-    def threads_of_a_new_thread() -> int:  # what a thread started now (like the inference thread) gets
-        seen: list[int] = []
-        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-        thread.start()
-        thread.join()
-        return seen[0]
-
-    threads = threads_of_a_new_thread()
+    threads, seen = torch.get_num_threads(), []
     with running_app(make_settings(tmp_path, model_dir), adapter_files[:2]) as client:
+        engine = client.app.state.chorus.engine
+        forward = engine.forward
+
+        def counted(*args, **kwargs):  # runs on the inference thread
+            seen.append(torch.get_num_threads())
+            return forward(*args, **kwargs)
+
+        engine.forward = counted
         for path in adapter_files[:2]:  # cold loads on the loader threads
             assert transcribe(client, wav(1.0), path.stem).status_code == 200
-        assert threads_of_a_new_thread() == threads
+    assert seen and set(seen) == {threads}
 
 
 def test_a_lone_request_does_not_wait_for_company(tmp_path, model_dir, adapter_files):
