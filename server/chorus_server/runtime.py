@@ -139,15 +139,22 @@ class Runtime:
     pinned: dict[str, str]  # adapter ID -> pinned version ref
     watcher: StoreWatcher
     remote: RemoteWorkers | None = None  # a cluster ingress: transcription runs on worker replicas
-    cores: int = 0  # torch's process-wide thread count before start; given back on close
 
     @classmethod
     def start(cls, settings: Settings, remote: RemoteWorkers | None = None) -> Runtime:
-        source = model_source(settings)
-        device = resolve_device(settings.device)
         # Only the inference thread computes on every core; start-up, loaders and request handlers run their
         # torch ops serially, so OpenMP never manages more threads than there are CPUs (engine/threads.py).
         cores = threads.serial_by_default()
+        try:
+            return cls._start(settings, remote, cores)
+        except BaseException:
+            threads.end_serial_default()
+            raise
+
+    @classmethod
+    def _start(cls, settings: Settings, remote: RemoteWorkers | None, cores: int) -> Runtime:
+        source = model_source(settings)
+        device = resolve_device(settings.device)
         loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
         engine = loaded.engine
         validator = BackboneValidator.for_engine(engine)
@@ -213,7 +220,6 @@ class Runtime:
             pinned,
             watcher,
             remote,
-            cores,
         )
 
     def close(self) -> None:
@@ -222,8 +228,7 @@ class Runtime:
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
         self.quotas.close()
-        if self.cores:
-            torch.set_num_threads(self.cores)  # threads that start later may use every core again
+        threads.end_serial_default()  # threads started later may use every core again
 
 
 def open_store(settings: Settings, validator: BackboneValidator) -> AdapterStore:

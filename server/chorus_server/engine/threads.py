@@ -8,8 +8,8 @@ teams on 2 CPUs) a `base` forward of a 10 s clip ran 1.09-1.20x slower than buil
 (docs/engine.md "Threads"). A server has many threads that touch torch (start-up, adapter loaders, request
 handlers running the voice activity detector or stitching a long result), so instead of guarding each one:
 
-- `serial_by_default()` makes one thread per process the norm (`torch.set_num_threads(1)`: every thread takes
-  torch's process-wide count when it first runs a torch op);
+- `serial_by_default()` (until `end_serial_default()`) makes one thread per process the norm
+  (`torch.set_num_threads(1)`: every thread takes torch's process-wide count when it first runs a torch op);
 - `use_cores(n)` gives the calling thread its cores back through the per-thread settings of OpenMP
   (`omp_set_num_threads` sets the calling thread's own value) and MKL (`mkl_set_num_threads_local`).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import threading
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -76,13 +77,33 @@ def per_thread_control() -> bool:
     return _openmp() is not None
 
 
+_lock = threading.Lock()
+_holders = 0  # callers of serial_by_default that have not called end_serial_default yet
+_cores = 0  # torch's process-wide thread count before the first of them
+
+
 def serial_by_default() -> int:
-    """Threads run torch ops serially unless they call `use_cores`; returns torch's previous process-wide count
-    (restore it with `torch.set_num_threads`). A no-op returning the current count without per-thread control."""
-    previous = torch.get_num_threads()
-    if per_thread_control():
-        torch.set_num_threads(1)
-    return previous
+    """Threads run torch ops serially unless they call `use_cores`, until as many `end_serial_default` calls;
+    returns torch's process-wide thread count from before (the cores to give the inference thread). Runtimes may
+    overlap (a test's servers, an ingress beside a worker): the count from before the first one is kept. Without
+    per-thread control nothing changes and the current count is returned."""
+    global _holders, _cores
+    with _lock:
+        if _holders == 0:
+            _cores = torch.get_num_threads()
+            if per_thread_control():
+                torch.set_num_threads(1)
+        _holders += 1
+        return _cores
+
+
+def end_serial_default() -> None:
+    """Undo one `serial_by_default`; the last one gives threads started later every core again."""
+    global _holders
+    with _lock:
+        _holders -= 1
+        if _holders == 0 and per_thread_control():
+            torch.set_num_threads(_cores)
 
 
 def use_cores(threads: int) -> None:

@@ -104,3 +104,35 @@ def test_a_serving_process_runs_one_openmp_team(tmp_path):
     assert result["during"] == result["cores"] - 1
     assert result["serial"] == 1  # what a thread started while the server runs gets
     assert result["after"] == result["cores"]
+
+
+def test_overlapping_and_failed_starts_keep_the_original_count():
+    """Runtimes may overlap (a test's servers, an ingress beside a worker): the second one still gives its inference
+    thread the cores from before the first, and only the last to stop makes threads parallel again; a start that
+    fails leaves the process as it found it."""
+    result = run("""
+        import json
+        import torch
+        from chorus_server.engine import threads
+        from chorus_server.runtime import Runtime
+        from chorus_server.settings import Settings
+        cores = torch.get_num_threads()
+        first, second = threads.serial_by_default(), threads.serial_by_default()
+        threads.end_serial_default()
+        one_left = threads_of_a_new_thread()
+        threads.end_serial_default()
+        none_left = threads_of_a_new_thread()
+        try:
+            Runtime.start(Settings(backbone="/nonexistent/backbone", _env_file=None))
+            failed = False
+        except Exception:
+            failed = True
+        after_failure = threads_of_a_new_thread()
+        print(json.dumps(dict(cores=cores, first=first, second=second, one_left=one_left, none_left=none_left,
+                              failed=failed, after_failure=after_failure)))
+    """)
+    cores = result["cores"]
+    assert result["first"] == result["second"] == cores
+    assert result["one_left"] == 1
+    assert result["none_left"] == cores
+    assert result["failed"] and result["after_failure"] == cores
