@@ -37,7 +37,8 @@ def _loaded_libraries() -> tuple[Path, ...]:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return ()
-    paths = {line.split(maxsplit=5)[5] for line in lines if len(line.split(maxsplit=5)) == 6}
+    fields = (line.split(maxsplit=5) for line in lines)  # address, perms, offset, device, inode, path
+    paths = {f[5] for f in fields if len(f) == 6}
     return tuple(sorted(Path(p) for p in paths if p.startswith("/") and ".so" in p))
 
 

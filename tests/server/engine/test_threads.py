@@ -23,8 +23,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 NATIVE = """
-import os, threading
+import os, threading, time
 def native_threads():  # OS threads Python does not know of: OpenMP's workers, for one
+    time.sleep(0.1)  # a joined thread may take a moment to leave /proc
     return len(os.listdir("/proc/self/task")) - threading.active_count()
 def threads_of_a_new_thread():  # torch's thread count in a thread started now
     import torch
