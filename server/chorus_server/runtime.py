@@ -188,7 +188,7 @@ class Runtime:
             warm_up=warm_up,
             prefetch=on_gpu,
             company_expected=lambda: metrics.requests_in_flight() > 1,
-            compute_threads=cores if threads.per_thread_control() else None,
+            compute_threads=cores,  # a no-op where the per-thread setting is out of reach
         )
         metrics.state.queue_state = lambda: (worker.queued_items, worker.queued_samples / rate)
         metrics.state.cache, metrics.state.device = cache, engine.device

@@ -51,7 +51,6 @@ def _openmp() -> ctypes.CDLL | None:
             try:
                 lib = ctypes.CDLL(str(path))
                 lib.omp_set_num_threads.argtypes, lib.omp_set_num_threads.restype = [ctypes.c_int], None
-                lib.omp_get_max_threads.restype = ctypes.c_int
                 return lib
             except (OSError, AttributeError):
                 continue
