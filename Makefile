@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
+.PHONY: install test lint format bench gpu-check loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -39,9 +39,17 @@ test: install
 	$(BIN)/pytest -q
 
 # Every comparison of docs/benchmarks.md in one run (tens of minutes on a 2-core CPU); rewrites that file and its plot.
+# DEVICE=cuda (or cuda:N) runs them on a GPU: `make bench DEVICE=cuda`.
+DEVICE ?= auto
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --device $(DEVICE)
+
+# First look at a GPU (a few minutes): the CUDA tests, `chorus serve` on the GPU (/readyz device and dtype, one
+# transcription), the backbone, mixed-batch and served-path benchmarks. Needs a CUDA build of torch in .venv.
+gpu-check: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	tools/gpu-check.sh
 
 # Tenants sharing one server: capacity, noisy neighbour, 3x overload, idle connections (a few minutes;
 # BEFORE=<another checkout> measures it first, side by side). Figures go to docs/reliability.md.

@@ -44,7 +44,7 @@ from chorus_store import LocalStore
 MiB = 1024 * 1024
 OWNER = "anonymous"  # the tenant of a keyless loopback server's callers, so they may use these private adapters
 # The cache budget is set in whole MiB: tiny-model adapters at r=16 (21 kB) would put ~50 in the smallest budget,
-# so --quick widens the bottleneck until 5 of them fill one MiB.
+# so --quick widens the bottleneck until 5 of them fill one MiB (at 4 bytes a weight; twice as wide at 2).
 QUICK_DIM = 180
 
 
@@ -200,10 +200,12 @@ def main() -> None:
     p.set_defaults(reps=3)
     args = p.parse_args()
     if args.quick:
-        args.preset, args.adapters, args.cache_adapters, args.dim = "tiny", 50, 5, QUICK_DIM
+        args.preset, args.adapters, args.cache_adapters = "tiny", 50, 5
         args.clip, args.requests, args.reps = 1.0, 16, 2
     device = device_of(args)
     dtype = choose_dtype(args.dtype, device)
+    if args.quick:
+        args.dim = QUICK_DIM * 4 // getattr(torch, dtype).itemsize
     model = model_dir(args.models, args.preset)
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch) / "store"

@@ -69,8 +69,9 @@ def test_a_forward_synchronises_at_most_twice(engines):
             gpu.run(staged)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(syncs) <= 2, syncs
+    # Only the warnings naming a synchronizing operation: torch also warns once that the debug mode is a prototype.
+    syncs = [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
+    assert 1 <= len(syncs) <= 2, syncs  # the results reach the host at least once
 
 
 def test_uploads_keep_a_pinned_host_copy(engines, random_model_dir):
@@ -79,7 +80,8 @@ def test_uploads_keep_a_pinned_host_copy(engines, random_model_dir):
     uploader = AdapterUploader(gpu)
     host = uploader.pin(load_adapter(sorted((path / "adapters").glob("*.safetensors"))[0]))
     device = uploader(host)
-    assert all(t.is_pinned() for t in host.parameters())
+    # An empty tensor (a head-only adapter's layer weights) owns no memory to pin; every other one is pinned.
+    assert all(t.is_pinned() for t in host.parameters() if t.numel())
     assert all(t.device == gpu.device for t in device.parameters())
     torch.testing.assert_close(device.head.weight.cpu(), host.head.weight)
 
