@@ -46,7 +46,7 @@ class BackgroundServer:
     def __init__(self, settings: Settings, start_timeout: float = 120.0):
         self.port = free_port()
         self.app: FastAPI = create_app(settings)
-        options = uvicorn_options(settings.server)
+        options = uvicorn_options(settings.server, settings.realtime)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="chorus-uvicorn", daemon=True)

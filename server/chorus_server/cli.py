@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=args.access_log,
-        **uvicorn_options(settings.server),
+        **uvicorn_options(settings.server, settings.realtime),
     )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

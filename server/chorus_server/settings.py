@@ -138,6 +138,12 @@ class RealtimeSettings(BaseModel):
     max_buffer_seconds: float = Field(
         10.0, gt=0, description="audio a session sent that is not transcribed yet; appends beyond it are refused"
     )
+    max_event_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest client event (one WebSocket message); beyond: an event_too_large error and close 1009",
+    )
     max_turn_seconds: float = Field(
         60.0, gt=0, le=1800, description="a turn this long is committed as if the speaker had paused"
     )

@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from chorus_server.auth import Principal
 from chorus_server.errors import ApiError, error_response
+from chorus_server.live.frames import FrameError, check_depth, check_size, frame_bytes
 from chorus_server.live.protocol import error_event
 from chorus_server.live.session import RealtimeSession
 from chorus_server.runtime import Runtime
@@ -144,7 +145,28 @@ async def serve(websocket: WebSocket, session: RealtimeSession, send: Any, idle_
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
-        if text is None:
-            await send(error_event("client events are JSON text frames, not binary", "invalid_json"))
-            continue
+        try:
+            # Before anything else looks at the frame: parsing or decoding it is what a hostile frame costs.
+            check_size(frame_bytes(text, message.get("bytes")), session.settings.max_event_bytes)
+            if text is None:
+                await send(error_event("client events are JSON text frames, not binary", "invalid_json"))
+                continue
+            check_depth(text)
+        except FrameError as refused:
+            await refuse_frame(websocket, session, send, refused)
+            return
         await session.handle(text)
+
+
+async def refuse_frame(websocket: WebSocket, session: RealtimeSession, send: Any, refused: FrameError) -> None:
+    """An `error` event, one log line and a close: a frame this malformed ends the session."""
+    logger.warning(
+        "realtime session %s (tenant %s): %s; closing with %d",
+        session.id,
+        session.who.tenant,
+        refused.message,
+        refused.close_code,
+    )
+    session.runtime.metrics.observe_realtime_refusal(refused.code)
+    await send(error_event(refused.message, refused.code))
+    await websocket.close(code=refused.close_code, reason=refused.code)
