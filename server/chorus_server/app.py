@@ -16,6 +16,7 @@ from chorus_server import __version__
 from chorus_server.admission import Admission
 from chorus_server.body_limit import BodyLimit
 from chorus_server.errors import install_error_handlers
+from chorus_server.host_guard import HostGuard
 from chorus_server.metrics import Metrics, RequestMetrics
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     app.add_middleware(BodyLimit, limit_for=limit_for, timeout=settings.limits.body_timeout_seconds)
     # A wrong path gets a 404 naming the right one before the body limit can answer 413.
     app.add_middleware(UnknownRoutes, routes=lambda: app.router.routes, paths=lambda: list(app.openapi()["paths"]))
+    # Before routing and body limits: a keyless server answers only to loopback names and its own origin.
+    app.add_middleware(HostGuard, keyless=lambda: (running := runtime()) is not None and running.auth.open)
     app.add_middleware(PathGuard)
     app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

@@ -46,7 +46,8 @@ def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:
 
 @contextmanager
 def running_app(settings: Settings, seed_adapters: list[Path] | None = None) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    # localhost: a keyless server answers only to loopback names (host_guard.py), not to "testserver"
+    with TestClient(create_app(settings), base_url="http://localhost", raise_server_exceptions=False) as client:
         for path in seed_adapters or []:
             response = client.put(f"/v1/adapters/{path.stem}?visibility=public", content=path.read_bytes())
             assert response.status_code == 201, response.text

@@ -147,7 +147,7 @@ def test_sdk_and_cli_classify_against_the_server(server, tmp_path, monkeypatch, 
         return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
     def client(url=None, api_key=None):
-        return Chorus("http://testserver", api_key, transport=httpx.MockTransport(forward))
+        return Chorus("http://localhost", api_key, transport=httpx.MockTransport(forward))
 
     audio = wav(1.0, seed=3)
     expected = classify(server, audio, "lid").json()
