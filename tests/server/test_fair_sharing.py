@@ -211,7 +211,7 @@ def test_a_stalled_body_is_408_and_frees_the_connection(tmp_path, model_dir):
     settings = make_settings(tmp_path, model_dir, limits={"body_timeout_seconds": 0.3})
     with BackgroundServer(settings) as server, socket.create_connection(("127.0.0.1", server.port), 10) as sock:
         sock.sendall(
-            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
             b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n"
         )
         sock.settimeout(10)
@@ -269,7 +269,7 @@ def test_idle_and_slow_header_connections_are_closed(tmp_path, model_dir):
             assert sock.recv(1024) == b""  # closed by the server, well before the 10 s timeout
             sock.close()
         with socket.create_connection(("127.0.0.1", server.port), 10) as ok:
-            ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             ok.settimeout(10)
             assert ok.recv(1024).startswith(b"HTTP/1.1 200")
 
