@@ -80,6 +80,10 @@ class ServerProcess:
     def __init__(self, env: Mapping[str, str], log_dir: Path, start_timeout: float = 300.0, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.env = {**os.environ, **env}
+        # The child runs in `log_dir`: a relative PYTHONPATH entry would name a directory there (and the child would
+        # import an installed copy of Chorus instead of the caller's).
+        paths = self.env.get("PYTHONPATH", "").split(os.pathsep)
+        self.env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(path) for path in paths if path)
         self.log_dir = log_dir
         self.log_path = log_dir / f"chorus-{self.port}.log"
         self.start_timeout = start_timeout

@@ -15,6 +15,7 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from chorus_server.settings import RealtimeSettings, ServerSettings
+from chorus_server.ws_shutdown import draining_websockets
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +120,15 @@ class H11WithHeadDeadline(H11Protocol):
 def uvicorn_options(settings: ServerSettings, realtime: RealtimeSettings) -> dict[str, Any]:
     """The connection settings as `uvicorn.run` / `uvicorn.Config` keyword arguments."""
     protocol = type("H11", (H11WithHeadDeadline,), {"head_timeout": settings.header_timeout_seconds})
+    shutdown_timeout = max(1, round(settings.shutdown_timeout_seconds))
     return {
         "http": protocol,
+        "ws": draining_websockets(shutdown_timeout),  # realtime sessions finish their open turn on SIGTERM
         # The realtime route answers a message over `max_event_bytes` with an `error` event, then close 1009; one
         # over twice that is cut by the WebSocket layer before it is read whole (a bare close 1009), which bounds
         # what a connection can make the server hold.
         "ws_max_size": 2 * realtime.max_event_bytes,
         "limit_concurrency": settings.max_connections,  # beyond: 503 at once, not a growing backlog
         "timeout_keep_alive": max(1, round(settings.idle_timeout_seconds)),
-        "timeout_graceful_shutdown": max(1, round(settings.shutdown_timeout_seconds)),
+        "timeout_graceful_shutdown": shutdown_timeout,
     }

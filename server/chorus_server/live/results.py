@@ -82,6 +82,14 @@ class Results:
     def end(self, turn: Turn, seconds: float) -> None:
         self.jobs.put_nowait(EndJob(turn, seconds))
 
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking jobs and wait up to `timeout` s for the queued ones; False if they are not all done."""
+        self.jobs.put_nowait(None)
+        if self.task is None:
+            return True
+        done, _ = await asyncio.wait({self.task}, timeout=timeout)
+        return bool(done)
+
     async def close(self) -> None:
         """Finish what is queued (dropped turns are skipped), then stop."""
         self.jobs.put_nowait(None)

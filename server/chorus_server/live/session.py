@@ -70,6 +70,19 @@ class RealtimeSession:
             self.turn = None
         await self.results.close()
 
+    async def finish(self, timeout: float) -> bool:
+        """The server is stopping: commit the open turn with the audio it has (if at least `MIN_COMMIT_MS`), then
+        wait up to `timeout` s for every committed turn's transcript to be sent. False if they were not all sent."""
+        if self.turn is not None:
+            self._take_resampler_tail()
+            if self.turn.steps.received * 1000 >= MIN_COMMIT_MS * self.rate:
+                await self._end_turn()
+            else:
+                self.turn.drop()
+                self.results.end(self.turn, 0.0)
+                self.turn = None
+        return await self.results.drain(timeout)
+
     # ---- client events -------------------------------------------------------------------------------------
 
     async def handle(self, message: str) -> None:

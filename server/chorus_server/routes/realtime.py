@@ -21,6 +21,7 @@ from chorus_server.live.frames import FrameError, check_depth, check_size, frame
 from chorus_server.live.protocol import error_event
 from chorus_server.live.session import RealtimeSession
 from chorus_server.runtime import Runtime
+from chorus_server.ws_shutdown import ShutdownNotice, shutdown_notice
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["realtime"])
@@ -119,43 +120,85 @@ async def realtime(websocket: WebSocket) -> None:
 
     session = RealtimeSession(runtime, who, send)
     runtime.metrics.realtime_sessions.inc()
+    notice = shutdown_notice(websocket)
     try:
         await websocket.accept(subprotocol=REALTIME_PROTOCOL if REALTIME_PROTOCOL in offered else None)
         await session.start()
-        await serve(websocket, session, send, runtime.settings.realtime.idle_timeout_seconds)
+        if notice is not None:
+            notice.claimed = True  # on shutdown, the protocol leaves the closing to `serve`
+        await serve(websocket, session, send, runtime.settings.realtime.idle_timeout_seconds, notice)
     except WebSocketDisconnect:
         pass
     finally:
+        if notice is not None:
+            notice.claimed = False
         await session.close()
         runtime.metrics.realtime_sessions.dec()
         runtime.quotas.release(who.tenant)
         sessions(websocket, runtime).give_back(who.tenant)
 
 
-async def serve(websocket: WebSocket, session: RealtimeSession, send: Any, idle_timeout: float) -> None:
-    """Read client events until the client leaves or stays silent for `idle_timeout` seconds."""
-    while True:
-        try:
-            message = await asyncio.wait_for(websocket.receive(), idle_timeout)
-        except TimeoutError:
-            session.runtime.metrics.observe_realtime_refusal("idle_timeout")
-            await send(error_event(f"no client event for {idle_timeout:g} s; closing the session", "idle_timeout"))
-            await websocket.close(code=1000, reason="idle timeout")
-            return
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text")
-        try:
-            # Before anything else looks at the frame: parsing or decoding it is what a hostile frame costs.
-            check_size(frame_bytes(text, message.get("bytes")), session.settings.max_event_bytes)
-            if text is None:
-                await send(error_event("client events are JSON text frames, not binary", "invalid_json"))
-                continue
-            check_depth(text)
-        except FrameError as refused:
-            await refuse_frame(websocket, session, send, refused)
-            return
-        await session.handle(text)
+IDLE, STOPPING = "idle", "stopping"
+
+
+async def serve(
+    websocket: WebSocket, session: RealtimeSession, send: Any, idle_timeout: float, notice: ShutdownNotice | None
+) -> None:
+    """Read client events until the client leaves, stays silent for `idle_timeout` seconds or the server stops."""
+    stopping = asyncio.ensure_future(notice.event.wait()) if notice is not None else None
+    try:
+        while True:
+            message = await next_message(websocket, idle_timeout, stopping)
+            if message == STOPPING and notice is not None:
+                await finish(websocket, session, notice.seconds)
+                return
+            if isinstance(message, str):
+                session.runtime.metrics.observe_realtime_refusal("idle_timeout")
+                await send(error_event(f"no client event for {idle_timeout:g} s; closing the session", "idle_timeout"))
+                await websocket.close(code=1000, reason="idle timeout")
+                return
+            if message["type"] == "websocket.disconnect" or not await take(websocket, session, send, message):
+                return
+    finally:
+        if stopping is not None:
+            stopping.cancel()
+
+
+async def next_message(
+    websocket: WebSocket, idle_timeout: float, stopping: asyncio.Future[Any] | None
+) -> dict[str, Any] | str:
+    """The client's next message; STOPPING once the server stops, IDLE after `idle_timeout` s without one."""
+    receiving = asyncio.ensure_future(websocket.receive())
+    waiting: set[asyncio.Future[Any]] = {receiving} if stopping is None else {receiving, stopping}
+    done, _ = await asyncio.wait(waiting, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if receiving in done:
+        return dict(receiving.result())
+    receiving.cancel()  # nothing is lost: an unread message stays queued in the protocol
+    return STOPPING if done else IDLE
+
+
+async def finish(websocket: WebSocket, session: RealtimeSession, seconds: float) -> None:
+    """The server is stopping: the open turn is committed and transcribed (within `seconds`), then close 1012."""
+    if not await session.finish(seconds):
+        logger.warning("realtime session %s: closed by the shutdown before its last transcript was sent", session.id)
+    await websocket.close(code=1012, reason="server shutting down")
+
+
+async def take(websocket: WebSocket, session: RealtimeSession, send: Any, message: dict[str, Any]) -> bool:
+    """One client message: checked (size, then nesting), then handled. False: the session is closed."""
+    text = message.get("text")
+    try:
+        # Before anything else looks at the frame: parsing or decoding it is what a hostile frame costs.
+        check_size(frame_bytes(text, message.get("bytes")), session.settings.max_event_bytes)
+        if text is None:
+            await send(error_event("client events are JSON text frames, not binary", "invalid_json"))
+            return True
+        check_depth(text)
+    except FrameError as refused:
+        await refuse_frame(websocket, session, send, refused)
+        return False
+    await session.handle(text)
+    return True
 
 
 async def refuse_frame(websocket: WebSocket, session: RealtimeSession, send: Any, refused: FrameError) -> None:
