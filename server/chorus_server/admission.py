@@ -9,6 +9,7 @@ cannot turn the refusal into a 422 and a slow one cannot hold a connection."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
@@ -17,7 +18,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chorus_server.errors import ApiError, error_response
+from chorus_server.errors import ApiError, as_api_error, error_response
+from chorus_server.sqlite_file import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from chorus_server.auth import Principal
@@ -43,9 +45,9 @@ class Admission:
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization")
         try:
-            who = runtime.auth.principal_for(authorization.decode("latin-1") if authorization else None)
-        except ApiError as error:
-            await error_response(error)(scope, receive, send)
+            who = await runtime.auth.authenticate(authorization.decode("latin-1") if authorization else None)
+        except (ApiError, DatabaseUnavailable) as error:
+            await error_response(as_api_error(error))(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = who
         if not await _may_send_body(runtime, who, scope, receive, send):
@@ -57,11 +59,13 @@ class Admission:
         try:
             who.require("transcribe")
             runtime.transcriber.check_queue(who.tenant)  # a tenant over its share of a full queue: 503 now
-            quotas.admit_request(who.tenant)
-        except ApiError as error:
-            error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
-            runtime.metrics.observe_refusal(who.tenant, error.code or str(error.status_code))
-            await error_response(error)(scope, receive, send)
+            # Off the loop: a tenant's first request of the day reads its limits and usage from the database.
+            await asyncio.to_thread(quotas.admit_request, who.tenant)
+        except (ApiError, DatabaseUnavailable) as failure:
+            refusal = as_api_error(failure)
+            refusal.headers = {**(refusal.headers or {}), **quotas.headers(who.tenant)}
+            runtime.metrics.observe_refusal(who.tenant, refusal.code or str(refusal.status_code))
+            await error_response(refusal)(scope, receive, send)
             return
 
         async def send_with_limits(message: Message) -> None:

@@ -122,6 +122,13 @@ class AuthSettings(BaseModel):
     )
     admin_keys: list[str] = Field(default_factory=list, description='admin keys (or "sha256:<hex>"), tenant "admin"')
     key_file: Path | None = Field(None, description="SQLite file of created keys; unset: DATA_DIR/keys.sqlite3")
+    db_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="longest wait for another process's lock on the key file (keys, tenant limits, usage); "
+        "beyond: 503 tenant_db_unavailable",
+    )
     anonymous: Literal["auto", "none", "user", "operator"] = Field(
         "auto",
         description="role of callers without a key; auto: operator of tenant 'anonymous' when no key exists "
