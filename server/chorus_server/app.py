@@ -17,6 +17,7 @@ from chorus_server.admission import Admission
 from chorus_server.body_limit import BodyLimit, BodyPace, BodyReaders
 from chorus_server.errors import install_error_handlers
 from chorus_server.metrics import Metrics, RequestMetrics
+from chorus_server.one_authorization import OneAuthorization
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
 from chorus_server.route_hints import UnknownRoutes
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     app.add_middleware(BodyLimit, limit_for=limit_for, pace=pace, readers=readers, refused=refused_upload)
     # A wrong path gets a 404 naming the right one before the body limit can answer 413.
     app.add_middleware(UnknownRoutes, routes=lambda: app.router.routes, paths=lambda: list(app.openapi()["paths"]))
+    app.add_middleware(OneAuthorization)  # before anything reads the header: no layer may pick a different one
     app.add_middleware(PathGuard)
     app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

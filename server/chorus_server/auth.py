@@ -25,11 +25,11 @@ from chorus_store.errors import AdapterRejected
 ANONYMOUS_TENANT = "anonymous"
 ENV_ADMIN_TENANT = "admin"
 
-Permission = Literal["transcribe", "read", "write", "scrape", "manage"]
+Permission = Literal["transcribe", "read", "write", "scrape", "manage", "usage"]
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset({"transcribe", "read", "write", "scrape", "manage"}),
-    Role.OPERATOR: frozenset({"transcribe", "read", "write"}),
-    Role.USER: frozenset({"transcribe", "read"}),
+    Role.ADMIN: frozenset({"transcribe", "read", "write", "scrape", "manage", "usage"}),
+    Role.OPERATOR: frozenset({"transcribe", "read", "write", "usage"}),
+    Role.USER: frozenset({"transcribe", "read", "usage"}),
     Role.METRICS: frozenset({"scrape"}),
 }
 WHAT = {
@@ -38,6 +38,7 @@ WHAT = {
     "write": "upload, delete or pin adapters",
     "scrape": "read metrics",
     "manage": "manage API keys",
+    "usage": "read usage and limits",
 }
 
 
@@ -60,8 +61,19 @@ class Principal:
     def can_change(self, record: AdapterRecord) -> bool:
         return self.admin or ("write" in self.permissions and record.owner == self.tenant)
 
+    @property
+    def anonymous(self) -> bool:
+        return self.key_id is None
+
     def require(self, permission: Permission) -> None:
         if permission not in self.permissions:
+            if self.anonymous and permission == "scrape":  # not a key's role at fault: a key is missing
+                raise ApiError(
+                    401,
+                    "metrics need an API key of role metrics or admin: send 'Authorization: Bearer <key>'",
+                    "missing_api_key",
+                    headers=_challenge(),
+                )
             raise ApiError(403, f"this API key's role ({self.role}) may not {WHAT[permission]}", "permission_denied")
 
 
