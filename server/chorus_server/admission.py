@@ -1,20 +1,35 @@
 """Admission before the body: every `/v1/` request is authenticated from its headers alone, and a transcription
 is checked against its tenant's request rate, concurrency and share of a full queue, before a byte of its body
 is read — so a refused request costs the server no upload, no parsing and no decoding. Transcription answers
-carry the tenant's `x-ratelimit-*` headers. Classifications (`audio_paths` holds both) are admitted the same way."""
+carry the tenant's `x-ratelimit-*` headers. Classifications (`audio_paths` holds both) are admitted the same way.
+
+Admin routes that take a body (creating keys, setting tenant limits) check the caller's role here too: a
+non-admin's request is refused with 403 — and audited — before a byte of its body is read, so a malformed body
+cannot turn the refusal into a 422 and a slow one cannot hold a connection."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chorus_server.errors import ApiError, error_response
+from chorus_server.errors import ApiError, as_api_error, error_response
+from chorus_server.sqlite_file import DatabaseUnavailable
 
 if TYPE_CHECKING:
+    from chorus_server.auth import Principal
     from chorus_server.runtime import Runtime
+
+# (method, path, audit action) of the admin-only routes that read a body; the path's group, if any, is the target.
+MANAGE_WITH_BODY = (
+    ("POST", re.compile(r"/v1/keys/?"), "key.create"),
+    ("PUT", re.compile(r"/v1/tenants/([^/]+)/limits/?"), "tenant.limits"),
+)
 
 
 class Admission:
@@ -30,11 +45,13 @@ class Admission:
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization")
         try:
-            who = runtime.auth.principal_for(authorization.decode("latin-1") if authorization else None)
-        except ApiError as error:
-            await error_response(error)(scope, receive, send)
+            who = await runtime.auth.authenticate(authorization.decode("latin-1") if authorization else None)
+        except (ApiError, DatabaseUnavailable) as error:
+            await error_response(as_api_error(error))(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = who
+        if not await _may_send_body(runtime, who, scope, receive, send):
+            return
         if scope["path"] not in self.audio_paths or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -42,11 +59,13 @@ class Admission:
         try:
             who.require("transcribe")
             runtime.transcriber.check_queue(who.tenant)  # a tenant over its share of a full queue: 503 now
-            quotas.admit_request(who.tenant)
-        except ApiError as error:
-            error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
-            runtime.metrics.observe_refusal(who.tenant, error.code or str(error.status_code))
-            await error_response(error)(scope, receive, send)
+            # Off the loop: a tenant's first request of the day reads its limits and usage from the database.
+            await asyncio.to_thread(quotas.admit_request, who.tenant)
+        except (ApiError, DatabaseUnavailable) as failure:
+            refusal = as_api_error(failure)
+            refusal.headers = {**(refusal.headers or {}), **quotas.headers(who.tenant)}
+            runtime.metrics.observe_refusal(who.tenant, refusal.code or str(refusal.status_code))
+            await error_response(refusal)(scope, receive, send)
             return
 
         async def send_with_limits(message: Message) -> None:
@@ -60,3 +79,18 @@ class Admission:
             await self.app(scope, receive, send_with_limits)
         finally:
             quotas.release(who.tenant)
+
+
+async def _may_send_body(runtime: Runtime, who: Principal, scope: Scope, receive: Receive, send: Send) -> bool:
+    """False (after answering 403) when `who` may not call the admin route that would read this body."""
+    for method, path, action in MANAGE_WITH_BODY:
+        match = path.fullmatch(scope["path"]) if scope["method"] == method else None
+        if match is None or "manage" in who.permissions:
+            continue
+        try:  # audited like the route's own refusals; the body, and so e.g. the new key's tenant, is never read
+            async with runtime.audit.action(Request(scope), action, match.group(1) if match.groups() else ""):
+                who.require("manage")
+        except ApiError as error:
+            await error_response(error)(scope, receive, send)
+            return False
+    return True

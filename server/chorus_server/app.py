@@ -14,10 +14,11 @@ from fastapi import FastAPI
 
 from chorus_server import __version__
 from chorus_server.admission import Admission
-from chorus_server.body_limit import BodyLimit
+from chorus_server.body_limit import BodyLimit, BodyPace, BodyReaders
 from chorus_server.errors import install_error_handlers
 from chorus_server.host_guard import HostGuard
 from chorus_server.metrics import Metrics, RequestMetrics
+from chorus_server.one_authorization import OneAuthorization
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
 from chorus_server.route_hints import UnknownRoutes
@@ -84,11 +85,26 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
 
     app.add_middleware(Admission, runtime=runtime, audio_paths=AUDIO_PATHS)
     app.add_middleware(RequestMetrics, metrics=metrics, paths=AUDIO_PATHS)
-    app.add_middleware(BodyLimit, limit_for=limit_for, timeout=settings.limits.body_timeout_seconds)
+
+    def refused_upload(tenant: str, code: str) -> None:
+        running = metrics()
+        if running is not None:
+            running.observe_refusal(tenant, code)
+
+    limits = settings.limits
+    pace = BodyPace(
+        limits.body_timeout_seconds,
+        limits.body_deadline_seconds,
+        limits.body_min_bytes_per_second,
+        limits.body_rate_grace_seconds,
+    )
+    readers = BodyReaders(limits.body_readers_per_tenant)
+    app.add_middleware(BodyLimit, limit_for=limit_for, pace=pace, readers=readers, refused=refused_upload)
     # A wrong path gets a 404 naming the right one before the body limit can answer 413.
     app.add_middleware(UnknownRoutes, routes=lambda: app.router.routes, paths=lambda: list(app.openapi()["paths"]))
     # Before routing and body limits: a keyless server answers only to loopback names and its own origin.
     app.add_middleware(HostGuard, keyless=lambda: (running := runtime()) is not None and running.auth.open)
+    app.add_middleware(OneAuthorization)  # before anything reads the header: no layer may pick a different one
     app.add_middleware(PathGuard)
     app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

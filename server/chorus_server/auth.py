@@ -16,7 +16,8 @@ from typing import Literal
 from fastapi import Request
 
 from chorus_server.errors import ApiError
-from chorus_server.keys import KeyInfo, KeyRing, Role, parse_env_hash
+from chorus_server.key_cache import KeyCache
+from chorus_server.keys import KeyInfo, KeyRing, Role, key_hash, parse_env_hash
 from chorus_server.settings import AuthSettings
 from chorus_store.base import AdapterRecord, check_tenant
 from chorus_store.errors import AdapterRejected
@@ -24,11 +25,11 @@ from chorus_store.errors import AdapterRejected
 ANONYMOUS_TENANT = "anonymous"
 ENV_ADMIN_TENANT = "admin"
 
-Permission = Literal["transcribe", "read", "write", "scrape", "manage"]
+Permission = Literal["transcribe", "read", "write", "scrape", "manage", "usage"]
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.ADMIN: frozenset({"transcribe", "read", "write", "scrape", "manage"}),
-    Role.OPERATOR: frozenset({"transcribe", "read", "write"}),
-    Role.USER: frozenset({"transcribe", "read"}),
+    Role.ADMIN: frozenset({"transcribe", "read", "write", "scrape", "manage", "usage"}),
+    Role.OPERATOR: frozenset({"transcribe", "read", "write", "usage"}),
+    Role.USER: frozenset({"transcribe", "read", "usage"}),
     Role.METRICS: frozenset({"scrape"}),
 }
 WHAT = {
@@ -37,6 +38,7 @@ WHAT = {
     "write": "upload, delete or pin adapters",
     "scrape": "read metrics",
     "manage": "manage API keys",
+    "usage": "read usage and limits",
 }
 
 
@@ -59,8 +61,19 @@ class Principal:
     def can_change(self, record: AdapterRecord) -> bool:
         return self.admin or ("write" in self.permissions and record.owner == self.tenant)
 
+    @property
+    def anonymous(self) -> bool:
+        return self.key_id is None
+
     def require(self, permission: Permission) -> None:
         if permission not in self.permissions:
+            if self.anonymous and permission == "scrape":  # not a key's role at fault: a key is missing
+                raise ApiError(
+                    401,
+                    "metrics need an API key of role metrics or admin: send 'Authorization: Bearer <key>'",
+                    "missing_api_key",
+                    headers=_challenge(),
+                )
             raise ApiError(403, f"this API key's role ({self.role}) may not {WHAT[permission]}", "permission_denied")
 
 
@@ -101,30 +114,63 @@ def anonymous_role(settings: AuthSettings, keys: KeyRing) -> Role | None:
 
 
 class Authenticator:
-    def __init__(self, keys: KeyRing, anonymous: Role | None):
+    """API key -> principal. `authenticate` (async) never blocks the event loop: environment keys are matched in
+    memory and file keys through `KeyCache`; `principal_for` is its blocking twin for worker threads."""
+
+    def __init__(self, keys: KeyRing, anonymous: Role | None, cache: KeyCache | None = None):
         self.keys = keys
         self.anonymous = anonymous
         self.open = anonymous is not None and not keys.has_keys()  # no keys at all: a local development server
+        self.cache = cache or KeyCache(keys)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        digest = self._digest(authorization)
+        if isinstance(digest, Principal):
+            return digest
+        info = self.keys.find_env(digest)
+        return self._checked(info if info is not None else await self.cache.lookup(digest))
 
     def principal_for(self, authorization: str | None) -> Principal:
+        """Blocking (it may read the key file): for code already off the event loop."""
+        digest = self._digest(authorization)
+        if isinstance(digest, Principal):
+            return digest
+        info = self.keys.find_env(digest)
+        if info is None:
+            cached = self.cache.cached(digest)
+            info = cached.info if cached is not None else self.cache.verify(digest)
+        return self._checked(info)
+
+    def close(self) -> None:
+        self.cache.close()
+        self.keys.close()
+
+    def _digest(self, authorization: str | None) -> Principal | bytes:
+        """The anonymous principal where no key is needed or given (401 where one is needed), else the key's hash."""
         if self.open:  # no key exists to check against: OpenAI SDKs always send one ("unused"); ignore it
-            return principal(ANONYMOUS_TENANT, Role.OPERATOR if self.anonymous is None else self.anonymous, local=True)
+            role = Role.OPERATOR if self.anonymous is None else self.anonymous
+            # Metrics only for the loopback-only modes (auto, operator): an explicit `user` may face a network.
+            return principal(ANONYMOUS_TENANT, role, local=role is Role.OPERATOR)
         if not authorization:
             if self.anonymous is None:
                 raise ApiError(
                     401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key", headers=_challenge()
                 )
-            return principal(ANONYMOUS_TENANT, self.anonymous, local=self.open)
+            return principal(ANONYMOUS_TENANT, self.anonymous)
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise ApiError(
                 401, "malformed Authorization header: send 'Bearer <key>'", "invalid_api_key", headers=_challenge()
             )
-        info = self.keys.lookup(secret.strip())
+        return key_hash(secret.strip())
+
+    def _checked(self, info: KeyInfo | None) -> Principal:
         if info is None:
             raise ApiError(401, "invalid API key", "invalid_api_key", headers=_challenge())
         if info.expired(time.time()):
             raise ApiError(401, "this API key has expired; ask for a new one", "expired_api_key", headers=_challenge())
+        if info.source == "file":
+            self.keys.touch_later(info.id, info.last_used_at)
         return principal(info.tenant, info.role, info.id)
 
 
@@ -132,12 +178,12 @@ def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """FastAPI dependency: the caller (401 when a key is needed and missing or wrong). Also noted on the request
     for the audit log and request metrics."""
     who = getattr(request.state, "principal", None)  # the Admission middleware authenticated /v1/ requests
     if who is None:
         authenticator: Authenticator = request.app.state.chorus.auth
-        who = authenticator.principal_for(request.headers.get("authorization"))
+        who = await authenticator.authenticate(request.headers.get("authorization"))
         request.state.principal = who
     return who

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chorus_server.engine import errors as engine_errors
+from chorus_server.sqlite_file import DatabaseUnavailable
 from chorus_store import errors as store_errors
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (engine_errors.AdapterError, 422, "invalid_adapter"),
     (engine_errors.DeviceOutOfMemory, 503, "device_out_of_memory"),
     (engine_errors.DeviceFault, 503, "device_unavailable"),
+    (DatabaseUnavailable, 503, "tenant_db_unavailable"),
 )
 
 
@@ -90,6 +92,16 @@ def from_domain(exc: Exception) -> ApiError | None:
             headers = {"Retry-After": "5"} if status == 503 else None  # 503s are transient; retrying helps
             return ApiError(status, str(exc), code, headers=headers)
     return None
+
+
+def as_api_error(exc: ApiError | Exception) -> ApiError:
+    """`exc` as an ApiError, for code outside the exception handlers (middleware); unknown errors are re-raised."""
+    if isinstance(exc, ApiError):
+        return exc
+    mapped = from_domain(exc)
+    if mapped is None:
+        raise exc
+    return mapped
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -120,6 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(store_errors.StoreError)
     @app.exception_handler(engine_errors.EngineError)
+    @app.exception_handler(DatabaseUnavailable)
     async def domain_error(_: Request, exc: Exception) -> JSONResponse:
         mapped = from_domain(exc)
         if mapped is None:

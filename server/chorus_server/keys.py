@@ -1,10 +1,12 @@
 """API keys: random secrets shown once, stored only as SHA-256 hashes with an ID, tenant, role, times and an
 optional expiry.
 
-Keys created with `chorus keys create` or `POST /v1/keys` live in a SQLite file (`CHORUS_AUTH__KEY_FILE`), read on
-every request, so a revocation takes effect on the next request, in every process sharing the file. Keys given in
-the environment (`CHORUS_AUTH__KEYS`, simple setups) are hashed at start-up; they may be given as `sha256:<hex>`
-so that no secret sits in the process environment.
+Keys created with `chorus keys create` or `POST /v1/keys` live in a SQLite file (`CHORUS_AUTH__KEY_FILE`), shared
+by every process on the host; the server reads it off its event loop and caches verdicts briefly (`key_cache`), so
+a revocation takes effect within a second everywhere. `last_used_at` is written in the background, at most once a
+minute per key, and a failure to write it never fails a request. Keys given in the environment
+(`CHORUS_AUTH__KEYS`, simple setups) are hashed at start-up; they may be given as `sha256:<hex>` so that no secret
+sits in the process environment.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from chorus_server.sqlite_file import session
+from chorus_server.sqlite_file import DEFAULT_TIMEOUT, DatabaseUnavailable, change_counter, session
 from chorus_store.base import check_tenant
+
+logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "chorus_sk_"
 SCHEMA = (
@@ -85,20 +91,27 @@ def parse_env_hash(given: str) -> bytes:
 class KeyRing:
     """Hashed keys: those from the environment (fixed) and those in the key file (created/revoked at run time)."""
 
-    def __init__(self, path: Path, env_keys: dict[bytes, KeyInfo] | None = None):
-        self.path = path
+    def __init__(self, path: Path, env_keys: dict[bytes, KeyInfo] | None = None, timeout: float = DEFAULT_TIMEOUT):
+        self.path, self.timeout = path, timeout
         self.env_keys = dict(env_keys or {})
+        self.generation = 0  # bumped by every change made through this ring: caches drop older verdicts
         self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None  # last_used_at, off the request path
 
     def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return session(self.path, SCHEMA)
+        return session(self.path, SCHEMA, self.timeout)
+
+    def change_counter(self) -> int | None:
+        """Changes as soon as anyone commits to the key file (None: cannot tell; see `sqlite_file`)."""
+        return change_counter(self.path)
 
     def create(self, tenant: str, role: Role, expires_at: float | None = None) -> tuple[KeyInfo, str]:
         """A new key: (its record, the secret — shown this once, never stored)."""
         check_tenant(tenant)
         secret = KEY_PREFIX + secrets.token_urlsafe(32)  # 256 random bits
         info = KeyInfo(f"key_{secrets.token_hex(8)}", tenant, Role(role), time.time(), expires_at)
+        self.generation += 1
         with self._db() as db:
             db.execute(
                 "INSERT INTO api_keys (id, hash, tenant, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -125,22 +138,34 @@ class KeyRing:
             cursor = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
             )
+        self.generation += 1  # after the commit: a verdict read before it is older than this generation
         return cursor.rowcount == 1
 
     def has_keys(self) -> bool:
         return bool(self.env_keys) or any(k.source == "file" for k in self.active())
 
     def lookup(self, secret: str) -> KeyInfo | None:
-        """The key `secret` is, if active. Hash comparisons are constant-time over bytes."""
-        digest = key_hash(secret)
+        """The key `secret` is, if active, with its use recorded now (for the `chorus keys` command and tests;
+        the server goes through `key_cache.KeyCache` and `touch_later`)."""
+        info = self.find(key_hash(secret))
+        if info is not None and info.source == "file":
+            self._touch(info.id)
+        return info
+
+    def find_env(self, digest: bytes) -> KeyInfo | None:
+        """The environment key with this hash, if any (no I/O). Every entry is compared, so timing does not
+        depend on position; comparisons are constant-time over bytes."""
         found = None
-        for known, info in self.env_keys.items():  # every entry compared: timing does not depend on position
+        for known, info in self.env_keys.items():
             if hmac.compare_digest(known, digest):
                 found = info
-        if found is not None:
+        return found
+
+    def find(self, digest: bytes) -> KeyInfo | None:
+        """The active key with this hash (blocking: reads the key file; raises `DatabaseUnavailable`)."""
+        found = self.find_env(digest)
+        if found is not None or not self.path.exists():
             return found
-        if not self.path.exists():
-            return None
         with self._db() as db:
             row = db.execute(
                 "SELECT hash, id, tenant, role, created_at, expires_at, last_used_at FROM api_keys "
@@ -149,15 +174,40 @@ class KeyRing:
             ).fetchone()
         if row is None or not hmac.compare_digest(row[0], digest):
             return None
-        info = KeyInfo(row[1], row[2], Role(row[3]), row[4], row[5], row[6])
-        self._touch(info.id)
-        return info
+        return KeyInfo(row[1], row[2], Role(row[3]), row[4], row[5], row[6])
+
+    def touch_later(self, key_id: str, last_used_at: float | None = None) -> None:
+        """Record a use of the file key `key_id` (last written `last_used_at`, by any process): written in the
+        background, at most once a minute."""
+        if not self._due(key_id, time.time(), last_used_at):
+            return
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="chorus-key-touch")
+            writer = self._writer
+        writer.submit(self._write_touch, key_id, time.time())
+
+    def close(self) -> None:
+        """Finish pending `last_used_at` writes."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+
+    def _due(self, key_id: str, now: float, last_used_at: float | None = None) -> bool:
+        with self._lock:
+            if now - self._touched.get(key_id, last_used_at or 0.0) < TOUCH_EVERY_SECONDS:
+                return False
+            self._touched[key_id] = now
+            return True
 
     def _touch(self, key_id: str) -> None:
-        now = time.time()
-        with self._lock:
-            if now - self._touched.get(key_id, 0.0) < TOUCH_EVERY_SECONDS:
-                return
-            self._touched[key_id] = now
-        with self._db() as db:
-            db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+        if self._due(key_id, time.time()):
+            self._write_touch(key_id, time.time())
+
+    def _write_touch(self, key_id: str, now: float) -> None:
+        try:
+            with self._db() as db:
+                db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+        except DatabaseUnavailable:  # bookkeeping only: a read-only or busy key file must not fail requests
+            logger.warning("cannot record the last use of key %s; retried after a minute", key_id)

@@ -73,7 +73,9 @@ class Quotas:
     # ---- admission -----------------------------------------------------------------------------------------
 
     def admit_request(self, tenant: str) -> None:
-        """Take one request (rate and concurrency) or raise 429. Pair with `release`."""
+        """Take one request (rate and concurrency) or raise 429. Pair with `release`. Blocking (it may read the
+        tenant database): call it off the event loop."""
+        self._load(tenant)
         with self._lock:
             state = self._state(tenant)
             limits = state.limits
@@ -183,6 +185,29 @@ class Quotas:
                 bucket.refill(now)
         return state
 
+    def _load(self, tenant: str) -> None:
+        """Read what the tenant's state needs today from the database, outside the lock, so that threads and the
+        event loop never wait on the lock for database I/O."""
+        day = utc_day(self.clock())
+        with self._lock:
+            known = self._tenants.get(tenant)
+            if known is not None and known.day == day:
+                return
+        limits = self.db.limits(tenant, self.defaults) if known is None else None
+        if known is not None:
+            self._flush_tenant(tenant)  # yesterday's pending counts, before the day rolls over
+        requests, audio = self.db.usage(tenant, day)
+        with self._lock:
+            state = self._tenants.get(tenant)
+            if state is None and limits is not None:
+                now = self.clock()
+                state = TenantState(
+                    limits, _bucket(limits.requests_per_minute, now), _bucket(limits.audio_seconds_per_minute, now)
+                )
+                self._tenants[tenant] = state
+            if state is not None and state.day != day and not state.pending:
+                state.day, state.day_requests, state.day_audio = day, requests, audio
+
     def _reload(self, tenant: str) -> None:
         state = self._tenants[tenant]
         limits = self.db.limits(tenant, self.defaults)
@@ -198,8 +223,26 @@ class Quotas:
 
     def flush(self) -> None:
         with self._lock:
-            for tenant, state in self._tenants.items():
-                self._write(tenant, state)
+            tenants = list(self._tenants)
+        for tenant in tenants:
+            self._flush_tenant(tenant)
+
+    def _flush_tenant(self, tenant: str) -> None:
+        """Write the tenant's pending counts, the database I/O outside the lock; on failure they stay pending."""
+        with self._lock:
+            state = self._tenants[tenant]
+            if not state.pending or not state.day:
+                return
+            day, pending = state.day, dict(state.pending)
+            state.pending.clear()
+        try:
+            self.db.add_usage(tenant, day, int(pending.get("requests", 0)), pending.get("audio_seconds", 0.0))
+        except Exception:
+            with self._lock:  # written with the next flush (lost only if the day rolled over meanwhile)
+                for name, value in pending.items():
+                    if state.day == day:
+                        state.pending[name] += value
+            raise
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(FLUSH_EVERY_SECONDS):

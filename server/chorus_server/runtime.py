@@ -199,7 +199,7 @@ class Runtime:
         keys = key_ring(settings)
         auth = Authenticator(keys, anonymous_role(settings.auth, keys))
         audit = AuditLog(settings.audit_log or settings.data_dir / "audit.jsonl")
-        quotas = Quotas(settings.limits.tenant, TenantDB(keys.path))
+        quotas = Quotas(settings.limits.tenant, TenantDB(keys.path, settings.auth.db_timeout_seconds))
         pinned: dict[str, str] = {}
         watcher = StoreWatcher(store, cache, pinned, settings.cache.watch_seconds)
         worker.start()
@@ -228,6 +228,7 @@ class Runtime:
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
         self.quotas.close()
+        self.auth.close()
         threads.end_serial_default()  # threads started later may use every core again
 
 
@@ -251,7 +252,9 @@ def upload_dir(settings: Settings) -> Path:
 
 def key_ring(settings: Settings) -> KeyRing:
     """The API keys of this configuration: the key file and the environment's keys, hashed."""
-    return KeyRing(key_file(settings.auth, settings.data_dir), env_keys(settings.auth))
+    return KeyRing(
+        key_file(settings.auth, settings.data_dir), env_keys(settings.auth), settings.auth.db_timeout_seconds
+    )
 
 
 def seed_store(store: AdapterStore, head: Adapter | None, source: ModelSource) -> None:

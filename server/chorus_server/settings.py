@@ -82,6 +82,24 @@ class LimitSettings(BaseModel):
     body_timeout_seconds: float = Field(
         30.0, gt=0, description="longest wait for the next piece of a request body; beyond: 408"
     )
+    body_deadline_seconds: float = Field(
+        300.0, gt=0, description="longest time to receive a whole request body, from its first read; beyond: 408"
+    )
+    body_min_bytes_per_second: float = Field(
+        1024.0,
+        ge=0,
+        description="slowest average a request body may arrive at once the grace period is over; beyond: 408 "
+        "(0: no minimum)",
+    )
+    body_rate_grace_seconds: float = Field(
+        10.0, ge=0, description="time a request body is given before its minimum rate applies"
+    )
+    body_readers_per_tenant: int = Field(
+        128,
+        ge=1,
+        description="request bodies one tenant may be sending at once (keep well below "
+        "CHORUS_SERVER__MAX_CONNECTIONS); beyond: 429",
+    )
     tenant: TenantLimits = Field(default_factory=TenantLimits)
 
 
@@ -104,6 +122,13 @@ class AuthSettings(BaseModel):
     )
     admin_keys: list[str] = Field(default_factory=list, description='admin keys (or "sha256:<hex>"), tenant "admin"')
     key_file: Path | None = Field(None, description="SQLite file of created keys; unset: DATA_DIR/keys.sqlite3")
+    db_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="longest wait for another process's lock on the key file (keys, tenant limits, usage); "
+        "beyond: 503 tenant_db_unavailable",
+    )
     anonymous: Literal["auto", "none", "user", "operator"] = Field(
         "auto",
         description="role of callers without a key; auto: operator of tenant 'anonymous' when no key exists "

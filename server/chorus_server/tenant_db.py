@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chorus_server.settings import TenantLimits
-from chorus_server.sqlite_file import session
+from chorus_server.sqlite_file import DEFAULT_TIMEOUT, session
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS tenant_limits (tenant TEXT PRIMARY KEY, limits TEXT NOT NULL)",
@@ -20,11 +20,11 @@ SCHEMA = (
 
 
 class TenantDB:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT):
+        self.path, self.timeout = path, timeout
 
     def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return session(self.path, SCHEMA)
+        return session(self.path, SCHEMA, self.timeout)
 
     def overrides(self, tenant: str) -> dict[str, Any]:
         with self._db() as db:

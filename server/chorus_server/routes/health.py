@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chorus_server.auth import Principal, current_principal
+from chorus_server.auth import Authenticator, Principal, current_principal
+from chorus_server.errors import ApiError
+from chorus_server.sqlite_file import DatabaseUnavailable
 
 router = APIRouter(tags=["operations"])
 
@@ -19,23 +21,38 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: backbone loaded and warmed up, inference worker alive, device usable")
+@router.get(
+    "/readyz",
+    summary="Readiness: backbone loaded and warmed up, inference worker alive, device usable (details: with a key)",
+)
 async def readyz(request: Request) -> JSONResponse:
     runtime = getattr(request.app.state, "chorus", None)
     if runtime is None or not runtime.worker.is_ready():
         return JSONResponse({"status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
     engine = runtime.engine
-    body = {
-        "status": "ready",
-        "backbone": engine.fingerprint,
-        "device": str(engine.device),
-        "dtype": str(engine.dtype).removeprefix("torch."),
-    }
+    body: dict[str, object] = {"status": "ready"}
+    if await _identified(runtime.auth, request.headers.get("authorization")):
+        body.update(
+            backbone=engine.fingerprint, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch.")
+        )
     if runtime.remote is not None:  # a cluster ingress: ready while at least one worker runs
-        body["workers"] = await asyncio.to_thread(runtime.remote.live_workers)
+        body["workers"] = await asyncio.to_thread(runtime.remote.live_workers)  # why it is (not) ready: public
         if not body["workers"]:
             return JSONResponse({**body, "status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse(body)
+
+
+async def _identified(auth: Authenticator, authorization: str | None) -> bool:
+    """Whether the caller may see what runs here (backbone fingerprint, device, dtype): any valid key, or anyone
+    on a keyless development server. Others get the status only; a probe never gets 401 for a wrong key."""
+    if auth.open:
+        return True
+    if not authorization:
+        return False
+    try:
+        return not (await auth.authenticate(authorization)).anonymous
+    except (ApiError, DatabaseUnavailable):
+        return False
 
 
 @router.get("/metrics", summary="Prometheus metrics (role metrics or admin)", response_class=Response)

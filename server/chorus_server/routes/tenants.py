@@ -26,6 +26,7 @@ def _runtime(request: Request) -> Runtime:
 
 @router.get("/v1/usage", summary="Today's usage and the limits of the caller's tenant (admins: any or all)")
 async def usage(request: Request, who: Caller, tenant: TenantName | None = None) -> dict[str, Any]:
+    who.require("usage")  # a metrics key scrapes /metrics, nothing else
     quotas = _runtime(request).quotas
     if tenant is not None and tenant != who.tenant:
         who.require("manage")
