@@ -16,6 +16,7 @@ import httpx
 from chorus_server import cli
 from chorus_server.background import BackgroundServer
 from chorus_server.keys import KeyRing, Role
+from chorus_server.live.wsclient import open_session, receive
 from chorus_server.settings import get_settings
 from tests.server.conftest import make_settings, running_app
 from tests.server.test_errors import error_of
@@ -65,6 +66,42 @@ def test_a_locked_key_file_stalls_neither_healthz_nor_cached_keys_and_uncached_o
         assert int(blocked[0].headers["retry-after"]) >= 1 and "retry" in error["message"]
         assert "keys.sqlite3" not in error["message"]  # no server paths in answers
         assert client.get("/v1/models", headers=auth(uncached)).status_code == 200  # once the lock is gone
+
+
+def test_a_realtime_handshake_with_a_locked_key_file_does_not_stall_the_server(tmp_path, model_dir):
+    """The WebSocket route checks its key off the event loop too: while one handshake waits for the locked key
+    file, /healthz answers at once, and the handshake ends in a refusal rather than a frozen server."""
+    _, uncached = KeyRing(tmp_path / "keys.sqlite3").create("acme", Role.USER)
+    settings = keyed_settings(tmp_path, model_dir, db_timeout_seconds=1.5)
+    with BackgroundServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        holder = sqlite3.connect(tmp_path / "keys.sqlite3", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        outcome: list[object] = []
+
+        def handshake() -> None:
+            try:
+                with open_session(server.url, uncached) as ws:
+                    outcome.append(receive(ws, timeout=30))
+            except Exception as exc:  # a refused handshake or a closed session: either is an answer
+                outcome.append(exc)
+
+        try:
+            waiting = threading.Thread(target=handshake)
+            waiting.start()
+            threading.Event().wait(0.3)  # the handshake is now waiting for the lock
+            slowest, deadline = 0.0, time.monotonic() + 30
+            while waiting.is_alive() and time.monotonic() < deadline:
+                sent = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                slowest = max(slowest, time.perf_counter() - sent)
+            waiting.join(30)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert slowest < 0.5, slowest
+        assert outcome, "the handshake never ended"
+        first = outcome[0]
+        assert not isinstance(first, dict) or first.get("type") == "error", first
 
 
 def test_a_damaged_key_file_is_503_not_500(tmp_path, model_dir):

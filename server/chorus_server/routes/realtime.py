@@ -63,8 +63,9 @@ def authorization(websocket: WebSocket) -> str | None:
     return None
 
 
-def admit(runtime: Runtime, websocket: WebSocket) -> Principal:
-    """Who is calling and may it open a session now (raises ApiError: 400, 401, 403, 429)."""
+async def admit(runtime: Runtime, websocket: WebSocket) -> Principal:
+    """Who is calling and may it open a session now (raises ApiError: 400, 401, 403, 429). The key check and the
+    rate limit may read the tenant database: neither blocks the event loop."""
     if websocket.query_params.get("intent") != "transcription":
         raise ApiError(
             400,
@@ -74,12 +75,12 @@ def admit(runtime: Runtime, websocket: WebSocket) -> Principal:
         )
     if runtime.remote is not None:
         raise ApiError(400, "realtime sessions are not available on a cluster ingress yet", "unsupported_value")
-    who = runtime.auth.principal_for(authorization(websocket))
+    who = await runtime.auth.authenticate(authorization(websocket))
     who.require("transcribe")
     counts = sessions(websocket, runtime)
     counts.take(who.tenant)
     try:
-        runtime.quotas.admit_request(who.tenant)
+        await asyncio.to_thread(runtime.quotas.admit_request, who.tenant)
     except ApiError:
         counts.give_back(who.tenant)
         raise
@@ -106,7 +107,7 @@ async def refuse(websocket: WebSocket, error: ApiError) -> None:
 async def realtime(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.chorus
     try:
-        who = admit(runtime, websocket)
+        who = await admit(runtime, websocket)
     except ApiError as error:
         runtime.metrics.observe_realtime_refusal(error.code or str(error.status_code))
         await refuse(websocket, error)
