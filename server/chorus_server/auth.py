@@ -59,9 +59,12 @@ class Principal:
     def can_change(self, record: AdapterRecord) -> bool:
         return self.admin or ("write" in self.permissions and record.owner == self.tenant)
 
-    def require(self, permission: Permission) -> None:
+    def require(self, permission: Permission, what: str | None = None) -> None:
+        """403 unless the caller has `permission`; `what` names the refused action when the permission's own
+        description does not (e.g. "change tenant limits", which needs `manage`, not "manage API keys")."""
         if permission not in self.permissions:
-            raise ApiError(403, f"this API key's role ({self.role}) may not {WHAT[permission]}", "permission_denied")
+            action = what or WHAT[permission]
+            raise ApiError(403, f"this API key's role ({self.role}) may not {action}", "permission_denied")
 
 
 def principal(tenant: str, role: Role, key_id: str | None = None, local: bool = False) -> Principal:

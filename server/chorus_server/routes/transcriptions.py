@@ -14,13 +14,12 @@ from chorus_server.auth import Principal, current_principal
 from chorus_server.auto_route import AUTO_MODEL, LanguageRouter, Route
 from chorus_server.errors import ApiError
 from chorus_server.live.sse import check_streamable, stream_response
+from chorus_server.metrics import CLIENT_CLOSED
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
 from chorus_server.speech import options_from_form
 
 router = APIRouter(tags=["transcription"])
-
-CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
 
 
 async def receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> Audio:
