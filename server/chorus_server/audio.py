@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -19,6 +20,7 @@ from chorus_server.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
+Source = bytes | BinaryIO  # an upload: its bytes, or a seekable file (a spooled upload stays on disk)
 MIN_SAMPLES = 400  # one wav2vec 2.0 frame (25 ms at 16 kHz)
 MAX_SAMPLE = 1e4  # full scale is ±1; float files beyond this carry no sound, only overflow risk
 
@@ -39,33 +41,71 @@ def _too_long(seconds: float, max_seconds: float) -> ApiError:
     )
 
 
-def _read_soundfile(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
-    """(L,) mono float32 and its rate; mixed down block by block so multichannel audio never sits in memory whole."""
-    with soundfile.SoundFile(io.BytesIO(data)) as f:
+def _open(source: Source) -> BinaryIO:
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    source.seek(0)
+    return source
+
+
+def _read_soundfile(source: Source, max_seconds: float) -> tuple[np.ndarray, int]:
+    """(L,) mono float32 and its rate; mixed down block by block into one array, so neither multichannel audio nor
+    a list of blocks beside their concatenation ever sits in memory whole."""
+    with soundfile.SoundFile(_open(source)) as f:
         if f.frames > 0 and f.samplerate > 0 and f.frames / f.samplerate > max_seconds:
             raise _too_long(f.frames / f.samplerate, max_seconds)
-        blocks = [
-            block.mean(axis=1, dtype=np.float64).astype(np.float32)  # (block,); float64: huge samples stay finite
-            for block in f.blocks(blocksize=max(1, f.samplerate) * 10, dtype="float32", always_2d=True)
-        ]
-        samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
-        return samples, int(f.samplerate)
+        samples = np.empty(max(f.frames, 0), np.float32)  # (frames,) filled in place
+        filled, extra = 0, []
+        for block in f.blocks(blocksize=max(1, f.samplerate) * 10, dtype="float32", always_2d=True):
+            mono = block.mean(axis=1, dtype=np.float64).astype(
+                np.float32
+            )  # (block,); float64: huge samples stay finite
+            room = min(len(mono), len(samples) - filled)
+            samples[filled : filled + room] = mono[:room]
+            filled += room
+            if room < len(mono):  # the header under-counted its frames
+                extra.append(mono[room:])
+        if extra:
+            return np.concatenate([samples[:filled], *extra]), int(f.samplerate)
+        return (samples if filled == len(samples) else samples[:filled].copy()), int(f.samplerate)
 
 
-def probe_seconds(data: bytes) -> float | None:
-    """The audio's duration from its header alone (None: unknown without decoding, or not a readable file)."""
+@dataclass(frozen=True)
+class Probe:
+    """What a file's header says: its length, and the most bytes decoding it to `rate` holds at once."""
+
+    seconds: float
+    frames: int
+    source_rate: int
+
+    def decode_bytes(self, rate: int) -> int:
+        """Source-rate mono float32 (filled in place), plus the resampled copy when the rates differ."""
+        resampled = int(self.seconds * rate) + 1 if rate != self.source_rate else 0
+        return 4 * (self.frames + resampled)
+
+
+def probe(source: Source) -> Probe | None:
+    """The audio's length from its header alone (None: unknown without decoding, or not a readable file)."""
     try:
-        info = soundfile.info(io.BytesIO(data))
+        info = soundfile.info(_open(source))
     except (soundfile.LibsndfileError, RuntimeError, ValueError):
         return None
-    return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+    if info.frames > 0 and info.samplerate > 0:
+        return Probe(info.frames / info.samplerate, info.frames, info.samplerate)
+    return None
 
 
-def _read_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+def probe_seconds(data: Source) -> float | None:
+    """The audio's duration from its header alone (None: unknown without decoding, or not a readable file)."""
+    found = probe(data)
+    return found.seconds if found else None
+
+
+def _read_av(source: Source, max_seconds: float) -> tuple[np.ndarray, int]:
     """(L,) mono float32 and its rate, through FFmpeg's decoders (PyAV)."""
     import av  # optional dependency
 
-    with av.open(io.BytesIO(data), mode="r") as container:
+    with av.open(_open(source), mode="r") as container:
         if not container.streams.audio:
             raise ApiError(415, "the file has no audio stream", "unsupported_audio", param="file")
         stream = container.streams.audio[0]
@@ -94,9 +134,9 @@ def _av_available() -> bool:
     return True
 
 
-def decode_audio(data: bytes, rate: int, max_seconds: float) -> Audio:
+def decode_audio(data: Source, rate: int, max_seconds: float) -> Audio:
     """Decode, mix to mono and resample to `rate`. Raises `ApiError` 400/413/415 with a message for the caller."""
-    if not data:
+    if _empty(data):
         raise ApiError(400, "the uploaded file is empty", "empty_audio", param="file")
     try:
         samples, source_rate = _read_soundfile(data, max_seconds)
@@ -118,6 +158,7 @@ def decode_audio(data: bytes, rate: int, max_seconds: float) -> Audio:
                 415, f"cannot decode the audio: {type(av_error).__name__}", "unsupported_audio", param="file"
             ) from None
     mono = samples  # (L,) at source_rate
+    del samples  # so the source-rate array is freed as soon as its resampled copy replaces `mono`
     if not np.isfinite(mono).all():
         raise ApiError(400, "the audio contains NaN or infinite samples", "invalid_audio", param="file")
     if len(mono) and np.abs(mono).max() > MAX_SAMPLE:
@@ -133,3 +174,10 @@ def decode_audio(data: bytes, rate: int, max_seconds: float) -> Audio:
             param="file",
         )
     return Audio(np.ascontiguousarray(mono, dtype=np.float32), rate)
+
+
+def _empty(source: Source) -> bool:
+    if isinstance(source, bytes):
+        return not source
+    source.seek(0, io.SEEK_END)
+    return source.tell() == 0

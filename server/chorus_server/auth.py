@@ -65,7 +65,9 @@ class Principal:
     def anonymous(self) -> bool:
         return self.key_id is None
 
-    def require(self, permission: Permission) -> None:
+    def require(self, permission: Permission, what: str | None = None) -> None:
+        """403 unless the caller has `permission`; `what` names the refused action when the permission's own
+        description does not (e.g. "change tenant limits", which needs `manage`, not "manage API keys")."""
         if permission not in self.permissions:
             if self.anonymous and permission == "scrape":  # not a key's role at fault: a key is missing
                 raise ApiError(
@@ -74,7 +76,8 @@ class Principal:
                     "missing_api_key",
                     headers=_challenge(),
                 )
-            raise ApiError(403, f"this API key's role ({self.role}) may not {WHAT[permission]}", "permission_denied")
+            action = what or WHAT[permission]
+            raise ApiError(403, f"this API key's role ({self.role}) may not {action}", "permission_denied")
 
 
 def principal(tenant: str, role: Role, key_id: str | None = None, local: bool = False) -> Principal:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from chorus_training.cli import add_commands as add_training_commands
+
+if TYPE_CHECKING:
+    from chorus_server.keys import KeyRing
 
 
 def _random_model(args: argparse.Namespace) -> int:
@@ -76,9 +80,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    import time
-
-    from chorus_server.keys import Role
+    """`chorus keys create|list|revoke`: each run is one audit entry by `cli:<OS user>`, refused or not."""
+    from chorus_server.audit import AuditLog, audit_path
     from chorus_server.runtime import key_ring
     from chorus_server.startup import StartupError, load_settings
 
@@ -88,9 +91,28 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"chorus keys: {exc}", file=sys.stderr)
         return 2
     keys = key_ring(settings)
+    target = {"create": getattr(args, "tenant", ""), "list": "*", "revoke": getattr(args, "key_id", "")}
+    audit = AuditLog(audit_path(settings))
+    with audit.local_action(f"key.{args.keys_command}", target[args.keys_command]) as entry:
+        return _run_keys_command(args, keys, entry)
+
+
+def _run_keys_command(args: argparse.Namespace, keys: KeyRing, entry: dict[str, Any]) -> int:
+    import time
+
+    from chorus_server.keys import Role
+    from chorus_store.errors import AdapterRejected
+
     if args.keys_command == "create":
         expires = time.time() + args.expires_days * 86400 if args.expires_days else None
-        info, secret = keys.create(args.tenant, Role(args.role), expires)
+        entry["details"] = {"tenant": args.tenant, "role": args.role, "expires_at": expires}
+        try:
+            info, secret = keys.create(args.tenant, Role(args.role), expires)
+        except AdapterRejected as exc:  # a bad tenant name
+            entry["outcome"] = "invalid_tenant"
+            print(f"chorus keys: {exc}", file=sys.stderr)
+            return 2
+        entry["details"]["key"] = info.id
         print(f"created {info.id} for tenant {info.tenant!r}, role {info.role} (shown once; store it now):")
         print(secret)
         return 0
@@ -103,6 +125,7 @@ def _keys(args: argparse.Namespace) -> int:
     if keys.revoke(args.key_id):
         print(f"revoked {args.key_id}")
         return 0
+    entry["outcome"] = "key_not_found"  # the same code the API answers
     print(f"chorus keys: no active key {args.key_id!r} in {keys.path}", file=sys.stderr)
     return 1
 

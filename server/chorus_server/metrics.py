@@ -3,6 +3,7 @@ queue, cache and device state is read when `/metrics` is scraped. Each app has i
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -19,6 +20,9 @@ from chorus_server.engine.cache import AdapterCache
 if TYPE_CHECKING:
     from chorus_server.batching import WorkItem
 
+logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer was complete
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 AUDIO_BUCKETS = (1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
@@ -206,7 +210,8 @@ class Metrics:
 class RequestMetrics:
     """ASGI middleware: latency, status and in-flight count of the audio endpoints (transcriptions and
     classifications), whatever the outcome (validation errors and disconnects included). Routes put the adapter ID
-    in `request.state.adapter_id`."""
+    in `request.state.adapter_id`. A client that disconnects before the answer is complete counts as 499, also
+    when the status line had already gone out (a `stream=true` answer sends 200 before the transcript)."""
 
     def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics | None], paths: Collection[str]):
         self.app, self.metrics, self.paths = app, metrics, frozenset(paths)
@@ -217,18 +222,33 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         status = 500
+        complete = gone = False
         started = time.perf_counter()
 
+        async def watch_disconnect() -> Message:
+            nonlocal gone
+            message = await receive()
+            # Servers also answer http.disconnect once the response is complete: only a disconnect before counts.
+            gone = gone or (message["type"] == "http.disconnect" and not complete)
+            return message
+
         async def record_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
             await send(message)
 
         metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, watch_disconnect, record_status)
         finally:
             metrics.in_flight.dec()
+            if gone and status != CLIENT_CLOSED:
+                # The server's access log line, written with the status line, says `status`; this says what became.
+                logger.info("%s %s: client disconnected after %d was sent; counted as 499", scope["method"],
+                            scope["path"], status)  # fmt: skip
+                status = CLIENT_CLOSED
             adapter_id = scope.get("state", {}).get("adapter_id", "")
             metrics.observe_request(status, adapter_id, time.perf_counter() - started)

@@ -35,6 +35,7 @@ class Prefetcher(Generic[B, S]):
         while (entry := self._slot.get()) is not None:
             self._taken.release()
             yield entry
+            del entry  # not held while waiting for the next batch: its items view requests' decoded audio
 
     def _stage_ahead(self) -> None:
         try:
@@ -49,6 +50,7 @@ class Prefetcher(Generic[B, S]):
                 except Exception as exc:  # the inference thread fails (or retries) the batch
                     staged = exc.with_traceback(None)
                 self._slot.put((batch, staged))
+                del batch, staged  # this thread waits next with nothing of the batch it handed over
         except Exception:
             logger.exception("batch stager failed")
         finally:

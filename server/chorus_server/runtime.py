@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from chorus_server import speech
-from chorus_server.audit import AuditLog
+from chorus_server.audit import AuditLog, audit_path
 from chorus_server.auth import Authenticator, anonymous_role, env_keys, key_file
 from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
@@ -198,7 +198,7 @@ class Runtime:
         speech.warm_up()
         keys = key_ring(settings)
         auth = Authenticator(keys, anonymous_role(settings.auth, keys))
-        audit = AuditLog(settings.audit_log or settings.data_dir / "audit.jsonl")
+        audit = AuditLog(audit_path(settings))
         quotas = Quotas(settings.limits.tenant, TenantDB(keys.path, settings.auth.db_timeout_seconds))
         pinned: dict[str, str] = {}
         watcher = StoreWatcher(store, cache, pinned, settings.cache.watch_seconds)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from chorus_server.audio import MIN_SAMPLES, Audio
+from chorus_server.audio_memory import AudioMemory, Hold
 from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
 from chorus_server.chunking import Window, plan_windows, stitch
@@ -72,6 +73,7 @@ class Transcriber:
         self.settings, self.default_adapter = settings, default_adapter
         self.rate = engine.preprocess.sampling_rate
         self.budget = QueueBudget(settings.limits.max_queue_audio_seconds)
+        self.memory = AudioMemory(settings.limits.max_decoded_audio_bytes)
 
     def resolve(
         self, ref: str, who: Principal, task: Literal["transcribe", "classify"] = "transcribe"
@@ -140,6 +142,7 @@ class Transcriber:
         finally:
             gone.cancel()
             self.budget.release(tenant, audio.seconds)
+            self.memory.done(audio.samples)
 
     async def lease(self, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Lease:
         """Hold `record`'s adapter resident (loading it if needed), waiting no longer than the request may."""
@@ -150,6 +153,31 @@ class Transcriber:
         queued = self.budget.refusal(tenant, seconds)
         if queued is not None:
             raise self._queue_full(queued)
+
+    def hold_audio(self, tenant: str, nbytes: int) -> Hold:
+        """Reserve `nbytes` of decoded audio for `tenant` before decoding, or raise 503 + Retry-After."""
+        try:
+            return self.memory.reserve(tenant, nbytes)
+        except QueueFull as full:
+            raise self._memory_full(full.queued) from None
+
+    def check_memory(self, tenant: str, nbytes: int) -> None:
+        """Raise 503 now if decoding `nbytes` more for `tenant` would be refused (before the upload is read)."""
+        held = self.memory.refusal(tenant, nbytes)
+        if held is not None:
+            raise self._memory_full(held)
+
+    def _memory_full(self, held: float) -> ApiError:
+        # Decoded audio is held until its request finishes: the queued seconds say how soon that is.
+        queued = self.budget.held
+        retry = max(1, min(60, math.ceil(queued / max(self.worker.speed, 1.0))))
+        return ApiError(
+            503,
+            f"the server is busy ({held / 2**20:.0f} MiB of decoded audio held, limit "
+            f"{self.memory.bound / 2**20:.0f} MiB); retry after {retry} s",
+            "queue_full",
+            headers={"Retry-After": str(retry)},
+        )
 
     def _admit(self, seconds: float, tenant: str) -> None:
         try:

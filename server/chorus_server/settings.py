@@ -78,6 +78,11 @@ class LimitSettings(BaseModel):
     max_queue_audio_seconds: float = Field(
         900.0, gt=0, description="audio admitted but not yet run; beyond it requests get 503 + Retry-After"
     )
+    max_decoded_audio_bytes: int = Field(
+        256 * MiB,
+        ge=MiB,
+        description="decoded audio held in memory by requests being decoded or queued; beyond: 503 + Retry-After",
+    )
     request_timeout_seconds: float = Field(120.0, gt=0, description="deadline per request; past it 504")
     body_timeout_seconds: float = Field(
         30.0, gt=0, description="longest wait for the next piece of a request body; beyond: 408"

@@ -136,6 +136,8 @@ class Worker:
                 self._run_batch(batch, staged)
             except Exception:  # never let the thread die; _run_batch resolves its items itself
                 logger.exception("inference worker error")
+            # Drop the finished batch now, not when the next one comes: its items view requests' decoded audio.
+            del batch, staged
 
     def _warm_up(self, plan: WarmUp) -> None:
         """One dummy batch per bucket, largest first, as large as the batch budget allows; out of memory shrinks

@@ -188,6 +188,22 @@ def test_usage_and_per_tenant_overrides(tmp_path, model_dir):
         error_of(client.put("/v1/tenants/acme/limits", json={}, headers=acme), 403, "permission_denied")
 
 
+def test_admin_only_refusals_say_what_was_refused(tmp_path, model_dir):
+    """Tenant limits, other tenants' usage and purges need the admin role; the 403 names the action, not keys."""
+    with running_app(make_settings(tmp_path, model_dir, auth={"keys": {"ka": "acme"}})) as client:
+        acme = {"Authorization": "Bearer ka"}
+        refusals = {
+            "read another tenant's usage": client.get("/v1/usage?tenant=globex", headers=acme),
+            "read tenant limits": client.get("/v1/tenants/acme/limits", headers=acme),
+            "change tenant limits": client.put("/v1/tenants/acme/limits", json={}, headers=acme),
+            "purge an adapter's version numbers": client.delete("/v1/adapters/x?purge=true", headers=acme),
+        }
+        for action, response in refusals.items():
+            message = error_of(response, 403, "permission_denied")["message"]
+            assert message.startswith(f"this API key's role (operator) may not {action}"), message
+            assert "API keys" not in message
+
+
 def test_audio_longer_than_the_queue_can_ever_hold_is_413(tmp_path, model_dir):
     with running_app(make_settings(tmp_path, model_dir, limits={"max_queue_audio_seconds": 1.0})) as client:
         files = {"file": ("a.wav", wav(2.0), "audio/wav")}

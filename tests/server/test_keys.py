@@ -4,6 +4,9 @@ admin API, environment keys (also as hashes), and the refusal to listen on a net
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import pwd
 import time
 
 import pytest
@@ -84,6 +87,38 @@ def test_environment_keys_may_be_given_as_hashes(tmp_path, model_dir):
         assert ok.status_code == 200
 
 
+def audit_entries(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_key_operation_is_audited_with_the_caller_as_actor(tmp_path, model_dir):
+    """Refused key operations are audited too, and `key.create` names the caller, with the new key in `details`."""
+    settings = make_settings(tmp_path, model_dir, auth={"admin_keys": [ADMIN]})
+    with running_app(settings) as client:
+        created = client.post("/v1/keys", json={"tenant": "acme", "role": "user"}, headers=auth(ADMIN)).json()
+        user, user_id = created["key"], created["id"]
+        error_of(client.get("/v1/keys", headers=auth(user)), 403, "permission_denied")
+        refused = client.post("/v1/keys", json={"tenant": "acme", "role": "admin"}, headers=auth(user))
+        error_of(refused, 403, "permission_denied")
+        error_of(client.delete(f"/v1/keys/{user_id}", headers=auth(user)), 403, "permission_denied")
+        assert client.get("/v1/keys", headers=auth(ADMIN)).status_code == 200
+        entries = audit_entries(client.app.state.chorus.audit.path)
+    admin_id = "env_" + hashlib.sha256(ADMIN.encode()).hexdigest()[:12]
+    as_admin = {"actor": f"key:{admin_id}", "tenant": "admin", "role": "admin", "key_id": admin_id}
+    as_user = {"actor": f"key:{user_id}", "tenant": "acme", "role": "user", "key_id": user_id}
+    expected = [
+        ("key.create", "acme", "ok", as_admin),
+        ("key.list", "*", "permission_denied", as_user),
+        ("key.create", "acme", "permission_denied", as_user),
+        ("key.revoke", user_id, "permission_denied", as_user),
+        ("key.list", "*", "ok", as_admin),
+    ]
+    assert [(e["action"], e["target"], e["outcome"], {k: e[k] for k in as_user}) for e in entries] == expected
+    assert entries[0]["details"] == {"tenant": "acme", "role": "user", "expires_at": None, "key": user_id}
+    assert entries[2]["details"] == {"tenant": "acme", "role": "admin", "expires_at": None}  # what was asked for
+    assert all(e["request_id"] for e in entries) and user not in json.dumps(entries)
+
+
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """`chorus` commands read settings from the environment: point them at a temporary data directory."""
@@ -108,6 +143,32 @@ def test_keys_command_works_without_a_server(env, capsys):
     assert cli.main(["keys", "revoke", info.id]) == 0
     assert ring.lookup(secret) is None
     assert cli.main(["keys", "revoke", info.id]) == 1
+
+
+def test_keys_command_audits_every_run_as_the_os_user(env, monkeypatch, capsys):
+    monkeypatch.setenv("CHORUS_AUDIT_LOG", str(env / "logs" / "audit.jsonl"))
+    monkeypatch.setenv("USER", "someone-else")  # the OS user is read from the process's user ID, not $USER
+    get_settings.cache_clear()
+    assert cli.main(["keys", "create", "--tenant", "acme", "--role", "admin", "--expires-days", "1"]) == 0
+    secret = capsys.readouterr().out.strip().splitlines()[-1]
+    assert cli.main(["keys", "list"]) == 0
+    key_id = KeyRing(env / "keys.sqlite3").active()[0].id
+    assert cli.main(["keys", "revoke", key_id]) == 0
+    assert cli.main(["keys", "revoke", key_id]) == 1
+    assert cli.main(["keys", "create", "--tenant", "Not Valid"]) == 2
+    assert "Not Valid" in capsys.readouterr().err
+    entries = audit_entries(env / "logs" / "audit.jsonl")
+    assert {e["actor"] for e in entries} == {f"cli:{pwd.getpwuid(os.getuid()).pw_name}"}
+    assert [(e["action"], e["target"], e["outcome"]) for e in entries] == [
+        ("key.create", "acme", "ok"),
+        ("key.list", "*", "ok"),
+        ("key.revoke", key_id, "ok"),
+        ("key.revoke", key_id, "key_not_found"),
+        ("key.create", "Not Valid", "invalid_tenant"),
+    ]
+    details = entries[0]["details"]
+    assert (details["tenant"], details["role"], details["key"]) == ("acme", "admin", key_id)
+    assert details["expires_at"] > time.time() and secret not in json.dumps(entries)
 
 
 def test_serve_refuses_a_network_interface_without_keys(env, monkeypatch, capsys):

@@ -85,6 +85,21 @@ def test_a_disconnected_client_has_its_queued_work_dropped(live):
     assert 'status="499"' in httpx.get(f"{live.url}/metrics").text
 
 
+def test_a_stream_its_client_closes_counts_as_499(live):
+    """An SSE answer has sent 200 before the transcript; a client that leaves mid-stream is still a 499."""
+    entered = threading.Event()
+    gate, _ = gate_forward(live, entered)
+    files = {"file": ("a.wav", wav(20.0), "audio/wav")}
+    url = f"{live.url}/v1/audio/transcriptions"
+    with httpx.stream("POST", url, files=files, data={"model": "eng-0", "stream": "true"}, timeout=30) as response:
+        assert response.status_code == 200  # the headers went out before the first window ran
+        wait_for(entered.is_set)
+    wait_for(lambda: live.app.state.chorus.metrics.requests_in_flight() == 0)  # the server let it go
+    gate.set()
+    finished = [line for line in httpx.get(f"{live.url}/metrics").text.splitlines() if "chorus_requests_total{" in line]
+    assert len(finished) == 1 and 'status="499"' in finished[0] and finished[0].endswith(" 1.0"), finished
+
+
 def wait_for(predicate, seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():

@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from chorus_server import formats
 from chorus_server.errors import ApiError, envelope, from_domain
 from chorus_server.live.ctc_stream import IncrementalCTC
-from chorus_server.service import Piece
+from chorus_server.service import ClientGone, Piece
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ async def transcript_events(pieces: Pieces, duration: float) -> AsyncIterator[by
                 if delta:
                     separator = " " if fresh and done else ""
                     yield sse({"type": "transcript.text.delta", "delta": separator + delta})
+        except ClientGone:  # nobody is left to read an error event
+            return
         except Exception as exc:
             yield sse({"type": "error", **error_body(exc)})
             return

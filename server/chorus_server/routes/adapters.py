@@ -205,7 +205,7 @@ async def delete_adapter(
     async with runtime.audit.action(request, "adapter.delete", ref) as entry:
         who.require("write")
         if purge:
-            who.require("manage")
+            who.require("manage", "purge an adapter's version numbers (delete without purge=true)")
         full_id, version = own_id(ref, who)
         entry.update(target=full_id, version=version, purge=purge)
         if full_id.partition("/")[0] != who.tenant and not who.admin:

@@ -32,24 +32,27 @@ def _keys(request: Request, who: Principal) -> KeyRing:
 
 @router.get("/v1/keys", summary="List active API keys (admin)")
 async def list_keys(request: Request, who: Caller) -> dict[str, Any]:
-    keys = await asyncio.to_thread(_keys(request, who).active)
+    async with request.app.state.chorus.audit.action(request, "key.list", "*"):  # refusals are audited too
+        keys = await asyncio.to_thread(_keys(request, who).active)
     return {"object": "list", "data": [k.to_dict() for k in keys]}
 
 
 @router.post("/v1/keys", status_code=201, summary="Create an API key (admin); the secret is shown only here")
 async def create_key(request: Request, body: NewKey, who: Caller) -> dict[str, Any]:
-    keys = _keys(request, who)
     expires = time.time() + body.expires_in_days * 86400 if body.expires_in_days else None
     async with request.app.state.chorus.audit.action(request, "key.create", body.tenant) as entry:
+        # The new key's tenant and role; the entry's own `tenant`, `role` and `key_id` are the caller's.
+        entry["details"] = {"tenant": body.tenant, "role": str(body.role), "expires_at": expires}
+        keys = _keys(request, who)
         info, secret = await asyncio.to_thread(keys.create, body.tenant, body.role, expires)
-        entry.update(key=info.id, role=str(info.role))
+        entry["details"]["key"] = info.id
     return {**info.to_dict(), "key": secret}
 
 
 @router.delete("/v1/keys/{key_id}", summary="Revoke an API key (admin); effective on the next request")
 async def revoke_key(request: Request, key_id: str, who: Caller) -> dict[str, Any]:
-    keys = _keys(request, who)
     async with request.app.state.chorus.audit.action(request, "key.revoke", key_id):
+        keys = _keys(request, who)
         if not await asyncio.to_thread(keys.revoke, key_id):
             raise ApiError(
                 404,

@@ -29,7 +29,7 @@ async def usage(request: Request, who: Caller, tenant: TenantName | None = None)
     who.require("usage")  # a metrics key scrapes /metrics, nothing else
     quotas = _runtime(request).quotas
     if tenant is not None and tenant != who.tenant:
-        who.require("manage")
+        who.require("manage", "read another tenant's usage (leave out ?tenant= for your own)")
     if tenant is None and who.admin:
         tenants = await asyncio.to_thread(quotas.tenants)
         return {"object": "list", "data": [await asyncio.to_thread(quotas.usage, t) for t in tenants]}
@@ -38,7 +38,7 @@ async def usage(request: Request, who: Caller, tenant: TenantName | None = None)
 
 @router.get("/v1/tenants/{tenant}/limits", summary="A tenant's limits: defaults with its overrides (admin)")
 async def get_limits(request: Request, tenant: TenantPath, who: Caller) -> dict[str, Any]:
-    who.require("manage")
+    who.require("manage", "read tenant limits (GET /v1/usage shows your own tenant's)")
     runtime = _runtime(request)
     overrides = await asyncio.to_thread(runtime.quotas.db.overrides, tenant)
     limits = runtime.settings.limits.tenant.model_copy(update=overrides)
@@ -49,7 +49,7 @@ async def get_limits(request: Request, tenant: TenantPath, who: Caller) -> dict[
 async def put_limits(request: Request, tenant: TenantPath, overrides: dict[str, Any], who: Caller) -> dict[str, Any]:
     runtime = _runtime(request)
     async with runtime.audit.action(request, "tenant.limits", tenant) as entry:
-        who.require("manage")
+        who.require("manage", "change tenant limits")
         unknown = set(overrides) - set(TenantLimits.model_fields)
         if unknown:
             raise ApiError(422, f"unknown limits {sorted(unknown)}; known: {sorted(TenantLimits.model_fields)}")

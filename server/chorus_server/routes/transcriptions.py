@@ -9,31 +9,45 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chorus_server import formats
-from chorus_server.audio import Audio, decode_audio, probe_seconds
+from chorus_server.audio import Audio, decode_audio, probe
 from chorus_server.auth import Principal, current_principal
 from chorus_server.auto_route import AUTO_MODEL, LanguageRouter, Route
 from chorus_server.errors import ApiError
 from chorus_server.live.sse import check_streamable, stream_response
+from chorus_server.metrics import CLIENT_CLOSED
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone, Result
 from chorus_server.speech import options_from_form
 
 router = APIRouter(tags=["transcription"])
 
-CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
-
 
 async def receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> Audio:
-    """An upload's audio, admitted for `who`: quota and queue checked from the header's length before decoding
-    (refusals cost no decoding), again on the decoded length, then charged to the tenant. Shared by every route
-    that takes an audio file."""
-    data = await file.read()
-    probed = probe_seconds(data) or 0.0
+    """An upload's audio, admitted for `who`: quota, queue and decoded-audio memory checked from the header before
+    decoding (refusals cost no decoding), the quota again on the decoded length, then charged to the tenant. The
+    upload is decoded from its spooled file, never copied whole into memory. Shared by every route that takes an
+    audio file."""
+    try:
+        return await _receive_audio(runtime, who, file)
+    finally:
+        runtime.transcriber.memory.upload_done(file.size or 0)
+
+
+async def _receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> Audio:
+    transcriber, rate = runtime.transcriber, runtime.engine.preprocess.sampling_rate
+    max_seconds = runtime.settings.limits.max_audio_seconds
+    header = await asyncio.to_thread(probe, file.file)
+    probed = header.seconds if header else 0.0
     runtime.quotas.check_audio(who.tenant, probed)
-    runtime.transcriber.check_queue(who.tenant, probed)
-    audio = await asyncio.to_thread(
-        decode_audio, data, runtime.engine.preprocess.sampling_rate, runtime.settings.limits.max_audio_seconds
-    )
+    transcriber.check_queue(who.tenant, probed)
+    # Unknown length (containers only PyAV reads): the most the length limit allows, source and resampled.
+    hold = transcriber.hold_audio(who.tenant, header.decode_bytes(rate) if header else int(8 * max_seconds * rate))
+    try:
+        audio = await asyncio.to_thread(decode_audio, file.file, rate, max_seconds)
+    except BaseException:
+        hold.release()
+        raise
+    hold.keep(audio.samples)
     runtime.quotas.check_audio(who.tenant, audio.seconds)
     runtime.quotas.charge_audio(who.tenant, audio.seconds)
     runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
