@@ -25,10 +25,11 @@ if TYPE_CHECKING:
     from chorus_server.auth import Principal
     from chorus_server.runtime import Runtime
 
-# (method, path, audit action) of the admin-only routes that read a body; the path's group, if any, is the target.
+# (method, path, audit action, what is refused) of the admin-only routes that read a body; the path's group, if
+# any, is the target.
 MANAGE_WITH_BODY = (
-    ("POST", re.compile(r"/v1/keys/?"), "key.create"),
-    ("PUT", re.compile(r"/v1/tenants/([^/]+)/limits/?"), "tenant.limits"),
+    ("POST", re.compile(r"/v1/keys/?"), "key.create", "manage API keys"),
+    ("PUT", re.compile(r"/v1/tenants/([^/]+)/limits/?"), "tenant.limits", "change tenant limits"),
 )
 
 
@@ -83,13 +84,13 @@ class Admission:
 
 async def _may_send_body(runtime: Runtime, who: Principal, scope: Scope, receive: Receive, send: Send) -> bool:
     """False (after answering 403) when `who` may not call the admin route that would read this body."""
-    for method, path, action in MANAGE_WITH_BODY:
+    for method, path, action, what in MANAGE_WITH_BODY:
         match = path.fullmatch(scope["path"]) if scope["method"] == method else None
         if match is None or "manage" in who.permissions:
             continue
         try:  # audited like the route's own refusals; the body, and so e.g. the new key's tenant, is never read
             async with runtime.audit.action(Request(scope), action, match.group(1) if match.groups() else ""):
-                who.require("manage")
+                who.require("manage", what)
         except ApiError as error:
             await error_response(error)(scope, receive, send)
             return False
