@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,9 +25,37 @@ CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
+VERSION_STEM = re.compile(r"v[0-9]{6,9}", re.ASCII)
+MAX_STRAYS_REMEMBERED = 10_000
+
+
 def version_file(version: int) -> str:
     """`v000003`: the stem of version 3's data (`.safetensors`) and record (`.json`)."""
     return f"v{version:06d}"
+
+
+def version_of(stem: str) -> int | None:
+    """The version a file stem names, if it is exactly `version_file(N)` for some N >= 1 (else None: not ours)."""
+    if not VERSION_STEM.fullmatch(stem) or version_file(int(stem[1:])) != stem or int(stem[1:]) == 0:
+        return None
+    return int(stem[1:])
+
+
+class Strays:
+    """Entries in the store that no store wrote: NFS `.snapshot` folders, editor backups, a misplaced file. They
+    are skipped wherever the store walks, and each is logged once (not on every listing), so one stray folder
+    never turns a listing into an error for every tenant."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def skip(self, where: str) -> None:
+        with self._lock:
+            if where in self._seen or len(self._seen) >= MAX_STRAYS_REMEMBERED:
+                return
+            self._seen.add(where)
+        logger.warning("the adapter store skips %r: not an owner, adapter or version it wrote", where)
 
 
 def not_found(adapter_id: str) -> AdapterNotFound:

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 from chorus_store.base import (
     ADAPTER_ID,
+    TENANT,
     VISIBILITIES,
     AdapterRecord,
     AdapterSummary,
@@ -43,6 +44,7 @@ from chorus_store.base import (
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
     Digest,
+    Strays,
     copy_upload,
     damaged,
     new_record,
@@ -50,6 +52,7 @@ from chorus_store.common import (
     parse_record,
     verify_checksum,
     version_file,
+    version_of,
 )
 from chorus_store.errors import (
     AdapterCorrupt,
@@ -116,6 +119,7 @@ class LocalStore:
         self.adapters_dir = self.root / "adapters"
         self.public_dir = self.root / "public"
         self.tmp_dir = self.root / "tmp"
+        self.strays = Strays()
         try:
             for folder in (self.adapters_dir, self.public_dir, self.tmp_dir):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -271,13 +275,7 @@ class LocalStore:
         if not 1 <= limit <= 1000:
             raise AdapterRejected(f"limit must be between 1 and 1000, got {limit}")
         with _io("list adapters"):
-            ids = sorted(
-                f"{owner.name}/{adapter.name}"
-                for owner in self.adapters_dir.iterdir()
-                if owner.is_dir()
-                for adapter in owner.iterdir()
-                if adapter.is_dir()
-            )
+            ids = sorted(self._adapter_ids())
         items: list[AdapterRecord] = []
         more = False
         for adapter_id in ids:
@@ -303,8 +301,16 @@ class LocalStore:
             return self._claim_holder(name)
 
     def owner_bytes(self, owner: str) -> int:
+        folder = self.adapters_dir / owner
+        if not TENANT.fullmatch(owner) or not folder.is_dir():
+            return 0
+        total = 0
         with _io("measure storage"):
-            return sum(p.stat().st_size for p in (self.adapters_dir / owner).glob("*/v*.safetensors"))
+            for adapter_id in self._adapter_ids(folder):
+                for version in self._version_numbers(self._folder(adapter_id), include_orphans=True):
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        total += (self._folder(adapter_id) / f"{version_file(version)}.safetensors").stat().st_size
+        return total
 
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its sha256."""
@@ -445,12 +451,33 @@ class LocalStore:
 
     def _version_numbers(self, folder: Path, include_orphans: bool = False) -> list[int]:
         suffixes = (".json", ".safetensors") if include_orphans else (".json",)
-        found = {
-            int(p.stem[1:])
-            for p in folder.glob("v*")
-            if p.suffix in suffixes and p.stem[1:].isascii() and p.stem[1:].isdigit() and not p.name.startswith(".")
-        }
+        found = set()
+        for path in folder.glob("v*"):
+            number = version_of(path.stem)
+            if number is None:
+                self.strays.skip(str(path.relative_to(self.root)))
+            elif path.suffix in suffixes:
+                found.add(number)
         return sorted(found)
+
+    def _owners(self) -> Iterator[Path]:
+        """Owner folders, skipping (and logging once) anything that is not one."""
+        for entry in self.adapters_dir.iterdir():
+            if TENANT.fullmatch(entry.name) and entry.is_dir():
+                yield entry
+            else:
+                self.strays.skip(str(entry.relative_to(self.root)))
+
+    def _adapter_ids(self, owner: Path | None = None) -> Iterator[str]:
+        """Full IDs of the adapter folders of `owner` (every owner if None); strays skipped and logged once."""
+        for folder in [owner] if owner is not None else self._owners():
+            with contextlib.suppress(FileNotFoundError):  # an owner purged meanwhile
+                for entry in folder.iterdir():
+                    adapter_id = f"{folder.name}/{entry.name}"
+                    if ADAPTER_ID.fullmatch(adapter_id) and entry.is_dir():
+                        yield adapter_id
+                    else:
+                        self.strays.skip(str(entry.relative_to(self.root)))
 
     def _record(self, folder: Path, meta: dict[str, Any], version: int, current: int) -> AdapterRecord:
         adapter_id = f"{folder.parent.name}/{folder.name}"
@@ -486,12 +513,11 @@ class LocalStore:
                 with contextlib.suppress(OSError):
                     if time.time() - leftover.stat().st_mtime > STALE_SECONDS:
                         leftover.unlink()
-        for owner in list(self.adapters_dir.iterdir()):
+        for owner in list(self._owners()):
             if (owner / "adapter.json").is_file():
                 owner = self._migrate_flat(owner)
-            with contextlib.suppress(FileNotFoundError):  # purged meanwhile by a live process
-                for folder in owner.iterdir() if owner.is_dir() else ():
-                    self._recover_adapter(folder)
+            for adapter_id in list(self._adapter_ids(owner)):  # never touches folders it did not write
+                self._recover_adapter(self._folder(adapter_id))
 
     def _migrate_flat(self, folder: Path) -> Path:
         """A store written before namespaces (`adapters/<id>/`, owner in adapter.json) moves to
@@ -526,7 +552,7 @@ class LocalStore:
             except BlockingIOError:
                 return  # a publish or delete is running on this adapter
             for data in folder.glob("v*.safetensors"):
-                if not data.with_suffix(".json").exists():
+                if version_of(data.stem) is not None and not data.with_suffix(".json").exists():
                     logger.warning("removing %s: data without a record (publish was interrupted)", data)
                     data.unlink(missing_ok=True)
             for tmp in folder.glob(".*.tmp"):

@@ -42,6 +42,7 @@ from chorus_store.base import (
 )
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
+    Strays,
     copy_upload,
     damaged,
     new_record,
@@ -49,6 +50,7 @@ from chorus_store.common import (
     parse_record,
     verify_checksum,
     version_file,
+    version_of,
 )
 from chorus_store.errors import (
     AdapterCorrupt,
@@ -93,6 +95,7 @@ class S3Store:
         self.validator, self.max_bytes = validator, max_bytes
         self.scratch = scratch or Path(tempfile.gettempdir())
         self.options = client_options
+        self.strays = Strays()
         self.client = ObjectStore(bucket, **_client_config(client_options))
 
     @classmethod
@@ -299,16 +302,11 @@ class S3Store:
     ) -> Page:
         if not 1 <= limit <= 1000:
             raise AdapterRejected(f"limit must be between 1 and 1000, got {limit}")
-        root = self._key("adapters")
-        ids = sorted(
-            meta["path"][len(root) + 1 : -len("/meta.json")]
-            for meta in self._list(root)
-            if meta["path"].endswith("/meta.json")
-        )
+        ids = sorted(self._adapter_ids(self._key("adapters")))
         items: list[AdapterRecord] = []
         more = False
         for adapter_id in ids:
-            if (after is not None and adapter_id <= after) or not ADAPTER_ID.fullmatch(adapter_id):
+            if after is not None and adapter_id <= after:
                 continue
             try:
                 record = self.get(adapter_id)
@@ -326,8 +324,13 @@ class S3Store:
         return Page(items, items[-1].id if more else None)
 
     def owner_bytes(self, owner: str) -> int:
+        root = self._key("adapters", owner)
         return sum(
-            int(m["size"]) for m in self._list(self._key("adapters", owner)) if m["path"].endswith(".safetensors")
+            int(m["size"])
+            for m in self._list(root)
+            if ADAPTER_ID.fullmatch(f"{owner}/{m['path'][len(root) + 1 :].partition('/')[0]}")
+            and m["path"].endswith(".safetensors")
+            and version_of(m["path"].rsplit("/", 1)[-1].removesuffix(".safetensors")) is not None
         )
 
     def read(self, record: AdapterRecord) -> bytes:
@@ -389,10 +392,22 @@ class S3Store:
 
     # ---- internals -----------------------------------------------------------------------------------------
 
+    def _adapter_ids(self, prefix: str) -> Iterator[str]:
+        """Full IDs of the adapters under `prefix` (all, or one owner's); keys no store wrote are skipped and
+        logged once."""
+        root = self._key("adapters")
+        for meta in self._list(prefix):
+            relative = meta["path"][len(root) + 1 :]
+            adapter_id, _, file = relative.rpartition("/")
+            if not ADAPTER_ID.fullmatch(adapter_id) or not (file == "meta.json" or version_of(file.split(".")[0])):
+                self.strays.skip(meta["path"])
+            elif file == "meta.json":
+                yield adapter_id
+
     @staticmethod
     def _numbers(keys: list[str]) -> list[int]:
         stems = (k.rsplit("/", 1)[-1].split(".", 1)[0] for k in keys)
-        return [int(s[1:]) for s in stems if s.startswith("v") and s[1:].isascii() and s[1:].isdigit()]
+        return [number for number in map(version_of, stems) if number is not None]
 
     def _record(self, adapter_id: str, meta: dict[str, Any], version: int) -> AdapterRecord:
         if version not in meta["versions"]:

@@ -79,3 +79,15 @@ def open_spec(spec: str, validator) -> LocalStore | S3Store:
         return LocalStore(Path(where), validator)
     endpoint, _, prefix = where.partition("|")
     return S3Store(BUCKET, prefix, validator, **s3_options(endpoint))
+
+
+def put_stray(store, relative: str, data: bytes = b"x") -> None:
+    """Create an entry no store wrote (an NFS `.snapshot`, a backup file) at `relative` under the store's root."""
+    if isinstance(store, LocalStore):
+        path = store.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    import obstore
+
+    obstore.put(store.client, store._key(relative), data)

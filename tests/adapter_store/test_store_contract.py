@@ -12,7 +12,7 @@ from chorus_server.engine.adapter_format import adapter_from_bytes
 from chorus_store import AdapterNotFound, AdapterRejected, PublishConflict, VersionNotFound, parse_ref
 from chorus_store.base import Ref, split_ref
 from chorus_store.errors import AdapterCorrupt, NameTaken
-from tests.adapter_store.conftest import damage, reopen
+from tests.adapter_store.conftest import damage, put_stray, reopen
 
 
 def test_publish_versions_and_current(store, adapter_files):
@@ -109,6 +109,40 @@ def test_listing_paginates_and_filters(store, adapter_files):
     assert pages(lambda r: r.id == "globex/b", limit=1) == [["globex/b"]]
     with pytest.raises(AdapterRejected, match="limit"):
         store.list_adapters(limit=0)
+
+
+STRAYS = [
+    "adapters/acme/.snapshot/meta.json",  # an NFS snapshot folder among an owner's adapters
+    "adapters/acme/.snapshot/adapter.json",
+    "adapters/.snapshot/fr/meta.json",  # ... among the owners
+    "adapters/Acme/fr/meta.json",
+    "adapters/acme/fr/v1.json",  # not a version name the store writes
+    "adapters/acme/fr/v0000001.safetensors",
+    "adapters/acme/fr/.snapshot/v000001.json",
+    "adapters/README",
+    "public/.snapshot/x",
+]
+
+
+def test_stray_entries_are_skipped_and_logged_once(store, adapter_files, caplog):
+    store.publish("acme/fr", adapter_files[0], visibility="public")
+    store.publish("globex/de", adapter_files[1])
+    for stray in STRAYS:
+        put_stray(store, stray, b'{"visibility": "public"}')
+    with caplog.at_level("WARNING", logger="chorus_store"):
+        assert [r.id for r in store.list_adapters().items] == ["acme/fr", "globex/de"]
+        first = [r.getMessage() for r in caplog.records if "skips" in r.getMessage()]
+        caplog.clear()
+        assert [r.id for r in store.list_adapters().items] == ["acme/fr", "globex/de"]
+        assert not [r for r in caplog.records if "skips" in r.getMessage()]  # once per entry, not per listing
+    assert any(".snapshot" in m for m in first) and any("v1.json" in m for m in first)
+    assert [r.version for r in store.versions("acme/fr")] == [1]
+    assert store.owner_bytes("acme") == adapter_files[0].stat().st_size
+    assert store.publish("acme/fr", adapter_files[1]).version == 2  # strays do not take version numbers
+    reopened = reopen(store)  # recovery leaves what it did not write alone
+    assert [r.id for r in reopened.list_adapters().items] == ["acme/fr", "globex/de"]
+    if hasattr(store, "root"):
+        assert all((store.root / stray).exists() for stray in STRAYS)
 
 
 def test_delete_keeps_a_tombstone_so_numbers_are_never_reused(store, adapter_files):
