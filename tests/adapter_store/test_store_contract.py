@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import pytest
 
@@ -109,6 +110,42 @@ def test_listing_paginates_and_filters(store, adapter_files):
     assert pages(lambda r: r.id == "globex/b", limit=1) == [["globex/b"]]
     with pytest.raises(AdapterRejected, match="limit"):
         store.list_adapters(limit=0)
+
+
+def test_visibility_belongs_to_each_version(store, adapter_files):
+    for visibility in (None, None, "public"):
+        store.publish("acme/book", adapter_files[0], visibility=visibility)
+    assert [r.visibility for r in store.versions("acme/book")] == ["private", "private", "public"]
+    assert store.get("acme/book").public_versions == [3] and store.public_owner("book") == "acme"
+    assert store.publish("acme/book", adapter_files[1]).visibility == "public"  # unset: the last publish's
+    assert store.get("acme/book@1").visibility == "private"
+    assert store.set_visibility("acme/book@1", "public").visibility == "public"  # the owner publishes v1 too
+    assert store.set_visibility("acme/book", "private").version == 4  # the current version, alone
+    assert store.get("acme/book").public_versions == [1, 3]
+    assert store.publish("acme/book", adapter_files[0]).visibility == "private"  # follows the current one's
+    # A viewer's listing shows another owner's newest public version, never a private current one.
+    assert [(r.id, r.version) for r in store.list_adapters(viewer="globex").items] == [("acme/book", 3)]
+    assert [(r.id, r.version) for r in store.list_adapters(viewer="acme").items] == [("acme/book", 5)]
+    store.delete("acme/book", 3)
+    assert [(r.id, r.version) for r in store.list_adapters(viewer="globex").items] == [("acme/book", 1)]
+    with pytest.raises(VersionNotFound):
+        store.set_visibility("acme/book@3", "public")
+    store.publish("acme/book", adapter_files[0], visibility="private")  # withdraws every version
+    assert store.get("acme/book").public_versions == [] and store.public_owner("book") is None
+    assert store.list_adapters(viewer="globex").items == []
+
+
+def test_metas_written_before_per_version_visibility_read_fail_closed(store, adapter_files):
+    for _ in range(3):
+        store.publish("acme/old", adapter_files[0], visibility="public")
+    # The meta as the previous release wrote it: one visibility for the whole adapter, no version list.
+    legacy = {"visibility": "public", "created_at": 1.0}
+    if not hasattr(store, "root"):
+        legacy |= {"current": 3, "last": 3, "versions": [1, 2, 3]}
+    damage(store, "acme/old", "meta", json.dumps(legacy).encode())
+    assert [r.visibility for r in store.versions("acme/old")] == ["private", "private", "public"]
+    assert store.publish("acme/old", adapter_files[1]).public_versions == [3, 4]  # the next write keeps the list
+    assert store.set_visibility("acme/old@1", "public").public_versions == [1, 3, 4]
 
 
 STRAYS = [

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
 from chorus_server.runtime import Runtime, upload_dir
-from chorus_server.tenancy import own_id, resolve
+from chorus_server.tenancy import own_id, resolve, visible_part
 from chorus_store.base import AdapterRecord, split_ref
 from chorus_store.errors import AdapterNotFound, StoreUnavailable
 
@@ -27,8 +27,8 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.chorus
 
 
-def adapter_json(runtime: Runtime, record: AdapterRecord) -> dict[str, Any]:
-    body = record.to_dict()
+def adapter_json(runtime: Runtime, record: AdapterRecord, who: Principal) -> dict[str, Any]:
+    body = visible_part(record, who).to_dict()
     body.pop("is_current", None)
     return {
         "object": "adapter",
@@ -68,11 +68,16 @@ async def list_models(request: Request, who: Caller) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+def _viewer(who: Principal) -> str | None:
+    """Whose view a listing takes: an admin sees every adapter, anyone else its own and the public ones."""
+    return None if who.admin else who.tenant
+
+
 def _all_visible(runtime: Runtime, who: Principal) -> list[AdapterRecord]:
     records: list[AdapterRecord] = []
     cursor = None
     while True:
-        page = runtime.store.list_adapters(after=cursor, limit=1000, where=who.can_see)
+        page = runtime.store.list_adapters(after=cursor, limit=1000, where=who.can_see, viewer=_viewer(who))
         records += page.items
         if page.next_cursor is None:
             return records
@@ -88,8 +93,8 @@ async def list_adapters(
 ) -> dict[str, Any]:
     who.require("read")
     runtime = _runtime(request)
-    page = await asyncio.to_thread(runtime.store.list_adapters, after, limit, who.can_see)
-    data = [adapter_json(runtime, r) for r in page.items]
+    page = await asyncio.to_thread(runtime.store.list_adapters, after, limit, who.can_see, _viewer(who))
+    data = [adapter_json(runtime, r, who) for r in page.items]
     return {"object": "list", "data": data, "next_cursor": page.next_cursor}
 
 
@@ -97,7 +102,7 @@ async def list_adapters(
 async def get_adapter(request: Request, ref: str, who: Caller) -> dict[str, Any]:
     who.require("read")
     runtime = _runtime(request)
-    return adapter_json(runtime, await asyncio.to_thread(resolve, runtime.store, ref, who))
+    return adapter_json(runtime, await asyncio.to_thread(resolve, runtime.store, ref, who), who)
 
 
 @router.put(
@@ -142,7 +147,7 @@ async def put_adapter(
         entry.update(version=record.version, sha256=record.sha256, visibility=record.visibility)
     if record.id in runtime.pinned:  # a pinned adapter stays pinned across versions
         await _pin(runtime, record)
-    return adapter_json(runtime, record)
+    return adapter_json(runtime, record, who)
 
 
 def _check_storage(quota: int | None, used: int, adding: int) -> None:
@@ -246,7 +251,7 @@ async def pin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[st
         record = await asyncio.to_thread(_changeable, runtime, adapter_id, who)
         entry.update(target=record.id, version=record.version)
         await _pin(runtime, record)
-    return adapter_json(runtime, record)
+    return adapter_json(runtime, record, who)
 
 
 async def _pin(runtime: Runtime, record: AdapterRecord) -> None:
@@ -268,4 +273,20 @@ async def unpin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[
         pinned = runtime.pinned.pop(record.id, None)
         if pinned is not None:
             runtime.cache.unpin(pinned)
-    return adapter_json(runtime, record)
+    return adapter_json(runtime, record, who)
+
+
+@router.post(
+    "/v1/adapters/{ref:path}/visibility",
+    summary="Make one version (`ID@N`; `ID`: the current one) public or private; other versions keep theirs",
+)
+async def set_visibility(
+    request: Request, ref: str, who: Caller, visibility: Annotated[Literal["private", "public"], Query()]
+) -> dict[str, Any]:
+    runtime = _runtime(request)
+    async with runtime.audit.action(request, "adapter.visibility", ref) as entry:
+        who.require("write")
+        record = await asyncio.to_thread(_changeable, runtime, ref, who)  # 404 if hidden, else 403 not_owner
+        record = await asyncio.to_thread(runtime.store.set_visibility, record.ref, visibility)
+        entry.update(target=record.id, version=record.version, visibility=visibility)
+    return adapter_json(runtime, record, who)
