@@ -13,7 +13,7 @@ from chorus_server.engine.adapter_format import adapter_from_bytes
 from chorus_store import AdapterNotFound, AdapterRejected, PublishConflict, VersionNotFound, parse_ref
 from chorus_store.base import Ref, split_ref
 from chorus_store.errors import AdapterCorrupt, NameTaken
-from tests.adapter_store.conftest import damage, put_stray, reopen
+from tests.adapter_store.conftest import damage, put_stray, reopen, touched
 
 
 def test_publish_versions_and_current(store, adapter_files):
@@ -146,6 +146,19 @@ def test_metas_written_before_per_version_visibility_read_fail_closed(store, ada
     assert [r.visibility for r in store.versions("acme/old")] == ["private", "private", "public"]
     assert store.publish("acme/old", adapter_files[1]).public_versions == [3, 4]  # the next write keeps the list
     assert store.set_visibility("acme/old@1", "public").public_versions == [1, 3, 4]
+
+
+def test_a_listing_reads_nothing_of_other_owners_private_adapters(store, adapter_files):
+    for i in range(12):
+        store.publish(f"acme/p{i:02d}", adapter_files[i % 2])
+    store.publish("acme/open", adapter_files[0], visibility="public")
+    store.publish("globex/own", adapter_files[1])
+    with touched(store) as paths:
+        listed = [r.id for r in store.list_adapters(viewer="globex").items]
+    assert listed == ["acme/open", "globex/own"]
+    assert paths and not [p for p in paths if p.startswith("adapters/acme/p")], paths
+    assert not [p for p in paths if p.rstrip("/") in ("adapters", "adapters/acme")]  # not even their names
+    assert len(store.list_adapters().items) == 14  # an unscoped listing (admins) still sees everything
 
 
 STRAYS = [

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import wav
+from chorus_server.settings import TenantLimits
+from tests.adapter_store.conftest import touched
+from tests.server.conftest import make_settings, running_app, wav
 from tests.server.test_errors import error_of
-from tests.server.test_tenancy import ADMIN, auth, tenants, transcribe_as  # noqa: F401 (a fixture)
+from tests.server.test_tenancy import ADMIN, KEYS, auth, tenants, transcribe_as  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize("stray", ["adapters/acme/.snapshot", "adapters/.snapshot", "public/.snapshot"])
@@ -65,3 +67,30 @@ def test_publishing_a_version_public_keeps_older_versions_private(tenants, adapt
     error_of(tenants.post("/v1/adapters/acme/book@3/visibility?visibility=private", headers=globex), 403, "not_owner")
     assert tenants.post("/v1/adapters/book@1/visibility?visibility=public", headers=auth("sk-acme")).status_code == 200
     assert transcribe_as(tenants, "sk-globex", "acme/book@1").status_code == 200
+
+
+@pytest.fixture
+def rated(tmp_path, model_dir, adapter_files):
+    """acme and globex at 3 requests a minute; acme owns 30 private adapters and one public."""
+    limits = {"tenant": TenantLimits(requests_per_minute=3)}
+    settings = make_settings(tmp_path, model_dir, auth={"keys": KEYS, "admin_keys": [ADMIN]}, limits=limits)
+    with running_app(settings) as client:
+        store = client.app.state.chorus.store
+        for i in range(30):
+            store.publish(f"acme/p{i:02d}", adapter_files[i % 2])
+        store.publish("acme/open", adapter_files[0], visibility="public")
+        yield client
+
+
+def test_listing_reads_only_what_the_caller_may_see_and_counts_against_its_rate(rated):
+    with touched(rated.app.state.chorus.store) as paths:
+        models = rated.get("/v1/models", headers=auth("sk-globex"))
+    assert models.status_code == 200 and "acme/open" in models.text and "acme/p" not in models.text
+    assert paths and not [p for p in paths if p.startswith("adapters/acme/p")], paths
+    assert rated.get("/v1/adapters", headers=auth("sk-globex")).status_code == 200
+    assert rated.get("/v1/models", headers=auth("sk-globex")).status_code == 200
+    refused = rated.get("/v1/adapters", headers=auth("sk-globex"))
+    error_of(refused, 429, "rate_limit_exceeded")
+    assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-ratelimit-remaining-requests"] == "0"
+    error_of(rated.get("/v1/models", headers=auth("sk-globex")), 429, "rate_limit_exceeded")
+    assert rated.get("/v1/models", headers=auth("sk-acme")).status_code == 200  # per tenant

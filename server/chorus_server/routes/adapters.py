@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
 
@@ -21,6 +22,25 @@ from chorus_store.errors import AdapterNotFound, StoreUnavailable
 
 router = APIRouter(tags=["adapters"])
 Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def _admitted_reader(request: Request, who: Caller) -> Iterator[Principal]:
+    """A listing costs the store work, so it takes one of the caller's requests (rate and concurrency) like a
+    transcription: a tenant listing in a loop is refused with 429, not served at others' expense."""
+    who.require("read")
+    quotas = request.app.state.chorus.quotas
+    try:
+        quotas.admit_request(who.tenant)
+    except ApiError as error:
+        error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
+        raise
+    try:
+        yield who
+    finally:
+        quotas.release(who.tenant)
+
+
+Reader = Annotated[Principal, Depends(_admitted_reader)]
 
 
 def _runtime(request: Request) -> Runtime:
@@ -57,8 +77,7 @@ def _check_namespace(ref: str, who: Principal) -> None:
 
 
 @router.get("/v1/models", summary="Adapters the caller may use, in OpenAI's model-list shape", tags=["transcription"])
-async def list_models(request: Request, who: Caller) -> dict[str, Any]:
-    who.require("read")
+async def list_models(request: Request, who: Reader) -> dict[str, Any]:
     records = await asyncio.to_thread(_all_visible, _runtime(request), who)
     # `kind` (Chorus's): a `classifier` serves /v1/audio/classifications, every other kind transcribes.
     data = [
@@ -87,11 +106,10 @@ def _all_visible(runtime: Runtime, who: Principal) -> list[AdapterRecord]:
 @router.get("/v1/adapters", summary="List the adapters the caller may see (current versions), paginated")
 async def list_adapters(
     request: Request,
-    who: Caller,
+    who: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
-    who.require("read")
     runtime = _runtime(request)
     page = await asyncio.to_thread(runtime.store.list_adapters, after, limit, who.can_see, _viewer(who))
     data = [adapter_json(runtime, r, who) for r in page.items]
