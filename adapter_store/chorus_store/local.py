@@ -6,7 +6,7 @@
     root/adapters/<owner>/<name>/v000003.safetensors  tensor bytes (immutable)
     root/adapters/<owner>/<name>/v000003.json         record (sha256, size, summary); the version exists iff this does
     root/public/<name>                                claim of a public name: the owner's tenant name
-    root/tmp/                                         uploads in progress; cleared on open
+    root/tmp/                                         uploads in progress (locked); dead processes' cleared on open
 
 Publish: stream to `tmp/` (size cap, sha256 on the fly) → fsync → validate → lock the adapter → place data →
 write the record (temp + fsync + rename) → flip CURRENT (same) → fsync the directory. A process killed at any
@@ -67,10 +67,11 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.spool import remove_abandoned
 
 logger = logging.getLogger(__name__)
 
-STALE_SECONDS = 3600.0  # staging files and server uploads older than this belong to dead processes
+STALE_SECONDS = 3600.0  # `.part` staging files older than this belong to dead processes
 
 
 def _fsync_dir(path: Path) -> None:
@@ -555,8 +556,10 @@ class LocalStore:
     def _recover(self) -> None:
         """Clear leftovers of processes killed mid-publish: partial uploads and data without a record.
 
-        Live publishers hold locks (on their upload, and on the adapter), so only dead processes' files go.
+        Live publishers hold locks (on their upload, and on the adapter), so only dead processes' files go: also
+        the server's uploads (`upload-*`, spooled here), however young, since a live one is always locked.
         """
+        remove_abandoned(self.tmp_dir)
         for leftover in self.tmp_dir.iterdir():
             if leftover.is_dir() and leftover.name.startswith("deleted-"):
                 shutil.rmtree(leftover, ignore_errors=True)  # a purge that died before removing its files
@@ -571,8 +574,8 @@ class LocalStore:
                     except BlockingIOError:
                         continue  # an upload in progress in a live process
                     leftover.unlink(missing_ok=True)
-            elif leftover.name.endswith(".creating") or leftover.name.startswith("upload-"):
-                # Staging files live for microseconds, server uploads for minutes; older ones are orphans.
+            elif leftover.name.endswith(".part.creating"):
+                # Staging files live for microseconds before their lock; older ones are orphans.
                 with contextlib.suppress(OSError):
                     if time.time() - leftover.stat().st_mtime > STALE_SECONDS:
                         leftover.unlink()

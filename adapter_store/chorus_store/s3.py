@@ -67,6 +67,7 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.spool import remove_abandoned, spool_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class S3Store:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.validator, self.max_bytes = validator, max_bytes
         self.scratch = scratch or Path(tempfile.gettempdir())
+        if scratch is not None:  # a folder of our own (never the shared /tmp): clear dead processes' uploads
+            remove_abandoned(scratch)
         self.options = client_options
         self.strays = Strays()
         self.client = ObjectStore(bucket, **_client_config(client_options))
@@ -137,7 +140,9 @@ class S3Store:
 
         with _io("write"):
             try:
-                return str(obstore.put(self.client, key, data, mode=mode)["e_tag"])
+                # One PUT, never a multipart upload: adapters are far below S3's 5 GiB single-PUT limit, and a
+                # publisher killed mid-way then leaves no incomplete multipart upload (invisible parts, billed).
+                return str(obstore.put(self.client, key, data, mode=mode, use_multipart=False)["e_tag"])
             except (AlreadyExistsError, PreconditionError):
                 return None
 
@@ -209,9 +214,9 @@ class S3Store:
         if visibility is not None and visibility not in VISIBILITIES:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="s3-upload-", suffix=".part") as tmp:
-            digest = copy_upload(source, tmp, self.max_bytes)  # type: ignore[arg-type]
-            data = Path(tmp.name).read_bytes()
+        with spool_file(self.scratch, "s3-upload-", ".part") as (path, out):
+            digest = copy_upload(source, out, self.max_bytes)
+            data = path.read_bytes()
         summary = self.validator.validate(bytearray(data), allow_fingerprint_mismatch)
 
         def reserve(meta: dict[str, Any] | None) -> dict[str, Any]:
