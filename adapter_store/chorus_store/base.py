@@ -78,7 +78,8 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 @dataclass(frozen=True)
 class AdapterRecord:
-    """One immutable adapter version, as stored (no tensors)."""
+    """One immutable adapter version, as stored (no tensors). `visibility` is this version's own: publishing a
+    newer version public exposes no older private one."""
 
     id: str
     version: int
@@ -98,6 +99,7 @@ class AdapterRecord:
     xxh3: str = ""  # fast checksum of the bytes; "" in versions published before it was recorded (sha256 then)
     is_current: bool = False
     versions: list[int] = field(default_factory=list)
+    public_versions: list[int] = field(default_factory=list)  # of `versions`, those any tenant may use
 
     @property
     def ref(self) -> str:
@@ -154,9 +156,16 @@ class AdapterStore(Protocol):
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
     ) -> AdapterRecord:
-        """Validate and store a new version of `owner/name`; it becomes current. `visibility` None keeps the
-        adapter's (new adapters: private); "public" claims the name in the shared public namespace (`NameTaken`
-        if another owner's public adapter has it). Version numbers are never reused, even after deletes."""
+        """Validate and store a new version of `owner/name`; it becomes current. Visibility is per version:
+        `visibility` None gives the new version the adapter's (its last publish's; new adapters: private) and
+        leaves older versions as they are; "public" makes the new version public and claims the name in the shared
+        public namespace (`NameTaken` if another owner's public adapter has it); "private" makes the new version
+        and every older one private, releasing the name. Version numbers are never reused, even after deletes."""
+        ...
+
+    def set_visibility(self, ref: str, visibility: str) -> AdapterRecord:
+        """Make one version (`owner/name@N`; `owner/name`: the current one) public or private, claiming or
+        releasing the public name as the adapter gains its first or loses its last public version."""
         ...
 
     def get(self, ref: str) -> AdapterRecord:
@@ -166,10 +175,19 @@ class AdapterStore(Protocol):
     def versions(self, adapter_id: str) -> list[AdapterRecord]: ...
 
     def list_adapters(
-        self, after: str | None = None, limit: int = 100, where: Callable[[AdapterRecord], bool] | None = None
+        self,
+        after: str | None = None,
+        limit: int = 100,
+        where: Callable[[AdapterRecord], bool] | None = None,
+        viewer: str | None = None,
     ) -> Page:
-        """Current versions in full-ID order, only those `where` accepts, `limit` per page; `next_cursor` (pass
-        it as `after`) is always the ID of an item on this page. Damaged adapters are skipped and logged."""
+        """Adapters in full-ID order, only those `where` accepts, `limit` per page; `next_cursor` (pass it as
+        `after`) is always the ID of an item on this page. Damaged adapters are skipped and logged.
+
+        `viewer` None: every adapter's current version. `viewer` a tenant: what it may see, at a cost in
+        proportion to that: its own adapters (current versions) and other owners' public adapters (their newest
+        public version), found through its own namespace and the public-name index, so no other owner's private
+        adapter is read at all."""
         ...
 
     def public_owner(self, name: str) -> str | None:

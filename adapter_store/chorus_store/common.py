@@ -7,15 +7,24 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
+import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
-from chorus_store.base import AdapterRecord, AdapterSummary
-from chorus_store.errors import AdapterCorrupt, AdapterNotFound, AdapterRejected
+from chorus_store.base import AdapterRecord, AdapterStore, AdapterSummary, Page
+from chorus_store.errors import (
+    AdapterCorrupt,
+    AdapterNotFound,
+    AdapterRejected,
+    StoreUnavailable,
+    VersionNotFound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +32,37 @@ CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
+VERSION_STEM = re.compile(r"v[0-9]{6,9}", re.ASCII)
+MAX_STRAYS_REMEMBERED = 10_000
+
+
 def version_file(version: int) -> str:
     """`v000003`: the stem of version 3's data (`.safetensors`) and record (`.json`)."""
     return f"v{version:06d}"
+
+
+def version_of(stem: str) -> int | None:
+    """The version a file stem names, if it is exactly `version_file(N)` for some N >= 1 (else None: not ours)."""
+    if not VERSION_STEM.fullmatch(stem) or version_file(int(stem[1:])) != stem or int(stem[1:]) == 0:
+        return None
+    return int(stem[1:])
+
+
+class Strays:
+    """Entries in the store that no store wrote: NFS `.snapshot` folders, editor backups, a misplaced file. They
+    are skipped wherever the store walks, and each is logged once (not on every listing), so one stray folder
+    never turns a listing into an error for every tenant."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def skip(self, where: str) -> None:
+        with self._lock:
+            if where in self._seen or len(self._seen) >= MAX_STRAYS_REMEMBERED:
+                return
+            self._seen.add(where)
+        logger.warning("the adapter store skips %r: not an owner, adapter or version it wrote", where)
 
 
 def not_found(adapter_id: str) -> AdapterNotFound:
@@ -86,22 +123,83 @@ def new_record(
     }
 
 
+def public_versions(meta: dict[str, Any], current: int | None) -> list[int]:
+    """The adapter's public versions, from its meta (`adapter.json` locally, `meta.json` on S3).
+
+    Visibility belongs to each version: `public_versions` lists the public ones. Metas written before it existed
+    have only the adapter-wide `visibility`; they read fail-closed: the current version has that visibility and
+    every older version is private (the store cannot tell which older versions were uploaded while private), so
+    an upgrade never exposes more than the newest version. An owner publishes an older version again with
+    `set_visibility`; the next write stores the list."""
+    listed = meta.get("public_versions")
+    if listed is None:
+        return [current] if current is not None and meta.get("visibility") == "public" else []
+    if not isinstance(listed, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in listed):
+        raise ValueError("bad public_versions")
+    return sorted(set(listed))
+
+
 def parse_record(
-    raw: bytes | str, adapter_id: str, version: int, visibility: str, current: int | None, versions: list[int]
+    raw: bytes | str, adapter_id: str, version: int, public: list[int], current: int | None, versions: list[int]
 ) -> AdapterRecord:
-    """A stored record back as an `AdapterRecord`; `AdapterCorrupt` if it is damaged."""
+    """A stored record back as an `AdapterRecord`; `AdapterCorrupt` if it is damaged. `public`: the adapter's
+    public versions (`public_versions`)."""
     file = f"{version_file(version)}.json"
     try:
         body = json.loads(raw)
         return AdapterRecord(
             **{**body, "id": adapter_id, "version": version},
             owner=adapter_id.partition("/")[0],
-            visibility=visibility,
+            visibility="public" if version in public else "private",
             is_current=version == current,
             versions=list(versions),
+            public_versions=[v for v in public if v in versions],
         )
     except (ValueError, TypeError, UnicodeDecodeError) as exc:  # bad JSON, missing or unknown fields
         raise damaged(adapter_id, file, exc) from exc
+
+
+def listing_page(
+    ids: Iterable[str],
+    after: str | None,
+    limit: int,
+    load: Callable[[str], AdapterRecord | None],
+    where: Callable[[AdapterRecord], bool] | None,
+) -> Page:
+    """`list_adapters` over candidate IDs: full-ID order after `after`, `load` (None: nothing to show) and
+    `where` applied, `limit` per page. Tombstones and adapters deleted meanwhile are skipped; damaged or unreadable
+    ones are skipped and logged."""
+    if not 1 <= limit <= 1000:
+        raise AdapterRejected(f"limit must be between 1 and 1000, got {limit}")
+    items: list[AdapterRecord] = []
+    for adapter_id in sorted(set(ids)):
+        if after is not None and adapter_id <= after:
+            continue
+        try:
+            record = load(adapter_id)
+        except (AdapterNotFound, VersionNotFound):
+            continue  # a tombstone, or deleted meanwhile
+        except (AdapterCorrupt, StoreUnavailable) as exc:
+            logger.warning("listing skips adapter %s: %s", adapter_id, exc)
+            continue
+        if record is None or (where is not None and not where(record)):
+            continue
+        if len(items) == limit:
+            return Page(items, items[-1].id)  # the cursor is always an item of this page
+        items.append(record)
+    return Page(items, None)
+
+
+def newest_public(store: AdapterStore, adapter_id: str) -> AdapterRecord | None:
+    """The newest public version of `adapter_id` (what another tenant's `owner/name` means), or None if it has
+    none. `AdapterNotFound` / `AdapterCorrupt` pass through."""
+    current = store.get(adapter_id)
+    if current.visibility == "public":
+        return current
+    for version in reversed(current.public_versions):
+        with contextlib.suppress(VersionNotFound):  # deleted meanwhile
+            return store.get(f"{adapter_id}@{version}")
+    return None
 
 
 def verify_checksum(record: AdapterRecord, data: bytes | bytearray) -> None:

@@ -1,12 +1,12 @@
 """`LocalStore`: adapters in a local directory — the embedded default.
 
-    root/adapters/<owner>/<name>/adapter.json         visibility, created_at
+    root/adapters/<owner>/<name>/adapter.json         visibility (new versions'), public_versions, created_at
     root/adapters/<owner>/<name>/CURRENT              current version number (absent: deleted, a tombstone)
     root/adapters/<owner>/<name>/LAST                 highest version number ever issued (never reused)
     root/adapters/<owner>/<name>/v000003.safetensors  tensor bytes (immutable)
     root/adapters/<owner>/<name>/v000003.json         record (sha256, size, summary); the version exists iff this does
     root/public/<name>                                claim of a public name: the owner's tenant name
-    root/tmp/                                         uploads in progress; cleared on open
+    root/tmp/                                         uploads in progress (locked); dead processes' cleared on open
 
 Publish: stream to `tmp/` (size cap, sha256 on the fly) → fsync → validate → lock the adapter → place data →
 write the record (temp + fsync + rename) → flip CURRENT (same) → fsync the directory. A process killed at any
@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 from chorus_store.base import (
     ADAPTER_ID,
+    TENANT,
     VISIBILITIES,
     AdapterRecord,
     AdapterSummary,
@@ -43,13 +44,18 @@ from chorus_store.base import (
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
     Digest,
+    Strays,
     copy_upload,
     damaged,
+    listing_page,
     new_record,
+    newest_public,
     not_found,
     parse_record,
+    public_versions,
     verify_checksum,
     version_file,
+    version_of,
 )
 from chorus_store.errors import (
     AdapterCorrupt,
@@ -61,10 +67,11 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.spool import remove_abandoned
 
 logger = logging.getLogger(__name__)
 
-STALE_SECONDS = 3600.0  # staging files and server uploads older than this belong to dead processes
+STALE_SECONDS = 3600.0  # `.part` staging files older than this belong to dead processes
 
 
 def _fsync_dir(path: Path) -> None:
@@ -116,6 +123,7 @@ class LocalStore:
         self.adapters_dir = self.root / "adapters"
         self.public_dir = self.root / "public"
         self.tmp_dir = self.root / "tmp"
+        self.strays = Strays()
         try:
             for folder in (self.adapters_dir, self.public_dir, self.tmp_dir):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -169,19 +177,25 @@ class LocalStore:
                     f"adapter {adapter_id!r} is at version {current or 0}, not {expected_version}; re-read it and retry"
                 )
             wanted = visibility or (meta["visibility"] if current is not None else "private")
+            # "private" withdraws the whole adapter (as before versions had their own visibility); otherwise older
+            # versions keep theirs.
+            public = [] if visibility == "private" else self._public(folder, meta, current)
             if wanted == "public":
                 self._claim_public(adapter_id)
             # Numbers are never reused, even after deletes: `ID@N` always means the same bytes.
             version = max([self._last(folder), *self._version_numbers(folder, True)]) + 1
+            if wanted == "public":
+                public.append(version)
             self._write_int(folder, "LAST", version)
-            if meta.get("visibility") != wanted or current is None:
-                _write_json_atomic(folder / "adapter.json", {**meta, "visibility": wanted})
             os.replace(tmp, folder / f"{version_file(version)}.safetensors")
             record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint)
             _write_json_atomic(folder / f"{version_file(version)}.json", record)
+            # After the record, so a listed public version always exists; before CURRENT, so a meta of the older
+            # format (no list) never lends its visibility to the new version.
+            _write_json_atomic(folder / "adapter.json", {**meta, "visibility": wanted, "public_versions": public})
             self._set_current(folder, version)
             _fsync_dir(folder)
-            if wanted == "private":
+            if not public:
                 self._release_public(adapter_id)
         return version
 
@@ -217,10 +231,35 @@ class LocalStore:
             return None
 
     def _is_public(self, adapter_id: str) -> bool:
+        """Whether any version of the adapter is public (then its claim of the name is live)."""
         try:
-            return self.get(adapter_id).visibility == "public"
+            return bool(self.get(adapter_id).public_versions)
         except (AdapterNotFound, VersionNotFound, AdapterCorrupt):
             return False
+
+    def set_visibility(self, ref: str, visibility: str) -> AdapterRecord:
+        """Make one version public or private (`owner/name`: the current one)."""
+        adapter_id, version = parse_ref(ref)
+        if visibility not in VISIBILITIES:
+            raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
+        with _io(f"change adapter {adapter_id!r}"), self._locked(adapter_id, create=False) as folder:
+            meta, current = self._adapter_meta(folder), self._current(folder)
+            if meta is None or current is None:
+                raise not_found(adapter_id)
+            version = current if version is None else version
+            self._record(folder, meta, version, current)  # VersionNotFound unless it exists
+            public = [v for v in self._public(folder, meta, current) if v != version]
+            if visibility == "public":
+                self._claim_public(adapter_id)
+                public.append(version)
+            changed = {**meta, "public_versions": sorted(public)}
+            if version == current:  # the current version's visibility is what the next upload inherits
+                changed["visibility"] = visibility
+            _write_json_atomic(folder / "adapter.json", changed)
+            if not public:
+                self._release_public(adapter_id)
+        logger.info("adapter %s@%d is now %s", adapter_id, version, visibility)
+        return self.get(f"{adapter_id}@{version}")
 
     @contextlib.contextmanager
     def _locked_part(self, path: Path) -> Iterator[BinaryIO]:
@@ -265,46 +304,54 @@ class LocalStore:
             return records
 
     def list_adapters(
-        self, after: str | None = None, limit: int = 100, where: Callable[[AdapterRecord], bool] | None = None
+        self,
+        after: str | None = None,
+        limit: int = 100,
+        where: Callable[[AdapterRecord], bool] | None = None,
+        viewer: str | None = None,
     ) -> Page:
-        """Adapters in full-ID order (their current version), `limit` per page; pass `next_cursor` as `after`."""
-        if not 1 <= limit <= 1000:
-            raise AdapterRejected(f"limit must be between 1 and 1000, got {limit}")
+        """See `AdapterStore.list_adapters`: a viewer's listing walks only its own folder and the public index."""
         with _io("list adapters"):
-            ids = sorted(
-                f"{owner.name}/{adapter.name}"
-                for owner in self.adapters_dir.iterdir()
-                if owner.is_dir()
-                for adapter in owner.iterdir()
-                if adapter.is_dir()
-            )
-        items: list[AdapterRecord] = []
-        more = False
-        for adapter_id in ids:
-            if after is not None and adapter_id <= after:
+            if viewer is None:
+                return listing_page(list(self._adapter_ids()), after, limit, self.get, where)
+            own = list(self._adapter_ids(self.adapters_dir / viewer)) if TENANT.fullmatch(viewer) else []
+            others = [f"{holder}/{name}" for name, holder in self._claims() if holder != viewer]
+
+        def load(adapter_id: str) -> AdapterRecord | None:
+            return self.get(adapter_id) if adapter_id.partition("/")[0] == viewer else newest_public(self, adapter_id)
+
+        return listing_page(own + others, after, limit, load, where)
+
+    def _claims(self) -> Iterator[tuple[str, str]]:
+        """(name, holder) of every public-name claim; strays skipped and logged once."""
+        for entry in self.public_dir.iterdir():
+            if not TENANT.fullmatch(entry.name) or not entry.is_file():
+                self.strays.skip(str(entry.relative_to(self.root)))
                 continue
             try:
-                record = self.get(adapter_id)
-            except (AdapterNotFound, VersionNotFound):
-                continue  # a tombstone, or deleted meanwhile
-            except (AdapterCorrupt, StoreUnavailable) as exc:
-                logger.warning("listing skips adapter %s: %s", adapter_id, exc)
-                continue
-            if where is not None and not where(record):
-                continue
-            if len(items) == limit:
-                more = True
-                break
-            items.append(record)
-        return Page(items, items[-1].id if more else None)
+                holder = self._claim_holder(entry.name)
+            except (UnicodeDecodeError, IsADirectoryError):
+                holder = ""
+            if holder is not None and TENANT.fullmatch(holder):  # None: released meanwhile
+                yield entry.name, holder
+            elif holder is not None:
+                self.strays.skip(str(entry.relative_to(self.root)))
 
     def public_owner(self, name: str) -> str | None:
         with _io("resolve adapter names"):
             return self._claim_holder(name)
 
     def owner_bytes(self, owner: str) -> int:
+        folder = self.adapters_dir / owner
+        if not TENANT.fullmatch(owner) or not folder.is_dir():
+            return 0
+        total = 0
         with _io("measure storage"):
-            return sum(p.stat().st_size for p in (self.adapters_dir / owner).glob("*/v*.safetensors"))
+            for adapter_id in self._adapter_ids(folder):
+                for version in self._version_numbers(self._folder(adapter_id), include_orphans=True):
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        total += (self._folder(adapter_id) / f"{version_file(version)}.safetensors").stat().st_size
+        return total
 
     def read(self, record: AdapterRecord) -> bytes:
         """The version's bytes, checked against its sha256."""
@@ -343,10 +390,16 @@ class LocalStore:
             if version is not None:
                 if version not in remaining:
                     raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {remaining}")
+                meta = self._meta_or_default(folder)
+                public = [v for v in self._public(folder, meta, current, strict=False) if v != version]
+                if remaining != [version]:  # the last version: the full delete below rewrites the meta
+                    _write_json_atomic(folder / "adapter.json", {**meta, "public_versions": public})
                 self._remove_version(folder, version)
                 remaining.remove(version)
                 if remaining and current != max(remaining):
                     self._set_current(folder, max(remaining))
+                if not public:
+                    self._release_public(adapter_id)
             if purge:
                 self._release_public(adapter_id)
                 graveyard = self.tmp_dir / f"deleted-{uuid.uuid4().hex}"
@@ -359,7 +412,10 @@ class LocalStore:
                 for number in self._version_numbers(folder, True):
                     self._remove_version(folder, number)
                 self._release_public(adapter_id)
-                _write_json_atomic(folder / "adapter.json", {**self._meta_or_default(folder), "visibility": "private"})
+                _write_json_atomic(
+                    folder / "adapter.json",
+                    {**self._meta_or_default(folder), "visibility": "private", "public_versions": []},
+                )
                 _fsync_dir(folder)
             else:
                 _fsync_dir(folder)
@@ -403,7 +459,20 @@ class LocalStore:
             raise self._damaged(folder, "adapter.json", exc) from exc
         if not isinstance(meta, dict) or meta.get("visibility") not in VISIBILITIES:
             raise self._damaged(folder, "adapter.json", ValueError("no valid visibility"))
+        try:
+            public_versions(meta, None)
+        except ValueError as exc:
+            raise self._damaged(folder, "adapter.json", exc) from exc
         return meta
+
+    def _public(self, folder: Path, meta: dict[str, Any], current: int | None, strict: bool = True) -> list[int]:
+        """The adapter's public versions (see `public_versions` for metas written before the list existed)."""
+        try:
+            return public_versions(meta, current)
+        except ValueError:
+            if strict:
+                raise
+            return []
 
     def _meta_or_default(self, folder: Path) -> dict[str, Any]:
         """The adapter's meta, or a fresh one (new adapter, or a damaged file being replaced)."""
@@ -445,12 +514,33 @@ class LocalStore:
 
     def _version_numbers(self, folder: Path, include_orphans: bool = False) -> list[int]:
         suffixes = (".json", ".safetensors") if include_orphans else (".json",)
-        found = {
-            int(p.stem[1:])
-            for p in folder.glob("v*")
-            if p.suffix in suffixes and p.stem[1:].isascii() and p.stem[1:].isdigit() and not p.name.startswith(".")
-        }
+        found = set()
+        for path in folder.glob("v*"):
+            number = version_of(path.stem)
+            if number is None:
+                self.strays.skip(str(path.relative_to(self.root)))
+            elif path.suffix in suffixes:
+                found.add(number)
         return sorted(found)
+
+    def _owners(self) -> Iterator[Path]:
+        """Owner folders, skipping (and logging once) anything that is not one."""
+        for entry in self.adapters_dir.iterdir():
+            if TENANT.fullmatch(entry.name) and entry.is_dir():
+                yield entry
+            else:
+                self.strays.skip(str(entry.relative_to(self.root)))
+
+    def _adapter_ids(self, owner: Path | None = None) -> Iterator[str]:
+        """Full IDs of the adapter folders of `owner` (every owner if None); strays skipped and logged once."""
+        for folder in [owner] if owner is not None else self._owners():
+            with contextlib.suppress(FileNotFoundError):  # an owner purged meanwhile
+                for entry in folder.iterdir():
+                    adapter_id = f"{folder.name}/{entry.name}"
+                    if ADAPTER_ID.fullmatch(adapter_id) and entry.is_dir():
+                        yield adapter_id
+                    else:
+                        self.strays.skip(str(entry.relative_to(self.root)))
 
     def _record(self, folder: Path, meta: dict[str, Any], version: int, current: int) -> AdapterRecord:
         adapter_id = f"{folder.parent.name}/{folder.name}"
@@ -460,13 +550,16 @@ class LocalStore:
             raise VersionNotFound(
                 f"adapter {adapter_id!r} has no version {version}; versions: {self._version_numbers(folder)}"
             ) from exc
-        return parse_record(raw, adapter_id, version, meta["visibility"], current, self._version_numbers(folder))
+        public = self._public(folder, meta, current)
+        return parse_record(raw, adapter_id, version, public, current, self._version_numbers(folder))
 
     def _recover(self) -> None:
         """Clear leftovers of processes killed mid-publish: partial uploads and data without a record.
 
-        Live publishers hold locks (on their upload, and on the adapter), so only dead processes' files go.
+        Live publishers hold locks (on their upload, and on the adapter), so only dead processes' files go: also
+        the server's uploads (`upload-*`, spooled here), however young, since a live one is always locked.
         """
+        remove_abandoned(self.tmp_dir)
         for leftover in self.tmp_dir.iterdir():
             if leftover.is_dir() and leftover.name.startswith("deleted-"):
                 shutil.rmtree(leftover, ignore_errors=True)  # a purge that died before removing its files
@@ -481,17 +574,16 @@ class LocalStore:
                     except BlockingIOError:
                         continue  # an upload in progress in a live process
                     leftover.unlink(missing_ok=True)
-            elif leftover.name.endswith(".creating") or leftover.name.startswith("upload-"):
-                # Staging files live for microseconds, server uploads for minutes; older ones are orphans.
+            elif leftover.name.endswith(".part.creating"):
+                # Staging files live for microseconds before their lock; older ones are orphans.
                 with contextlib.suppress(OSError):
                     if time.time() - leftover.stat().st_mtime > STALE_SECONDS:
                         leftover.unlink()
-        for owner in list(self.adapters_dir.iterdir()):
+        for owner in list(self._owners()):
             if (owner / "adapter.json").is_file():
                 owner = self._migrate_flat(owner)
-            with contextlib.suppress(FileNotFoundError):  # purged meanwhile by a live process
-                for folder in owner.iterdir() if owner.is_dir() else ():
-                    self._recover_adapter(folder)
+            for adapter_id in list(self._adapter_ids(owner)):  # never touches folders it did not write
+                self._recover_adapter(self._folder(adapter_id))
 
     def _migrate_flat(self, folder: Path) -> Path:
         """A store written before namespaces (`adapters/<id>/`, owner in adapter.json) moves to
@@ -526,7 +618,7 @@ class LocalStore:
             except BlockingIOError:
                 return  # a publish or delete is running on this adapter
             for data in folder.glob("v*.safetensors"):
-                if not data.with_suffix(".json").exists():
+                if version_of(data.stem) is not None and not data.with_suffix(".json").exists():
                     logger.warning("removing %s: data without a record (publish was interrupted)", data)
                     data.unlink(missing_ok=True)
             for tmp in folder.glob(".*.tmp"):

@@ -3,7 +3,8 @@ exactly the contract of `LocalStore`. Selected by `CHORUS_STORE=s3://bucket/pref
 from the standard variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`;
 plain-HTTP endpoints are allowed for local servers).
 
-    prefix/adapters/<owner>/<name>/meta.json           visibility, created_at, current, last, versions (the pointer)
+    prefix/adapters/<owner>/<name>/meta.json           visibility, public_versions, created_at, current, last,
+                                                       versions (the pointer)
     prefix/adapters/<owner>/<name>/v000003.safetensors tensor bytes (immutable)
     prefix/adapters/<owner>/<name>/v000003.json        record (sha256, size, summary)
     prefix/public/<name>                               claim of a public name: the owner's tenant name
@@ -33,6 +34,7 @@ from urllib.parse import urlparse
 
 from chorus_store.base import (
     ADAPTER_ID,
+    TENANT,
     VISIBILITIES,
     AdapterRecord,
     AdapterValidator,
@@ -42,13 +44,18 @@ from chorus_store.base import (
 )
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
+    Strays,
     copy_upload,
     damaged,
+    listing_page,
     new_record,
+    newest_public,
     not_found,
     parse_record,
+    public_versions,
     verify_checksum,
     version_file,
+    version_of,
 )
 from chorus_store.errors import (
     AdapterCorrupt,
@@ -60,6 +67,7 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.spool import remove_abandoned, spool_file
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +100,10 @@ class S3Store:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.validator, self.max_bytes = validator, max_bytes
         self.scratch = scratch or Path(tempfile.gettempdir())
+        if scratch is not None:  # a folder of our own (never the shared /tmp): clear dead processes' uploads
+            remove_abandoned(scratch)
         self.options = client_options
+        self.strays = Strays()
         self.client = ObjectStore(bucket, **_client_config(client_options))
 
     @classmethod
@@ -129,7 +140,9 @@ class S3Store:
 
         with _io("write"):
             try:
-                return str(obstore.put(self.client, key, data, mode=mode)["e_tag"])
+                # One PUT, never a multipart upload: adapters are far below S3's 5 GiB single-PUT limit, and a
+                # publisher killed mid-way then leaves no incomplete multipart upload (invisible parts, billed).
+                return str(obstore.put(self.client, key, data, mode=mode, use_multipart=False)["e_tag"])
             except (AlreadyExistsError, PreconditionError):
                 return None
 
@@ -158,6 +171,7 @@ class S3Store:
                 raise ValueError("no valid visibility")
             if not all(isinstance(v, int) for v in meta.get("versions", [])):
                 raise ValueError("bad version list")
+            public_versions(meta, None)
         except (ValueError, UnicodeDecodeError) as exc:
             raise damaged(adapter_id, "meta.json", exc) from exc
         return meta, found[1]
@@ -200,9 +214,9 @@ class S3Store:
         if visibility is not None and visibility not in VISIBILITIES:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="s3-upload-", suffix=".part") as tmp:
-            digest = copy_upload(source, tmp, self.max_bytes)  # type: ignore[arg-type]
-            data = Path(tmp.name).read_bytes()
+        with spool_file(self.scratch, "s3-upload-", ".part") as (path, out):
+            digest = copy_upload(source, out, self.max_bytes)
+            data = path.read_bytes()
         summary = self.validator.validate(bytearray(data), allow_fingerprint_mismatch)
 
         def reserve(meta: dict[str, Any] | None) -> dict[str, Any]:
@@ -235,10 +249,19 @@ class S3Store:
             base = meta or {"visibility": wanted, "created_at": time.time(), "last": version, "versions": []}
             current = base.get("current")  # racing publishers: the highest number ends current
             versions = sorted({*base.get("versions", []), version})
-            return {**base, "visibility": wanted, "versions": versions, "current": max(current or 0, version)}
+            # "private" withdraws the whole adapter; otherwise older versions keep their visibility.
+            public = set() if visibility == "private" else set(public_versions(base, current))
+            public |= {version} if wanted == "public" else set()
+            return {
+                **base,
+                "visibility": wanted,
+                "versions": versions,
+                "public_versions": sorted(public),
+                "current": max(current or 0, version),
+            }
 
-        self._update_meta(adapter_id, make_current, tolerate=True)
-        if wanted == "private":
+        made = self._update_meta(adapter_id, make_current, tolerate=True)
+        if made is not None and not made["public_versions"]:
             self._release_public(adapter_id)
         logger.info(
             "published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, digest.size, digest.sha256[:12]
@@ -266,10 +289,37 @@ class S3Store:
             self._delete([self._key("public", name)])
 
     def _is_public(self, adapter_id: str) -> bool:
+        """Whether any version of the adapter is public (then its claim of the name is live)."""
         try:
-            return self.get(adapter_id).visibility == "public"
+            return bool(self.get(adapter_id).public_versions)
         except (AdapterNotFound, VersionNotFound, AdapterCorrupt):
             return False
+
+    def set_visibility(self, ref: str, visibility: str) -> AdapterRecord:
+        """Make one version public or private (`owner/name`: the current one)."""
+        adapter_id, wanted = parse_ref(ref)
+        if visibility not in VISIBILITIES:
+            raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
+        version = wanted if wanted is not None else self.get(adapter_id).version
+        self.get(f"{adapter_id}@{version}")  # not found / version not found
+        if visibility == "public":
+            self._claim_public(adapter_id)
+
+        def change(meta: dict[str, Any] | None) -> dict[str, Any]:
+            if meta is None or meta.get("current") is None or version not in meta["versions"]:
+                raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}")
+            public = set(public_versions(meta, meta["current"])) - {version}
+            public |= {version} if visibility == "public" else set()
+            changed = {**meta, "public_versions": sorted(public)}
+            if version == meta["current"]:  # the current version's visibility is what the next upload inherits
+                changed["visibility"] = visibility
+            return changed
+
+        made = self._update_meta(adapter_id, change)
+        if made is not None and not made["public_versions"]:
+            self._release_public(adapter_id)
+        logger.info("adapter %s@%d is now %s", adapter_id, version, visibility)
+        return self.get(f"{adapter_id}@{version}")
 
     def public_owner(self, name: str) -> str | None:
         found = self._get(self._key("public", name))
@@ -295,39 +345,42 @@ class S3Store:
         return records
 
     def list_adapters(
-        self, after: str | None = None, limit: int = 100, where: Callable[[AdapterRecord], bool] | None = None
+        self,
+        after: str | None = None,
+        limit: int = 100,
+        where: Callable[[AdapterRecord], bool] | None = None,
+        viewer: str | None = None,
     ) -> Page:
-        if not 1 <= limit <= 1000:
-            raise AdapterRejected(f"limit must be between 1 and 1000, got {limit}")
-        root = self._key("adapters")
-        ids = sorted(
-            meta["path"][len(root) + 1 : -len("/meta.json")]
-            for meta in self._list(root)
-            if meta["path"].endswith("/meta.json")
-        )
-        items: list[AdapterRecord] = []
-        more = False
-        for adapter_id in ids:
-            if (after is not None and adapter_id <= after) or not ADAPTER_ID.fullmatch(adapter_id):
-                continue
-            try:
-                record = self.get(adapter_id)
-            except (AdapterNotFound, VersionNotFound):
-                continue
-            except (AdapterCorrupt, StoreUnavailable) as exc:
-                logger.warning("listing skips adapter %s: %s", adapter_id, exc)
-                continue
-            if where is not None and not where(record):
-                continue
-            if len(items) == limit:
-                more = True
-                break
-            items.append(record)
-        return Page(items, items[-1].id if more else None)
+        """See `AdapterStore.list_adapters`: a viewer's listing lists only its own prefix and the public index."""
+        if viewer is None:
+            return listing_page(list(self._adapter_ids(self._key("adapters"))), after, limit, self.get, where)
+        own = list(self._adapter_ids(self._key("adapters", viewer))) if TENANT.fullmatch(viewer) else []
+        others = [f"{holder}/{name}" for name, holder in self._claims() if holder != viewer]
+
+        def load(adapter_id: str) -> AdapterRecord | None:
+            return self.get(adapter_id) if adapter_id.partition("/")[0] == viewer else newest_public(self, adapter_id)
+
+        return listing_page(own + others, after, limit, load, where)
+
+    def _claims(self) -> Iterator[tuple[str, str]]:
+        """(name, holder) of every public-name claim; strays skipped and logged once."""
+        root = self._key("public")
+        for meta in self._list(root):
+            name = meta["path"][len(root) + 1 :]
+            holder = self.public_owner(name) if TENANT.fullmatch(name) else ""
+            if holder is not None and TENANT.fullmatch(holder):  # None: released meanwhile
+                yield name, holder
+            elif holder is not None:
+                self.strays.skip(meta["path"])
 
     def owner_bytes(self, owner: str) -> int:
+        root = self._key("adapters", owner)
         return sum(
-            int(m["size"]) for m in self._list(self._key("adapters", owner)) if m["path"].endswith(".safetensors")
+            int(m["size"])
+            for m in self._list(root)
+            if ADAPTER_ID.fullmatch(f"{owner}/{m['path'][len(root) + 1 :].partition('/')[0]}")
+            and m["path"].endswith(".safetensors")
+            and version_of(m["path"].rsplit("/", 1)[-1].removesuffix(".safetensors")) is not None
         )
 
     def read(self, record: AdapterRecord) -> bytes:
@@ -366,8 +419,10 @@ class S3Store:
             visibility = meta["visibility"] if meta and versions else "private"
             created = meta.get("created_at", time.time()) if meta else time.time()
             current = max(versions) if versions else None
+            public = [v for v in public_versions(meta, meta.get("current")) if v in versions] if meta else []
             return {
                 "visibility": visibility,
+                "public_versions": public,
                 "created_at": created,
                 "current": current,
                 "last": last,
@@ -383,16 +438,28 @@ class S3Store:
             self._delete(existing)
         elif meta["current"] is None:
             self._delete([k for k in existing if not k.endswith("/meta.json")])
-        if purge or meta["current"] is None:
+        if purge or meta["current"] is None or not meta["public_versions"]:
             self._release_public(adapter_id)
         logger.info("deleted adapter %s%s%s", adapter_id, "" if version is None else f"@{version}", purge * " (purged)")
 
     # ---- internals -----------------------------------------------------------------------------------------
 
+    def _adapter_ids(self, prefix: str) -> Iterator[str]:
+        """Full IDs of the adapters under `prefix` (all, or one owner's); keys no store wrote are skipped and
+        logged once."""
+        root = self._key("adapters")
+        for meta in self._list(prefix):
+            relative = meta["path"][len(root) + 1 :]
+            adapter_id, _, file = relative.rpartition("/")
+            if not ADAPTER_ID.fullmatch(adapter_id) or not (file == "meta.json" or version_of(file.split(".")[0])):
+                self.strays.skip(meta["path"])
+            elif file == "meta.json":
+                yield adapter_id
+
     @staticmethod
     def _numbers(keys: list[str]) -> list[int]:
         stems = (k.rsplit("/", 1)[-1].split(".", 1)[0] for k in keys)
-        return [int(s[1:]) for s in stems if s.startswith("v") and s[1:].isascii() and s[1:].isdigit()]
+        return [number for number in map(version_of, stems) if number is not None]
 
     def _record(self, adapter_id: str, meta: dict[str, Any], version: int) -> AdapterRecord:
         if version not in meta["versions"]:
@@ -400,7 +467,8 @@ class S3Store:
         found = self._get(self._adapter_key(adapter_id, f"{version_file(version)}.json"))
         if found is None:
             raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {meta['versions']}")
-        return parse_record(found[0], adapter_id, version, meta["visibility"], meta["current"], meta["versions"])
+        public = public_versions(meta, meta["current"])
+        return parse_record(found[0], adapter_id, version, public, meta["current"], meta["versions"])
 
 
 def _client_config(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from chorus_server.metrics import Metrics
 from chorus_server.quotas import Quotas
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
+from chorus_server.storage_quota import UploadReservations
 from chorus_server.store_watch import StoreWatcher
 from chorus_server.tenant_db import TenantDB
 from chorus_server.validation import BackboneValidator
@@ -139,6 +140,7 @@ class Runtime:
     pinned: dict[str, str]  # adapter ID -> pinned version ref
     watcher: StoreWatcher
     remote: RemoteWorkers | None = None  # a cluster ingress: transcription runs on worker replicas
+    uploads: UploadReservations = field(default_factory=UploadReservations)  # adapter bytes in flight, per tenant
 
     @classmethod
     def start(cls, settings: Settings, remote: RemoteWorkers | None = None) -> Runtime:

@@ -7,15 +7,22 @@ each optionally with `@N`:
   are one shared namespace: at most one public adapter per name).
 - `owner/name` means that adapter, if the caller may see it: its own, a public one, or any for an admin.
 
+Visibility belongs to each version. For another tenant, `owner/name` (or a public `name`) means the newest
+*public* version, and `owner/name@N` exists only if version N is public: an older version uploaded while
+private stays hidden after a newer one is published, until its owner publishes it.
+
 Another tenant's private adapter answers exactly as a missing one — same status, code, message and headers —
 and resolving it reads nothing of that adapter (only the public-name index), so it costs the same time too.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from chorus_server.auth import Principal
 from chorus_store.base import AdapterRecord, AdapterStore, split_ref
-from chorus_store.errors import AdapterCorrupt, AdapterNotFound
+from chorus_store.common import newest_public
+from chorus_store.errors import AdapterCorrupt, AdapterNotFound, VersionNotFound
 
 
 def not_found(ref: str) -> AdapterNotFound:
@@ -42,10 +49,20 @@ def resolve(store: AdapterStore, ref: str, who: Principal) -> AdapterRecord:
     owner = store.public_owner(parsed.name)
     if owner is None or (parsed.owner is not None and owner != parsed.owner):
         raise not_found(ref)
+    adapter_id = f"{owner}/{parsed.name}"
     try:
-        current = store.get(f"{owner}/{parsed.name}")
-    except (AdapterNotFound, AdapterCorrupt):
-        raise not_found(ref) from None  # a stale claim: the adapter went away or cannot be read
-    if current.visibility != "public":
+        record = newest_public(store, adapter_id) if parsed.version is None else store.get(f"{adapter_id}{suffix}")
+    except (AdapterNotFound, VersionNotFound, AdapterCorrupt):
+        # A stale claim, or a version that is missing or hidden: the same answer, which lists no versions.
+        raise not_found(ref) from None
+    if record is None or record.visibility != "public":
         raise not_found(ref)
-    return current if parsed.version is None else store.get(f"{owner}/{parsed.name}{suffix}")
+    return visible_part(record, who)
+
+
+def visible_part(record: AdapterRecord, who: Principal) -> AdapterRecord:
+    """`record` as `who` may see it: another tenant learns of no private version (not even its number)."""
+    if who.admin or record.owner == who.tenant:
+        return record
+    public = list(record.public_versions)
+    return replace(record, versions=public, is_current=bool(public) and record.version == public[-1])

@@ -3,7 +3,9 @@ so one contract suite runs on both; `damage` and `reopen` do per-backend what a 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,42 @@ def open_spec(spec: str, validator) -> LocalStore | S3Store:
         return LocalStore(Path(where), validator)
     endpoint, _, prefix = where.partition("|")
     return S3Store(BUCKET, prefix, validator, **s3_options(endpoint))
+
+
+def put_stray(store, relative: str, data: bytes = b"x") -> None:
+    """Create an entry no store wrote (an NFS `.snapshot`, a backup file) at `relative` under the store's root."""
+    if isinstance(store, LocalStore):
+        path = store.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    import obstore
+
+    obstore.put(store.client, store._key(relative), data)
+
+
+@contextlib.contextmanager
+def touched(store) -> Iterator[list[str]]:
+    """Every store path (relative to its root or prefix) read, opened, listed or statted inside the block."""
+    paths: list[str] = []
+
+    def recording(original, key_of):
+        def spy(target, *args, **kwargs):
+            key = key_of(target)
+            if key is not None:
+                paths.append(key)
+            return original(target, *args, **kwargs)
+
+        return spy
+
+    with pytest.MonkeyPatch.context() as patch:
+        if isinstance(store, LocalStore):
+            root = str(store.root) + "/"
+            under = lambda path: str(path)[len(root) :] if str(path).startswith(root) else None  # noqa: E731
+            for name in ("read_text", "read_bytes", "open", "iterdir", "glob", "stat"):
+                patch.setattr(Path, name, recording(getattr(Path, name), under))
+        else:
+            start = len(store.prefix) + 1
+            for name in ("_get", "_list"):
+                patch.setattr(store, name, recording(getattr(store, name), lambda key: key[start:]))
+        yield paths

@@ -137,3 +137,50 @@ def test_a_delete_during_reads_fails_them_cleanly(store, adapter_files):
         store.read_unverified(record)  # a reader holding the old record
     with pytest.raises(AdapterNotFound):
         store.get("acme/gone")
+
+
+KILLED_UPLOADER = """
+import os, signal, sys
+from pathlib import Path
+from chorus_store.spool import spool_file
+with spool_file(Path(sys.argv[1]), "upload-", ".safetensors") as (path, out):
+    out.write(b"x" * (1 << 20))
+    out.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` during an upload
+"""
+
+
+def test_uploads_of_killed_processes_are_removed_on_open_and_live_ones_kept(store, tmp_path):
+    from chorus_store.spool import spool_file
+
+    spool = store.tmp_dir if isinstance(store, LocalStore) else store.scratch
+    spool.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for _ in range(2):
+        killed = subprocess.run([sys.executable, "-c", KILLED_UPLOADER, str(spool)], env=env, timeout=60)
+        assert killed.returncode == -9
+    (spool / "s3-upload-old.part").write_bytes(b"y" * 1000)  # a killed S3 publisher's staging copy
+    assert len(list(spool.glob("*upload-*"))) == 3
+    with spool_file(spool, "upload-", ".safetensors") as (live, out):  # another server's upload, in flight
+        out.write(b"z")
+        reopen(store)  # a restart (or a second server) on the same directory
+        assert list(spool.glob("*upload-*")) == [live]
+    assert not list(spool.glob("*upload-*"))
+
+
+def test_s3_never_starts_a_multipart_upload(store, adapter_files, monkeypatch):
+    if isinstance(store, LocalStore):
+        pytest.skip("S3 only")
+    import obstore
+
+    calls: list[dict] = []
+    original = obstore.put
+
+    def put(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obstore, "put", put)
+    store.publish("acme/fr", adapter_files[0], visibility="public")
+    # A killed publisher can leave no incomplete multipart upload: every object is one PUT.
+    assert calls and all(call.get("use_multipart") is False for call in calls)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import pytest
 
@@ -12,7 +13,7 @@ from chorus_server.engine.adapter_format import adapter_from_bytes
 from chorus_store import AdapterNotFound, AdapterRejected, PublishConflict, VersionNotFound, parse_ref
 from chorus_store.base import Ref, split_ref
 from chorus_store.errors import AdapterCorrupt, NameTaken
-from tests.adapter_store.conftest import damage, reopen
+from tests.adapter_store.conftest import damage, put_stray, reopen, touched
 
 
 def test_publish_versions_and_current(store, adapter_files):
@@ -109,6 +110,89 @@ def test_listing_paginates_and_filters(store, adapter_files):
     assert pages(lambda r: r.id == "globex/b", limit=1) == [["globex/b"]]
     with pytest.raises(AdapterRejected, match="limit"):
         store.list_adapters(limit=0)
+
+
+def test_visibility_belongs_to_each_version(store, adapter_files):
+    for visibility in (None, None, "public"):
+        store.publish("acme/book", adapter_files[0], visibility=visibility)
+    assert [r.visibility for r in store.versions("acme/book")] == ["private", "private", "public"]
+    assert store.get("acme/book").public_versions == [3] and store.public_owner("book") == "acme"
+    assert store.publish("acme/book", adapter_files[1]).visibility == "public"  # unset: the last publish's
+    assert store.get("acme/book@1").visibility == "private"
+    assert store.set_visibility("acme/book@1", "public").visibility == "public"  # the owner publishes v1 too
+    assert store.set_visibility("acme/book", "private").version == 4  # the current version, alone
+    assert store.get("acme/book").public_versions == [1, 3]
+    assert store.publish("acme/book", adapter_files[0]).visibility == "private"  # follows the current one's
+    # A viewer's listing shows another owner's newest public version, never a private current one.
+    assert [(r.id, r.version) for r in store.list_adapters(viewer="globex").items] == [("acme/book", 3)]
+    assert [(r.id, r.version) for r in store.list_adapters(viewer="acme").items] == [("acme/book", 5)]
+    store.delete("acme/book", 3)
+    assert [(r.id, r.version) for r in store.list_adapters(viewer="globex").items] == [("acme/book", 1)]
+    with pytest.raises(VersionNotFound):
+        store.set_visibility("acme/book@3", "public")
+    store.publish("acme/book", adapter_files[0], visibility="private")  # withdraws every version
+    assert store.get("acme/book").public_versions == [] and store.public_owner("book") is None
+    assert store.list_adapters(viewer="globex").items == []
+
+
+def test_metas_written_before_per_version_visibility_read_fail_closed(store, adapter_files):
+    for _ in range(3):
+        store.publish("acme/old", adapter_files[0], visibility="public")
+    # The meta as the previous release wrote it: one visibility for the whole adapter, no version list.
+    legacy = {"visibility": "public", "created_at": 1.0}
+    if not hasattr(store, "root"):
+        legacy |= {"current": 3, "last": 3, "versions": [1, 2, 3]}
+    damage(store, "acme/old", "meta", json.dumps(legacy).encode())
+    assert [r.visibility for r in store.versions("acme/old")] == ["private", "private", "public"]
+    assert store.publish("acme/old", adapter_files[1]).public_versions == [3, 4]  # the next write keeps the list
+    assert store.set_visibility("acme/old@1", "public").public_versions == [1, 3, 4]
+
+
+def test_a_listing_reads_nothing_of_other_owners_private_adapters(store, adapter_files):
+    for i in range(12):
+        store.publish(f"acme/p{i:02d}", adapter_files[i % 2])
+    store.publish("acme/open", adapter_files[0], visibility="public")
+    store.publish("globex/own", adapter_files[1])
+    with touched(store) as paths:
+        listed = [r.id for r in store.list_adapters(viewer="globex").items]
+    assert listed == ["acme/open", "globex/own"]
+    assert paths and not [p for p in paths if p.startswith("adapters/acme/p")], paths
+    assert not [p for p in paths if p.rstrip("/") in ("adapters", "adapters/acme")]  # not even their names
+    assert len(store.list_adapters().items) == 14  # an unscoped listing (admins) still sees everything
+
+
+STRAYS = [
+    "adapters/acme/.snapshot/meta.json",  # an NFS snapshot folder among an owner's adapters
+    "adapters/acme/.snapshot/adapter.json",
+    "adapters/.snapshot/fr/meta.json",  # ... among the owners
+    "adapters/Acme/fr/meta.json",
+    "adapters/acme/fr/v1.json",  # not a version name the store writes
+    "adapters/acme/fr/v0000001.safetensors",
+    "adapters/acme/fr/.snapshot/v000001.json",
+    "adapters/README",
+    "public/.snapshot/x",
+]
+
+
+def test_stray_entries_are_skipped_and_logged_once(store, adapter_files, caplog):
+    store.publish("acme/fr", adapter_files[0], visibility="public")
+    store.publish("globex/de", adapter_files[1])
+    for stray in STRAYS:
+        put_stray(store, stray, b'{"visibility": "public"}')
+    with caplog.at_level("WARNING", logger="chorus_store"):
+        assert [r.id for r in store.list_adapters().items] == ["acme/fr", "globex/de"]
+        first = [r.getMessage() for r in caplog.records if "skips" in r.getMessage()]
+        caplog.clear()
+        assert [r.id for r in store.list_adapters().items] == ["acme/fr", "globex/de"]
+        assert not [r for r in caplog.records if "skips" in r.getMessage()]  # once per entry, not per listing
+    assert any(".snapshot" in m for m in first) and any("v1.json" in m for m in first)
+    assert [r.version for r in store.versions("acme/fr")] == [1]
+    assert store.owner_bytes("acme") == adapter_files[0].stat().st_size
+    assert store.publish("acme/fr", adapter_files[1]).version == 2  # strays do not take version numbers
+    reopened = reopen(store)  # recovery leaves what it did not write alone
+    assert [r.id for r in reopened.list_adapters().items] == ["acme/fr", "globex/de"]
+    if hasattr(store, "root"):
+        assert all((store.root / stray).exists() for stray in STRAYS)
 
 
 def test_delete_keeps_a_tombstone_so_numbers_are_never_reused(store, adapter_files):

@@ -5,8 +5,9 @@ change is written to the audit log."""
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
+import contextlib
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
 
@@ -15,20 +16,41 @@ from fastapi import APIRouter, Depends, Query, Request
 from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
 from chorus_server.runtime import Runtime, upload_dir
-from chorus_server.tenancy import own_id, resolve
+from chorus_server.storage_quota import Reservation
+from chorus_server.tenancy import own_id, resolve, visible_part
 from chorus_store.base import AdapterRecord, split_ref
 from chorus_store.errors import AdapterNotFound, StoreUnavailable
+from chorus_store.spool import spool_file
 
 router = APIRouter(tags=["adapters"])
 Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def _admitted_reader(request: Request, who: Caller) -> Iterator[Principal]:
+    """A listing costs the store work, so it takes one of the caller's requests (rate and concurrency) like a
+    transcription: a tenant listing in a loop is refused with 429, not served at others' expense."""
+    who.require("read")
+    quotas = request.app.state.chorus.quotas
+    try:
+        quotas.admit_request(who.tenant)
+    except ApiError as error:
+        error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
+        raise
+    try:
+        yield who
+    finally:
+        quotas.release(who.tenant)
+
+
+Reader = Annotated[Principal, Depends(_admitted_reader)]
 
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.chorus
 
 
-def adapter_json(runtime: Runtime, record: AdapterRecord) -> dict[str, Any]:
-    body = record.to_dict()
+def adapter_json(runtime: Runtime, record: AdapterRecord, who: Principal) -> dict[str, Any]:
+    body = visible_part(record, who).to_dict()
     body.pop("is_current", None)
     return {
         "object": "adapter",
@@ -57,8 +79,7 @@ def _check_namespace(ref: str, who: Principal) -> None:
 
 
 @router.get("/v1/models", summary="Adapters the caller may use, in OpenAI's model-list shape", tags=["transcription"])
-async def list_models(request: Request, who: Caller) -> dict[str, Any]:
-    who.require("read")
+async def list_models(request: Request, who: Reader) -> dict[str, Any]:
     records = await asyncio.to_thread(_all_visible, _runtime(request), who)
     # `kind` (Chorus's): a `classifier` serves /v1/audio/classifications, every other kind transcribes.
     data = [
@@ -68,11 +89,16 @@ async def list_models(request: Request, who: Caller) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+def _viewer(who: Principal) -> str | None:
+    """Whose view a listing takes: an admin sees every adapter, anyone else its own and the public ones."""
+    return None if who.admin else who.tenant
+
+
 def _all_visible(runtime: Runtime, who: Principal) -> list[AdapterRecord]:
     records: list[AdapterRecord] = []
     cursor = None
     while True:
-        page = runtime.store.list_adapters(after=cursor, limit=1000, where=who.can_see)
+        page = runtime.store.list_adapters(after=cursor, limit=1000, where=who.can_see, viewer=_viewer(who))
         records += page.items
         if page.next_cursor is None:
             return records
@@ -82,14 +108,13 @@ def _all_visible(runtime: Runtime, who: Principal) -> list[AdapterRecord]:
 @router.get("/v1/adapters", summary="List the adapters the caller may see (current versions), paginated")
 async def list_adapters(
     request: Request,
-    who: Caller,
+    who: Reader,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
 ) -> dict[str, Any]:
-    who.require("read")
     runtime = _runtime(request)
-    page = await asyncio.to_thread(runtime.store.list_adapters, after, limit, who.can_see)
-    data = [adapter_json(runtime, r) for r in page.items]
+    page = await asyncio.to_thread(runtime.store.list_adapters, after, limit, who.can_see, _viewer(who))
+    data = [adapter_json(runtime, r, who) for r in page.items]
     return {"object": "list", "data": data, "next_cursor": page.next_cursor}
 
 
@@ -97,7 +122,7 @@ async def list_adapters(
 async def get_adapter(request: Request, ref: str, who: Caller) -> dict[str, Any]:
     who.require("read")
     runtime = _runtime(request)
-    return adapter_json(runtime, await asyncio.to_thread(resolve, runtime.store, ref, who))
+    return adapter_json(runtime, await asyncio.to_thread(resolve, runtime.store, ref, who), who)
 
 
 @router.put(
@@ -127,68 +152,66 @@ async def put_adapter(
         entry["target"] = full_id
         owner = full_id.partition("/")[0]
         quota = (await asyncio.to_thread(runtime.quotas.db.limits, owner, runtime.settings.limits.tenant)).storage_bytes
-        used = await asyncio.to_thread(runtime.store.owner_bytes, owner)
         declared = request.headers.get("content-length", "")
-        _check_storage(quota, used, int(declared) if declared.isdigit() else 0)  # before reading the body
-        scratch = upload_dir(runtime.settings)
-        path = await _receive_upload(request, scratch, runtime.settings.limits.max_adapter_bytes)
+        measure = partial(runtime.store.owner_bytes, owner)
+        # Reserved before the body is read (507 at once when Content-Length tells), held until the version is
+        # stored: uploads in flight count against the quota too.
+        reservation = await asyncio.to_thread(
+            runtime.uploads.begin, owner, quota, measure, int(declared) if declared.isdigit() else 0
+        )
         try:
-            _check_storage(quota, used, path.stat().st_size)
-            record = await asyncio.to_thread(
-                runtime.store.publish, full_id, path, visibility, expected_version, allow_fingerprint_mismatch
-            )
+            with _spool(upload_dir(runtime.settings)) as (path, out):
+                await _receive_upload(request, out, reservation, runtime.settings.limits.max_adapter_bytes)
+                reservation.cover(out.tell())
+                await asyncio.to_thread(reservation.check_stored, measure)  # uploads stored meanwhile
+                record = await asyncio.to_thread(
+                    runtime.store.publish, full_id, path, visibility, expected_version, allow_fingerprint_mismatch
+                )
         finally:
-            path.unlink(missing_ok=True)
+            reservation.release()
         entry.update(version=record.version, sha256=record.sha256, visibility=record.visibility)
     if record.id in runtime.pinned:  # a pinned adapter stays pinned across versions
         await _pin(runtime, record)
-    return adapter_json(runtime, record)
+    return adapter_json(runtime, record, who)
 
 
-def _check_storage(quota: int | None, used: int, adding: int) -> None:
-    if quota is not None and used + adding > quota:
-        raise ApiError(
-            507,
-            f"storage quota exceeded: {used} of {quota} bytes used, the upload needs {adding}; delete old versions",
-            "storage_quota_exceeded",
-        )
+@contextlib.contextmanager
+def _spool(scratch: Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """A locked spool file for one upload (chorus_store.spool: a restart removes it if this process dies)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+            path, out = stack.enter_context(spool_file(scratch, "upload-", ".safetensors"))
+        except OSError as exc:
+            raise StoreUnavailable(f"the adapter store cannot take uploads right now ({exc.strerror or exc})") from exc
+        yield path, out
 
 
-async def _receive_upload(request: Request, scratch: Path, limit: int) -> Path:
-    """Stream the body (raw or multipart `file`) to a temporary file, at most `limit` bytes (BodyLimit already
-    caps the whole request, multipart framing included, while it arrives)."""
+async def _receive_upload(request: Request, out: BinaryIO, reservation: Reservation, limit: int) -> None:
+    """Stream the body (raw or multipart `file`) into `out`, at most `limit` bytes (BodyLimit already caps the
+    whole request, multipart framing included, while it arrives), covered by `reservation` as it grows."""
     try:
-        scratch.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".safetensors", dir=scratch)
-    except OSError as exc:
-        raise StoreUnavailable(f"the adapter store cannot take uploads right now ({exc.strerror or exc})") from exc
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                form = await request.form(max_files=1, max_fields=10)
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise ApiError(400, "multipart upload needs a file field named 'file'", "missing_file", "file")
-                while chunk := await upload.read(1 << 20):
-                    _write_limited(out, chunk, limit)
-            else:
-                async for chunk in request.stream():
-                    _write_limited(out, chunk, limit)
-        if path.stat().st_size == 0:
-            raise ApiError(400, "the upload is empty: send the adapter's safetensors bytes", "empty_upload")
-        return path
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=10)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "multipart upload needs a file field named 'file'", "missing_file", "file")
+            while chunk := await upload.read(1 << 20):
+                _write_limited(out, chunk, limit, reservation)
+        else:
+            async for chunk in request.stream():
+                _write_limited(out, chunk, limit, reservation)
+        out.flush()
     except OSError as exc:  # a full or read-only disk while writing
-        path.unlink(missing_ok=True)
         raise StoreUnavailable(f"the adapter store cannot take uploads right now ({exc.strerror or exc})") from exc
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    if out.tell() == 0:
+        raise ApiError(400, "the upload is empty: send the adapter's safetensors bytes", "empty_upload")
 
 
-def _write_limited(out: BinaryIO, chunk: bytes, limit: int) -> None:
+def _write_limited(out: BinaryIO, chunk: bytes, limit: int, reservation: Reservation) -> None:
     if out.tell() + len(chunk) > limit:
         raise ApiError(413, f"adapter upload exceeds the limit of {limit} bytes", "file_too_large")
+    reservation.cover(out.tell() + len(chunk))  # a body longer than its Content-Length, or without one
     out.write(chunk)
 
 
@@ -246,7 +269,7 @@ async def pin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[st
         record = await asyncio.to_thread(_changeable, runtime, adapter_id, who)
         entry.update(target=record.id, version=record.version)
         await _pin(runtime, record)
-    return adapter_json(runtime, record)
+    return adapter_json(runtime, record, who)
 
 
 async def _pin(runtime: Runtime, record: AdapterRecord) -> None:
@@ -268,4 +291,20 @@ async def unpin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[
         pinned = runtime.pinned.pop(record.id, None)
         if pinned is not None:
             runtime.cache.unpin(pinned)
-    return adapter_json(runtime, record)
+    return adapter_json(runtime, record, who)
+
+
+@router.post(
+    "/v1/adapters/{ref:path}/visibility",
+    summary="Make one version (`ID@N`; `ID`: the current one) public or private; other versions keep theirs",
+)
+async def set_visibility(
+    request: Request, ref: str, who: Caller, visibility: Annotated[Literal["private", "public"], Query()]
+) -> dict[str, Any]:
+    runtime = _runtime(request)
+    async with runtime.audit.action(request, "adapter.visibility", ref) as entry:
+        who.require("write")
+        record = await asyncio.to_thread(_changeable, runtime, ref, who)  # 404 if hidden, else 403 not_owner
+        record = await asyncio.to_thread(runtime.store.set_visibility, record.ref, visibility)
+        entry.update(target=record.id, version=record.version, visibility=visibility)
+    return adapter_json(runtime, record, who)
