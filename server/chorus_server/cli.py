@@ -27,6 +27,9 @@ def _random_model(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from chorus_server.audio_memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # first, before the server's threads allocate (audio_memory.py says why)
     import uvicorn
 
     from chorus_server.app import create_app

@@ -3,8 +3,13 @@ until the array (and every queued window that views it) is freed; fair like the 
 
 from __future__ import annotations
 
+import ctypes.util
 import gc
+import os
 import random
+import re
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -92,3 +97,43 @@ def test_uploads_past_the_decoded_audio_bound_get_503_with_retry_after(tmp_path,
         assert memory.held == 0
         assert transcribe(client, wav(10.0, seed=1), "default").status_code == 200
         assert 0 < memory.peak <= memory.bound
+
+
+ARENA_PROBE = """
+import ctypes, ctypes.util, sys, threading
+from chorus_server.audio_memory import limit_malloc_arenas
+cap = limit_malloc_arenas() if sys.argv[1] == "cap" else None
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+start = threading.Barrier(8)
+def churn():
+    start.wait()
+    for _ in range(200):
+        libc.free(libc.malloc(4096))
+threads = [threading.Thread(target=churn) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(cap)
+libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("c") or sys.platform != "linux", reason="needs glibc")
+def test_a_server_process_caps_malloc_arenas():
+    """Request threads each got a glibc arena, and freed upload memory stayed in them after a burst."""
+
+    def arenas(mode: str, **env: str) -> tuple[str, int]:
+        run = subprocess.run(
+            [sys.executable, "-c", ARENA_PROBE, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip(), len(re.findall(r"^Arena \d+:", run.stderr, flags=re.M))
+
+    assert arenas("free")[1] > 2  # glibc's default: threads spread over arenas of their own
+    assert arenas("cap") == ("2", 2)
+    assert arenas("cap", MALLOC_ARENA_MAX="4")[0] == "None"  # an operator's setting wins
