@@ -72,9 +72,10 @@ class Quotas:
 
     # ---- admission -----------------------------------------------------------------------------------------
 
-    def admit_request(self, tenant: str) -> None:
+    def admit_request(self, tenant: str, usage: bool = True) -> None:
         """Take one request (rate and concurrency) or raise 429. Pair with `release`. Blocking (it may read the
-        tenant database): call it off the event loop."""
+        tenant database): call it off the event loop. `usage=False`: the request counts against the rate and the
+        concurrency but is not usage (a listing: not billed, not in the daily quota, nothing to write)."""
         self._load(tenant)
         with self._lock:
             state = self._state(tenant)
@@ -89,8 +90,9 @@ class Quotas:
                     raise self._limited(f"request rate limit of {limits.requests_per_minute:g}/min reached", wait)
                 state.requests.tokens -= 1
             state.in_progress += 1
-            state.day_requests += 1
-            state.pending["requests"] += 1
+            if usage:
+                state.day_requests += 1
+                state.pending["requests"] += 1
 
     def release(self, tenant: str) -> None:
         with self._lock:

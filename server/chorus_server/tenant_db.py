@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from chorus_server.settings import TenantLimits
 from chorus_server.sqlite_file import DEFAULT_TIMEOUT, session
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS tenant_limits (tenant TEXT PRIMARY KEY, limits TEXT NOT NULL)",
@@ -21,7 +24,14 @@ SCHEMA = (
 
 class TenantDB:
     def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT):
+        """Creates the tables now, so that serving never writes to read: a file that turns read-only (or is
+        locked) later still answers reads of limits and usage."""
         self.path, self.timeout = path, timeout
+        try:
+            with self._db():
+                pass
+        except sqlite3.Error as exc:  # not fatal here: each later access reports its own fault (503)
+            logger.warning("tenant database %s: tables not created yet: %s", path, exc)
 
     def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return session(self.path, SCHEMA, self.timeout)

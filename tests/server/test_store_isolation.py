@@ -94,3 +94,5 @@ def test_listing_reads_only_what_the_caller_may_see_and_counts_against_its_rate(
     assert int(refused.headers["retry-after"]) >= 1 and refused.headers["x-ratelimit-remaining-requests"] == "0"
     error_of(rated.get("/v1/models", headers=auth("sk-globex")), 429, "rate_limit_exceeded")
     assert rated.get("/v1/models", headers=auth("sk-acme")).status_code == 200  # per tenant
+    # Listings spend the rate, not usage: nothing billed, nothing of the daily quota, nothing written per listing.
+    assert rated.app.state.chorus.quotas.usage("globex")["requests"] == 0

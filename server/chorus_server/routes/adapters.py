@@ -28,11 +28,12 @@ Caller = Annotated[Principal, Depends(current_principal)]
 
 def _admitted_reader(request: Request, who: Caller) -> Iterator[Principal]:
     """A listing costs the store work, so it takes one of the caller's requests (rate and concurrency) like a
-    transcription: a tenant listing in a loop is refused with 429, not served at others' expense."""
+    transcription: a tenant listing in a loop is refused with 429, not served at others' expense. It is not usage
+    (nothing billed, no daily quota spent)."""
     who.require("read")
     quotas = request.app.state.chorus.quotas
     try:
-        quotas.admit_request(who.tenant)
+        quotas.admit_request(who.tenant, usage=False)
     except ApiError as error:
         error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
         raise
