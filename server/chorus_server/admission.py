@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chorus_server.errors import ApiError, as_api_error, error_response
-from chorus_server.sqlite_file import DatabaseUnavailable
+from chorus_server.tenants.base import DatabaseUnavailable
 
 if TYPE_CHECKING:
     from chorus_server.auth import Principal
@@ -61,7 +61,7 @@ class Admission:
             who.require("transcribe")
             runtime.transcriber.check_queue(who.tenant)  # a tenant over its share of a full queue: 503 now
             # Off the loop: a tenant's first request of the day reads its limits and usage from the database.
-            await asyncio.to_thread(quotas.admit_request, who.tenant)
+            lease = await asyncio.to_thread(quotas.admit_request, who.tenant)
         except (ApiError, DatabaseUnavailable) as failure:
             refusal = as_api_error(failure)
             refusal.headers = {**(refusal.headers or {}), **quotas.headers(who.tenant)}
@@ -79,7 +79,7 @@ class Admission:
         try:
             await self.app(scope, receive, send_with_limits)
         finally:
-            quotas.release(who.tenant)
+            await asyncio.to_thread(quotas.release, who.tenant, lease)
 
 
 async def _may_send_body(runtime: Runtime, who: Principal, scope: Scope, receive: Receive, send: Send) -> bool:

@@ -22,7 +22,7 @@ from chorus_server.one_authorization import OneAuthorization
 from chorus_server.path_guard import PathGuard
 from chorus_server.request_id import RequestId
 from chorus_server.route_hints import UnknownRoutes
-from chorus_server.routes import adapters, classifications, health, keys, realtime, tenants, transcriptions
+from chorus_server.routes import adapters, audit, classifications, health, keys, realtime, tenants, transcriptions
 from chorus_server.routes.console import install_console
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings, get_settings
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     app.include_router(adapters.router)
     app.include_router(keys.router)
     app.include_router(tenants.router)
+    app.include_router(audit.router)
     app.include_router(health.router)
     app.include_router(realtime.router)
     install_console(app)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from fastapi import Request
 
 from chorus_server.errors import ApiError
-from chorus_server.key_cache import KeyCache
-from chorus_server.keys import KeyInfo, KeyRing, Role, key_hash, parse_env_hash
 from chorus_server.settings import AuthSettings
+from chorus_server.tenants.key_cache import KeyCache
+from chorus_server.tenants.keys import KeyInfo, KeyRing, Role, key_hash, parse_env_hash
 from chorus_store.base import AdapterRecord, check_tenant
 from chorus_store.errors import AdapterRejected
 
@@ -105,10 +104,6 @@ def env_keys(settings: AuthSettings) -> dict[bytes, KeyInfo]:
     return found
 
 
-def key_file(settings: AuthSettings, data_dir: Path) -> Path:
-    return settings.key_file or data_dir / "keys.sqlite3"
-
-
 def anonymous_role(settings: AuthSettings, keys: KeyRing) -> Role | None:
     """The role of callers without a key (None: refused). `auto`: operator when no key exists at all."""
     if settings.anonymous == "auto":
@@ -120,11 +115,25 @@ class Authenticator:
     """API key -> principal. `authenticate` (async) never blocks the event loop: environment keys are matched in
     memory and file keys through `KeyCache`; `principal_for` is its blocking twin for worker threads."""
 
-    def __init__(self, keys: KeyRing, anonymous: Role | None, cache: KeyCache | None = None):
+    def __init__(self, keys: KeyRing, anonymous: Role | None, cache: KeyCache | None = None, auto: bool = False):
+        """`auto`: `anonymous` was chosen because no key existed (`CHORUS_AUTH__ANONYMOUS=auto`), so the first key
+        created closes the server (`keys_appeared`)."""
         self.keys = keys
         self.anonymous = anonymous
+        self.auto = auto
         self.open = anonymous is not None and not keys.has_keys()  # no keys at all: a local development server
         self.cache = cache or KeyCache(keys)
+
+    def keys_appeared(self) -> bool:
+        """Re-check a keyless server (blocking: reads the store): once a key exists, every caller needs one (and
+        in `auto` mode callers without one are refused) — never the other way, so revoking the last key of a
+        server that faces a network cannot open it. True when this call closed the server."""
+        if not self.open or not self.keys.has_keys():
+            return False
+        if self.auto:
+            self.anonymous = None
+        self.open = False
+        return True
 
     async def authenticate(self, authorization: str | None) -> Principal:
         digest = self._digest(authorization)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from chorus_training.cli import add_commands as add_training_commands
 
 if TYPE_CHECKING:
-    from chorus_server.keys import KeyRing
+    from chorus_server.tenants.keys import KeyRing
 
 
 def _random_model(args: argparse.Namespace) -> int:
@@ -36,10 +36,12 @@ def _serve(args: argparse.Namespace) -> int:
     from chorus_server.connections import install_log_filter, raise_open_file_limit, uvicorn_options
     from chorus_server.exposure import exposure_problem
     from chorus_server.startup import StartupError, bind, check_paths, load_settings
+    from chorus_server.tenants import open_tenant_store
 
     try:
         settings = load_settings()
         check_paths(settings)
+        open_tenant_store(settings).close()  # a tenant database URL this build cannot use: say so now
     except StartupError as exc:
         print(f"chorus serve: {exc}", file=sys.stderr)
         return 2
@@ -84,26 +86,36 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     """`chorus keys create|list|revoke`: each run is one audit entry by `cli:<OS user>`, refused or not."""
-    from chorus_server.audit import AuditLog, audit_path
+    from chorus_server.audit import AuditLog, audit_export
     from chorus_server.runtime import key_ring
     from chorus_server.startup import StartupError, load_settings
+    from chorus_server.tenants import open_tenant_store
+    from chorus_server.tenants.base import DatabaseUnavailable
 
     try:
         settings = load_settings()
+        tenants = open_tenant_store(settings)
     except StartupError as exc:
         print(f"chorus keys: {exc}", file=sys.stderr)
         return 2
-    keys = key_ring(settings)
+    keys = key_ring(settings, tenants)
     target = {"create": getattr(args, "tenant", ""), "list": "*", "revoke": getattr(args, "key_id", "")}
-    audit = AuditLog(audit_path(settings))
-    with audit.local_action(f"key.{args.keys_command}", target[args.keys_command]) as entry:
-        return _run_keys_command(args, keys, entry)
+    audit = AuditLog(tenants, audit_export(settings))
+    try:
+        with audit.local_action(f"key.{args.keys_command}", target[args.keys_command]) as entry:
+            return _run_keys_command(args, keys, entry)
+    except DatabaseUnavailable as exc:
+        print(f"chorus keys: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        keys.close()
+        tenants.close()
 
 
 def _run_keys_command(args: argparse.Namespace, keys: KeyRing, entry: dict[str, Any]) -> int:
     import time
 
-    from chorus_server.keys import Role
+    from chorus_server.tenants.keys import Role
     from chorus_store.errors import AdapterRejected
 
     if args.keys_command == "create":
@@ -129,13 +141,13 @@ def _run_keys_command(args: argparse.Namespace, keys: KeyRing, entry: dict[str, 
         print(f"revoked {args.key_id}")
         return 0
     entry["outcome"] = "key_not_found"  # the same code the API answers
-    print(f"chorus keys: no active key {args.key_id!r} in {keys.path}", file=sys.stderr)
+    print(f"chorus keys: no active key {args.key_id!r} in {keys.store.describe()}", file=sys.stderr)
     return 1
 
 
 # = sorted(chorus_server.engine.random_model.PRESETS) (a test checks); named here so `chorus` starts without torch.
 PRESET_NAMES = ("base", "base-mms", "large-mms", "tiny", "tiny-mms")
-ROLE_NAMES = ("admin", "operator", "user", "metrics")  # = chorus_server.keys.Role (a test checks)
+ROLE_NAMES = ("admin", "operator", "user", "metrics")  # = chorus_server.tenants.base.Role (a test checks)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

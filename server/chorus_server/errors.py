@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chorus_server.engine import errors as engine_errors
-from chorus_server.sqlite_file import DatabaseUnavailable
+from chorus_server.tenants.base import DatabaseUnavailable
 from chorus_store import errors as store_errors
 
 logger = logging.getLogger(__name__)

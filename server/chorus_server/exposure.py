@@ -6,9 +6,10 @@ from __future__ import annotations
 import ipaddress
 
 from chorus_server.auth import anonymous_role
-from chorus_server.keys import Role
 from chorus_server.runtime import key_ring
 from chorus_server.settings import Settings
+from chorus_server.tenants import open_tenant_store
+from chorus_server.tenants.base import Role
 
 
 def is_loopback(host: str) -> bool:
@@ -24,7 +25,7 @@ def exposure_problem(settings: Settings, host: str) -> str | None:
     """Why the server must not start on `host` with these settings (None: it may)."""
     if is_loopback(host):
         return None
-    keys = key_ring(settings)
+    keys = key_ring(settings, open_tenant_store(settings))
     role = anonymous_role(settings.auth, keys)
     if settings.auth.anonymous == "auto" and role is not None:
         return (

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from chorus_server import speech
-from chorus_server.audit import AuditLog, audit_path
-from chorus_server.auth import Authenticator, anonymous_role, env_keys, key_file
+from chorus_server.audit import AuditLog, audit_export
+from chorus_server.auth import Authenticator, anonymous_role, env_keys
 from chorus_server.batching import BatchLimits
 from chorus_server.demo_model import DEMO_DIR
 from chorus_server.engine import Adapter, Engine, save_adapter, threads
@@ -27,14 +27,16 @@ from chorus_server.engine.random_model import write_random_model
 from chorus_server.engine.staging import bucket_schedule
 from chorus_server.engine.upload import AdapterUploader
 from chorus_server.engine.warmup import warm_up_adapter, warm_up_batch
-from chorus_server.keys import KeyRing
 from chorus_server.metrics import Metrics
-from chorus_server.quotas import Quotas
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
-from chorus_server.storage_quota import UploadReservations
 from chorus_server.store_watch import StoreWatcher
-from chorus_server.tenant_db import TenantDB
+from chorus_server.tenants import open_tenant_store
+from chorus_server.tenants.base import TenantStore
+from chorus_server.tenants.keys import KeyRing
+from chorus_server.tenants.quotas import Quotas
+from chorus_server.tenants.storage_quota import UploadReservations
+from chorus_server.tenants.watch import ChangeWatch
 from chorus_server.validation import BackboneValidator
 from chorus_server.worker import WarmUp, Worker
 from chorus_store.base import AdapterStore
@@ -139,6 +141,8 @@ class Runtime:
     loaders: ThreadPoolExecutor
     pinned: dict[str, str]  # adapter ID -> pinned version ref
     watcher: StoreWatcher
+    tenants: TenantStore
+    changes: ChangeWatch
     remote: RemoteWorkers | None = None  # a cluster ingress: transcription runs on worker replicas
     uploads: UploadReservations = field(default_factory=UploadReservations)  # adapter bytes in flight, per tenant
 
@@ -198,14 +202,22 @@ class Runtime:
         default = settings.default_adapter or f"{SEED_OWNER}/{source.head_id}"
         transcriber = Transcriber(engine, store, cache, worker, settings, default)
         speech.warm_up()
-        keys = key_ring(settings)
-        auth = Authenticator(keys, anonymous_role(settings.auth, keys))
-        audit = AuditLog(audit_path(settings))
-        quotas = Quotas(settings.limits.tenant, TenantDB(keys.path, settings.auth.db_timeout_seconds))
+        tenants = open_tenant_store(settings)
+        keys = key_ring(settings, tenants)
+        auth = Authenticator(keys, anonymous_role(settings.auth, keys), auto=settings.auth.anonymous == "auto")
+        audit = AuditLog(tenants, audit_export(settings))
+        quotas = Quotas(settings.limits.tenant, tenants)
+        changes = ChangeWatch(tenants, [functools.partial(_keys_appeared, auth), quotas.refresh_limits])
+        logger.info(
+            "tenant database: %s; API keys %s",
+            tenants.describe(),
+            "off: keyless (until the first key is created)" if auth.open else "on",
+        )
         pinned: dict[str, str] = {}
         watcher = StoreWatcher(store, cache, pinned, settings.cache.watch_seconds)
         worker.start()
         watcher.start()
+        changes.start()
         logger.info("batching: %s", worker.limits)
         return cls(
             settings,
@@ -221,16 +233,20 @@ class Runtime:
             loaders,
             pinned,
             watcher,
+            tenants,
+            changes,
             remote,
         )
 
     def close(self) -> None:
         """Run everything already admitted, then stop the worker and the loaders."""
         self.watcher.stop()
+        self.changes.stop()
         self.worker.stop()
         self.loaders.shutdown(wait=True, cancel_futures=True)
         self.quotas.close()
         self.auth.close()
+        self.tenants.close()
         threads.end_serial_default()  # threads started later may use every core again
 
 
@@ -252,11 +268,14 @@ def upload_dir(settings: Settings) -> Path:
     return Path(settings.store) / "tmp"
 
 
-def key_ring(settings: Settings) -> KeyRing:
-    """The API keys of this configuration: the key file and the environment's keys, hashed."""
-    return KeyRing(
-        key_file(settings.auth, settings.data_dir), env_keys(settings.auth), settings.auth.db_timeout_seconds
-    )
+def key_ring(settings: Settings, tenants: TenantStore) -> KeyRing:
+    """The API keys of this configuration: the tenant store's and the environment's, hashed."""
+    return KeyRing(tenants, env_keys(settings.auth))
+
+
+def _keys_appeared(auth: Authenticator) -> None:
+    if auth.keys_appeared():
+        logger.warning("API keys: on (a key was created while the server ran keyless); every caller now needs one")
 
 
 def seed_store(store: AdapterStore, head: Adapter | None, source: ModelSource) -> None:

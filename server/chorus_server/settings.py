@@ -236,7 +236,12 @@ class Settings(BaseSettings):
         None, description="adapter used when a request names `whisper-1` (OpenAI clients' default model)"
     )
     audit_log: Path | None = Field(
-        None, description="JSON-lines audit log of operator actions; unset: DATA_DIR/audit.jsonl"
+        None, description="also append every audit entry to this JSON-lines file; unset: only the audit table"
+    )
+    database_url: str | None = Field(
+        None,
+        description="tenant database (keys, limits, usage, audit): postgresql://user@host:port/db; unset: the "
+        "SQLite file CHORUS_AUTH__KEY_FILE",
     )
     seed_store: bool = Field(True, description="on first start, publish the bundled demo adapters to the store")
     max_adapter_label_values: int = Field(

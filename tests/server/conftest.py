@@ -15,6 +15,9 @@ from fastapi.testclient import TestClient
 
 from chorus_server.app import create_app
 from chorus_server.settings import Settings
+from chorus_server.tenants.audit import to_json
+from chorus_server.tenants.keys import KeyRing
+from chorus_server.tenants.sqlite import SqliteTenantStore
 
 RATE = 16000
 
@@ -27,6 +30,17 @@ def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("server-model")
     write_random_model(path, "tiny", num_adapters=4, seed=7)
     return path
+
+
+def ring_at(path: Path) -> KeyRing:
+    """The API keys of the SQLite tenant database `path` (what `chorus keys` and the server use by default)."""
+    return KeyRing(SqliteTenantStore(path))
+
+
+def audit_entries(source: Path | TestClient) -> list[dict]:
+    """The audit log, oldest first, as the API shows it: of a running app, or of a SQLite tenant database file."""
+    store = SqliteTenantStore(source) if isinstance(source, Path) else source.app.state.chorus.tenants
+    return [to_json(e) for e in reversed(store.audit_entries(limit=100_000))]
 
 
 def make_settings(tmp_path: Path, model_dir: Path, **overrides) -> Settings:

@@ -14,9 +14,9 @@ from chorus_server.batching import BatchLimits, WorkItem, collect_batch
 from chorus_server.connections import OutOfFilesOncePerMinute
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
-from chorus_server.quotas import Quotas
 from chorus_server.settings import TenantLimits
-from chorus_server.tenant_db import TenantDB
+from chorus_server.tenants.quotas import Quotas
+from chorus_server.tenants.sqlite import SqliteTenantStore
 from tests.server.conftest import make_settings, running_app, transcribe, wav
 from tests.server.test_errors import error_of, gate_forward, in_background, wait_until
 
@@ -94,11 +94,10 @@ class Clock:
 def test_token_buckets_refill_and_answer_with_retry_after(tmp_path):
     clock = Clock()
     quotas = Quotas(
-        TenantLimits(requests_per_minute=2, audio_seconds_per_minute=60), TenantDB(tmp_path / "t.db"), clock
+        TenantLimits(requests_per_minute=2, audio_seconds_per_minute=60), SqliteTenantStore(tmp_path / "t.db"), clock
     )
     for _ in range(2):
-        quotas.admit_request("a")
-        quotas.release("a")
+        quotas.release("a", quotas.admit_request("a"))
     with pytest.raises(ApiError) as limited:
         quotas.admit_request("a")
     assert limited.value.status_code == 429 and limited.value.headers["Retry-After"] == "30"
@@ -117,10 +116,10 @@ def test_token_buckets_refill_and_answer_with_retry_after(tmp_path):
 def test_daily_quota_survives_a_restart(tmp_path):
     clock = Clock()
     limits = TenantLimits(audio_seconds_per_day=100, audio_seconds_per_minute=None)
-    first = Quotas(limits, TenantDB(tmp_path / "t.db"), clock)
+    first = Quotas(limits, SqliteTenantStore(tmp_path / "t.db"), clock)
     first.charge_audio("a", 80)
     first.close()
-    second = Quotas(limits, TenantDB(tmp_path / "t.db"), clock)
+    second = Quotas(limits, SqliteTenantStore(tmp_path / "t.db"), clock)
     assert second.usage("a")["audio_seconds"] == 80
     with pytest.raises(ApiError, match="daily audio quota"):
         second.check_audio("a", 30)

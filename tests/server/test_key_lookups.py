@@ -15,10 +15,10 @@ import httpx
 
 from chorus_server import cli
 from chorus_server.background import BackgroundServer
-from chorus_server.keys import KeyRing, Role
 from chorus_server.live.wsclient import open_session, receive
 from chorus_server.settings import get_settings
-from tests.server.conftest import make_settings, running_app
+from chorus_server.tenants.keys import Role
+from tests.server.conftest import make_settings, ring_at, running_app
 from tests.server.test_errors import error_of
 
 ADMIN = "sk-root"
@@ -33,7 +33,7 @@ def keyed_settings(tmp_path, model_dir, **auth_settings):
 
 
 def test_a_locked_key_file_stalls_neither_healthz_nor_cached_keys_and_uncached_ones_get_503(tmp_path, model_dir):
-    ring = KeyRing(tmp_path / "keys.sqlite3")
+    ring = ring_at(tmp_path / "keys.sqlite3")
     _, cached = ring.create("acme", Role.USER)
     _, uncached = ring.create("acme", Role.USER)
     assert ring.lookup(cached)  # its last use is recent: the server has nothing to write for it
@@ -72,7 +72,7 @@ def test_a_locked_key_file_stalls_neither_healthz_nor_cached_keys_and_uncached_o
 def test_a_realtime_handshake_with_a_locked_key_file_does_not_stall_the_server(tmp_path, model_dir):
     """The WebSocket route checks its key off the event loop too: while one handshake waits for the locked key
     file, /healthz answers at once, and the handshake ends in a refusal rather than a frozen server."""
-    _, uncached = KeyRing(tmp_path / "keys.sqlite3").create("acme", Role.USER)
+    _, uncached = ring_at(tmp_path / "keys.sqlite3").create("acme", Role.USER)
     settings = keyed_settings(tmp_path, model_dir, db_timeout_seconds=1.5)
     with BackgroundServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         holder = sqlite3.connect(tmp_path / "keys.sqlite3", isolation_level=None)
@@ -106,7 +106,7 @@ def test_a_realtime_handshake_with_a_locked_key_file_does_not_stall_the_server(t
 
 
 def test_a_damaged_key_file_is_503_not_500(tmp_path, model_dir):
-    _, secret = KeyRing(tmp_path / "keys.sqlite3").create("acme", Role.USER)
+    _, secret = ring_at(tmp_path / "keys.sqlite3").create("acme", Role.USER)
     with running_app(keyed_settings(tmp_path, model_dir)) as client:
         (tmp_path / "keys.sqlite3").write_bytes(b"this is not a database" * 100)
         error_of(client.get("/v1/models", headers=auth(secret)), 503, "tenant_db_unavailable")
@@ -115,7 +115,7 @@ def test_a_damaged_key_file_is_503_not_500(tmp_path, model_dir):
 
 def test_a_read_only_key_file_does_not_fail_requests(tmp_path, model_dir):
     path = tmp_path / "keys.sqlite3"
-    info, secret = KeyRing(path).create("acme", Role.USER)  # never used: the server will want to record its use
+    info, secret = ring_at(path).create("acme", Role.USER)  # never used: the server will want to record its use
     with running_app(keyed_settings(tmp_path, model_dir)) as client:
         # SQLite treats a file whose header's write version is above 2 as read-only: reads work, every write fails
         # ("attempt to write a readonly database"), even for root, whom file modes would not stop.
@@ -128,7 +128,7 @@ def test_a_read_only_key_file_does_not_fail_requests(tmp_path, model_dir):
         assert client.get("/v1/models", headers=auth(secret)).status_code == 200
     header[18] = 1
     path.write_bytes(bytes(header))
-    assert next(k for k in KeyRing(path).active() if k.id == info.id).last_used_at is None
+    assert next(k for k in ring_at(path).active() if k.id == info.id).last_used_at is None
 
 
 def revoked_within(client: Any, secret: str, revoke: Callable[[], object], seconds: float = 2.0) -> float:
@@ -147,7 +147,7 @@ def test_revocation_takes_effect_within_two_seconds(tmp_path, model_dir, monkeyp
     for name in ("CHORUS_AUTH__KEYS", "CHORUS_AUTH__ADMIN_KEYS", "CHORUS_AUTH__ANONYMOUS", "CHORUS_AUTH__KEY_FILE"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
-    ring = KeyRing(tmp_path / "keys.sqlite3")
+    ring = ring_at(tmp_path / "keys.sqlite3")
     by_api, by_cli = ring.create("acme", Role.USER), ring.create("acme", Role.USER)
     try:
         with running_app(keyed_settings(tmp_path, model_dir)) as client:
@@ -163,10 +163,10 @@ def test_revocation_takes_effect_within_two_seconds(tmp_path, model_dir, monkeyp
 
 
 def test_cached_verdicts_follow_the_ttl_and_the_change_counter(tmp_path):
-    from chorus_server.key_cache import KeyCache
-    from chorus_server.keys import key_hash
+    from chorus_server.tenants.key_cache import KeyCache
+    from chorus_server.tenants.keys import key_hash
 
-    ring = KeyRing(tmp_path / "keys.sqlite3")
+    ring = ring_at(tmp_path / "keys.sqlite3")
     info, secret = ring.create("acme", Role.USER)
     now = [0.0]
     cache = KeyCache(ring, ttl=1.0, watch_every=3600, clock=lambda: now[0])
@@ -179,7 +179,7 @@ def test_cached_verdicts_follow_the_ttl_and_the_change_counter(tmp_path):
         assert cache.cached(digest) is None  # past the time to live, and the file was not re-checked
         cache._observed = (ring.change_counter(), 1.0)  # the watcher saw the file unchanged at t=1.0
         assert cache.cached(digest) is not None
-        KeyRing(ring.path).revoke(info.id)  # another process commits
+        ring_at(ring.store.path).revoke(info.id)  # another process commits
         cache._observed = (ring.change_counter(), 1.05)
         now[0] = 2.1
         assert cache.cached(digest) is None and cache.verify(digest) is None

@@ -13,9 +13,9 @@ import pytest
 
 from chorus_server import cli
 from chorus_server.exposure import exposure_problem
-from chorus_server.keys import KEY_PREFIX, KeyRing, Role
 from chorus_server.settings import get_settings
-from tests.server.conftest import make_settings, running_app, wav
+from chorus_server.tenants.keys import KEY_PREFIX, Role
+from tests.server.conftest import audit_entries, make_settings, ring_at, running_app, wav
 from tests.server.test_errors import error_of
 
 ADMIN = "sk-root"
@@ -30,7 +30,7 @@ def test_roles_match_the_cli_choices():
 
 
 def test_keys_are_random_shown_once_and_stored_hashed(tmp_path):
-    ring = KeyRing(tmp_path / "keys.sqlite3")
+    ring = ring_at(tmp_path / "keys.sqlite3")
     info, secret = ring.create("acme", Role.OPERATOR)
     assert secret.startswith(KEY_PREFIX) and len(secret) - len(KEY_PREFIX) >= 43  # >= 256 bits, base64url
     assert ring.create("acme", Role.OPERATOR)[1] != secret
@@ -61,13 +61,13 @@ def test_admin_api_creates_and_revokes_keys_effective_on_the_next_request(tmp_pa
         assert client.delete(f"/v1/keys/{key_id}", headers=auth(ADMIN)).status_code == 200
         error_of(client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key")
         error_of(client.delete(f"/v1/keys/{key_id}", headers=auth(ADMIN)), 404, "key_not_found")
-        log = client.app.state.chorus.audit.path.read_text()
+        log = json.dumps(audit_entries(client))
         assert "key.create" in log and "key.revoke" in log and key not in log
 
 
 def test_expired_keys_are_refused(tmp_path, model_dir):
     settings = make_settings(tmp_path, model_dir, auth={"admin_keys": [ADMIN]})
-    ring = KeyRing(tmp_path / "keys.sqlite3")
+    ring = ring_at(tmp_path / "keys.sqlite3")
     _, expired = ring.create("acme", Role.USER, expires_at=time.time() - 1)
     _, valid = ring.create("acme", Role.USER, expires_at=time.time() + 3600)
     with running_app(settings) as client:
@@ -87,10 +87,6 @@ def test_environment_keys_may_be_given_as_hashes(tmp_path, model_dir):
         assert ok.status_code == 200
 
 
-def audit_entries(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_every_key_operation_is_audited_with_the_caller_as_actor(tmp_path, model_dir):
     """Refused key operations are audited too, and `key.create` names the caller, with the new key in `details`."""
     settings = make_settings(tmp_path, model_dir, auth={"admin_keys": [ADMIN]})
@@ -102,7 +98,7 @@ def test_every_key_operation_is_audited_with_the_caller_as_actor(tmp_path, model
         error_of(refused, 403, "permission_denied")
         error_of(client.delete(f"/v1/keys/{user_id}", headers=auth(user)), 403, "permission_denied")
         assert client.get("/v1/keys", headers=auth(ADMIN)).status_code == 200
-        entries = audit_entries(client.app.state.chorus.audit.path)
+        entries = audit_entries(client)
     admin_id = "env_" + hashlib.sha256(ADMIN.encode()).hexdigest()[:12]
     as_admin = {"actor": f"key:{admin_id}", "tenant": "admin", "role": "admin", "key_id": admin_id}
     as_user = {"actor": f"key:{user_id}", "tenant": "acme", "role": "user", "key_id": user_id}
@@ -114,8 +110,10 @@ def test_every_key_operation_is_audited_with_the_caller_as_actor(tmp_path, model
         ("key.list", "*", "ok", as_admin),
     ]
     assert [(e["action"], e["target"], e["outcome"], {k: e[k] for k in as_user}) for e in entries] == expected
-    assert entries[0]["details"] == {"tenant": "acme", "role": "user", "expires_at": None, "key": user_id}
-    assert not entries[2].get("details")  # nothing of the refused body was read
+    details = [{k: v for k, v in e["details"].items() if k != "client"} for e in entries]
+    assert details[0] == {"tenant": "acme", "role": "user", "expires_at": None, "key": user_id}
+    assert not details[2]  # nothing of the refused body was read
+    assert all(e["details"]["client"] for e in entries)
     assert all(e["request_id"] for e in entries) and user not in json.dumps(entries)
 
 
@@ -134,7 +132,7 @@ def env(tmp_path, monkeypatch):
 def test_keys_command_works_without_a_server(env, capsys):
     assert cli.main(["keys", "create", "--tenant", "acme", "--role", "operator"]) == 0
     secret = capsys.readouterr().out.strip().splitlines()[-1]  # the key is the last line
-    ring = KeyRing(env / "keys.sqlite3")
+    ring = ring_at(env / "keys.sqlite3")
     info = ring.lookup(secret)
     assert info is not None and (info.tenant, info.role) == ("acme", Role.OPERATOR)
     assert cli.main(["keys", "list"]) == 0
@@ -152,12 +150,14 @@ def test_keys_command_audits_every_run_as_the_os_user(env, monkeypatch, capsys):
     assert cli.main(["keys", "create", "--tenant", "acme", "--role", "admin", "--expires-days", "1"]) == 0
     secret = capsys.readouterr().out.strip().splitlines()[-1]
     assert cli.main(["keys", "list"]) == 0
-    key_id = KeyRing(env / "keys.sqlite3").active()[0].id
+    key_id = ring_at(env / "keys.sqlite3").active()[0].id
     assert cli.main(["keys", "revoke", key_id]) == 0
     assert cli.main(["keys", "revoke", key_id]) == 1
     assert cli.main(["keys", "create", "--tenant", "Not Valid"]) == 2
     assert "Not Valid" in capsys.readouterr().err
-    entries = audit_entries(env / "logs" / "audit.jsonl")
+    entries = audit_entries(env / "keys.sqlite3")
+    exported = [json.loads(line) for line in (env / "logs" / "audit.jsonl").read_text().splitlines()]
+    assert exported == [{k: v for k, v in e.items() if k != "id"} for e in entries]  # CHORUS_AUDIT_LOG: a copy
     assert {e["actor"] for e in entries} == {f"cli:{pwd.getpwuid(os.getuid()).pw_name}"}
     assert [(e["action"], e["target"], e["outcome"]) for e in entries] == [
         ("key.create", "acme", "ok"),
@@ -188,7 +188,7 @@ def test_serve_refuses_a_network_interface_without_keys(env, monkeypatch, capsys
     assert "loopback only" in (exposure_problem(get_settings(), "0.0.0.0") or "")
     monkeypatch.delenv("CHORUS_AUTH__ANONYMOUS")
     get_settings.cache_clear()
-    KeyRing(env / "keys.sqlite3").create("ops", Role.ADMIN)
+    ring_at(env / "keys.sqlite3").create("ops", Role.ADMIN)
     assert exposure_problem(get_settings(), "0.0.0.0") is None
 
 

@@ -5,7 +5,6 @@ uploads cannot take the connections another tenant needs. Against a real uvicorn
 from __future__ import annotations
 
 import contextlib
-import json
 import selectors
 import socket
 import statistics
@@ -15,7 +14,7 @@ import httpx
 
 from chorus_server.background import BackgroundServer
 from chorus_server.body_limit import BodyPace
-from tests.server.conftest import make_settings, running_app
+from tests.server.conftest import audit_entries, make_settings, running_app
 from tests.server.test_errors import error_of
 
 ADMIN, SLOW, OTHER, VIEWER = "sk-root", "sk-slow", "sk-other", "sk-viewer"
@@ -92,7 +91,7 @@ def test_admin_routes_refuse_other_roles_before_reading_the_body(tmp_path, model
         error_of(client.put("/v1/tenants/other/limits", **malformed), 403, "permission_denied")
         valid = client.put("/v1/tenants/other/limits", json={}, headers=auth(ADMIN))
         assert valid.status_code == 200, valid.text  # the admin's request still reaches the route
-        audit = [json.loads(line) for line in client.app.state.chorus.audit.path.read_text().splitlines()]
+        audit = audit_entries(client)
         refused = [(e["action"], e["target"], e["outcome"]) for e in audit if e["key_id"] is not None]
         assert ("key.create", "", "permission_denied") in refused
         assert ("tenant.limits", "other", "permission_denied") in refused

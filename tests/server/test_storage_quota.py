@@ -8,7 +8,7 @@ import pytest
 
 from chorus_server.errors import ApiError
 from chorus_server.settings import TenantLimits
-from chorus_server.storage_quota import UploadReservations
+from chorus_server.tenants.storage_quota import UploadReservations
 from tests.server.conftest import make_settings, running_app
 from tests.server.test_errors import error_of
 

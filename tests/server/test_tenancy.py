@@ -13,10 +13,10 @@ from urllib.parse import quote
 import pytest
 
 from chorus_server.auth import principal
-from chorus_server.keys import Role
 from chorus_server.tenancy import resolve
+from chorus_server.tenants.keys import Role
 from chorus_store.errors import AdapterNotFound
-from tests.server.conftest import make_settings, running_app, wav
+from tests.server.conftest import audit_entries, make_settings, running_app, wav
 from tests.server.test_errors import error_of
 
 KEYS = {
@@ -280,11 +280,11 @@ def test_every_response_has_a_request_id_and_operator_actions_are_audited(tenant
     done = tenants.put("/v1/adapters/audited", content=raw, headers={**auth("sk-acme"), "x-request-id": "req-1"})
     tenants.delete("/v1/adapters/acme/audited@1", headers={**auth("sk-acme"), "x-request-id": "req-2"})
     tenants.delete("/v1/adapters/acme/shared", headers={**auth("sk-globex"), "x-request-id": "req-3"})
-    log = tenants.app.state.chorus.audit.path
-    entries = {e["request_id"]: e for e in map(json.loads, log.read_text().splitlines())}
-    assert entries["req-1"]["action"] == "adapter.publish" and entries["req-1"]["version"] == done.json()["version"]
+    entries = {e["request_id"]: e for e in audit_entries(tenants)}
+    assert entries["req-1"]["action"] == "adapter.publish"
+    assert entries["req-1"]["details"]["version"] == done.json()["version"]
     assert entries["req-1"]["tenant"] == "acme" and entries["req-1"]["outcome"] == "ok"
-    assert (entries["req-2"]["action"], entries["req-2"]["version"]) == ("adapter.delete", 1)
+    assert (entries["req-2"]["action"], entries["req-2"]["details"]["version"]) == ("adapter.delete", 1)
     assert entries["req-2"]["key_id"].startswith("env_") and entries["req-2"]["time"].endswith("Z")
     assert (entries["req-3"]["tenant"], entries["req-3"]["outcome"]) == ("globex", "not_owner")  # refusals too
-    assert "sk-acme" not in log.read_text()  # secrets are never logged
+    assert "sk-acme" not in json.dumps(entries)  # secrets are never logged

@@ -12,10 +12,10 @@ import numpy as np
 from chorus_server.audio import Audio
 from chorus_server.auth import principal
 from chorus_server.errors import ApiError, envelope, from_domain
-from chorus_server.keys import Role
 from chorus_server.routes.transcriptions import render
 from chorus_server.runtime import Runtime
 from chorus_server.settings import Settings
+from chorus_server.tenants.keys import Role
 from chorus_server.vad import VadOptions
 from chorus_store.errors import StoreError
 

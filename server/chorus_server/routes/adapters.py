@@ -16,8 +16,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
 from chorus_server.runtime import Runtime, upload_dir
-from chorus_server.storage_quota import Reservation
 from chorus_server.tenancy import own_id, resolve, visible_part
+from chorus_server.tenants.storage_quota import Reservation
 from chorus_store.base import AdapterRecord, split_ref
 from chorus_store.errors import AdapterNotFound, StoreUnavailable
 from chorus_store.spool import spool_file
@@ -33,14 +33,14 @@ def _admitted_reader(request: Request, who: Caller) -> Iterator[Principal]:
     who.require("read")
     quotas = request.app.state.chorus.quotas
     try:
-        quotas.admit_request(who.tenant, usage=False)
+        lease = quotas.admit_request(who.tenant, usage=False)
     except ApiError as error:
         error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
         raise
     try:
         yield who
     finally:
-        quotas.release(who.tenant)
+        quotas.release(who.tenant, lease)
 
 
 Reader = Annotated[Principal, Depends(_admitted_reader)]
@@ -152,7 +152,7 @@ async def put_adapter(
             raise ApiError(422, "upload to an adapter ID, not to a version: versions are numbered by the server")
         entry["target"] = full_id
         owner = full_id.partition("/")[0]
-        quota = (await asyncio.to_thread(runtime.quotas.db.limits, owner, runtime.settings.limits.tenant)).storage_bytes
+        quota = (await asyncio.to_thread(runtime.quotas.limits, owner)).storage_bytes
         declared = request.headers.get("content-length", "")
         measure = partial(runtime.store.owner_bytes, owner)
         # Reserved before the body is read (507 at once when Content-Length tells), held until the version is

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chorus_server.auth import Authenticator, Principal, current_principal
 from chorus_server.errors import ApiError
-from chorus_server.sqlite_file import DatabaseUnavailable
+from chorus_server.tenants.base import DatabaseUnavailable
 
 router = APIRouter(tags=["operations"])
 

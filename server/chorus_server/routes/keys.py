@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from chorus_server.auth import Principal, current_principal
 from chorus_server.errors import ApiError
-from chorus_server.keys import KeyRing, Role
+from chorus_server.tenants.keys import KeyRing, Role
 from chorus_store.base import NAME
 
 router = APIRouter(tags=["keys"])

@@ -63,7 +63,7 @@ def authorization(websocket: WebSocket) -> str | None:
     return None
 
 
-async def admit(runtime: Runtime, websocket: WebSocket) -> Principal:
+async def admit(runtime: Runtime, websocket: WebSocket) -> tuple[Principal, str]:
     """Who is calling and may it open a session now (raises ApiError: 400, 401, 403, 429). The key check and the
     rate limit may read the tenant database: neither blocks the event loop."""
     if websocket.query_params.get("intent") != "transcription":
@@ -80,11 +80,11 @@ async def admit(runtime: Runtime, websocket: WebSocket) -> Principal:
     counts = sessions(websocket, runtime)
     counts.take(who.tenant)
     try:
-        await asyncio.to_thread(runtime.quotas.admit_request, who.tenant)
+        lease = await asyncio.to_thread(runtime.quotas.admit_request, who.tenant)
     except ApiError:
         counts.give_back(who.tenant)
         raise
-    return who
+    return who, lease
 
 
 def sessions(websocket: WebSocket, runtime: Runtime) -> SessionCounts:
@@ -107,7 +107,7 @@ async def refuse(websocket: WebSocket, error: ApiError) -> None:
 async def realtime(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.chorus
     try:
-        who = await admit(runtime, websocket)
+        who, lease = await admit(runtime, websocket)
     except ApiError as error:
         runtime.metrics.observe_realtime_refusal(error.code or str(error.status_code))
         await refuse(websocket, error)
@@ -135,7 +135,7 @@ async def realtime(websocket: WebSocket) -> None:
             notice.claimed = False
         await session.close()
         runtime.metrics.realtime_sessions.dec()
-        runtime.quotas.release(who.tenant)
+        await asyncio.to_thread(runtime.quotas.release, who.tenant, lease)
         sessions(websocket, runtime).give_back(who.tenant)
 
 

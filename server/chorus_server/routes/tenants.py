@@ -40,7 +40,7 @@ async def usage(request: Request, who: Caller, tenant: TenantName | None = None)
 async def get_limits(request: Request, tenant: TenantPath, who: Caller) -> dict[str, Any]:
     who.require("manage", "read tenant limits (GET /v1/usage shows your own tenant's)")
     runtime = _runtime(request)
-    overrides = await asyncio.to_thread(runtime.quotas.db.overrides, tenant)
+    overrides = await asyncio.to_thread(runtime.tenants.limit_overrides, tenant)
     limits = runtime.settings.limits.tenant.model_copy(update=overrides)
     return {"object": "tenant.limits", "tenant": tenant, "limits": limits.model_dump(), "overrides": overrides}
 
@@ -58,6 +58,6 @@ async def put_limits(request: Request, tenant: TenantPath, overrides: dict[str, 
         except ValueError as exc:
             raise ApiError(422, f"invalid limits: {exc}".splitlines()[0], "invalid_parameter") from None
         entry["overrides"] = overrides
-        await asyncio.to_thread(runtime.quotas.db.set_overrides, tenant, overrides)
-        runtime.quotas.forget_limits(tenant)
+        await asyncio.to_thread(runtime.tenants.set_limit_overrides, tenant, overrides)
+        await asyncio.to_thread(runtime.quotas.forget_limits, tenant)
     return await get_limits(request, tenant, who)

@@ -1,8 +1,8 @@
 """Verified API keys, cached briefly so that authenticating a request does no I/O on the event loop.
 
-A verdict (the key's record, or "no such active key") read from the key file stays good for `ttl` seconds (1 s),
-and longer only while the key file provably has not changed: a watcher thread reads the file's change counter
-(`sqlite_file.change_counter`, 28 bytes of its header, no lock taken) every `watch_every` seconds, and a verdict
+A verdict (the key's record, or "no such active key") read from the tenant store stays good for `ttl` seconds (1 s),
+and longer only while the store provably has not changed: a watcher thread reads its change marker
+(`TenantStore.version`; for SQLite 28 bytes of its header, no lock taken) every `watch_every` seconds, and a verdict
 whose counter is still current is renewed. So a revocation committed by any process (`chorus keys revoke`,
 another server) is seen within `ttl` + one lookup, one made through this process's ring at once (its
 `generation`), and while another process holds the file's lock without committing, cached keys keep working.
@@ -20,13 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from chorus_server.keys import KeyInfo, KeyRing
+from chorus_server.tenants.keys import KeyInfo, KeyRing
 
 
 @dataclass(frozen=True)
 class Verdict:
     info: KeyInfo | None
-    counter: int | None  # the key file's change counter just before the read
+    counter: int | None  # the store's change marker just before the read
     generation: int  # the ring's generation just before the read
     checked_at: float
 
@@ -63,7 +63,7 @@ class KeyCache:
         return verdict if self.clock() - fresh_as_of <= self.ttl else None
 
     def verify(self, digest: bytes) -> KeyInfo | None:
-        """Read the verdict from the key file (blocking; raises `DatabaseUnavailable`) and cache it."""
+        """Read the verdict from the store (blocking; raises `DatabaseUnavailable`) and cache it."""
         verdict = self.cached(digest)
         if verdict is not None:  # another lookup just read it
             return verdict.info
@@ -77,7 +77,7 @@ class KeyCache:
         return info
 
     async def lookup(self, digest: bytes) -> KeyInfo | None:
-        """The active key with this hash; reads the key file on the pool when no good verdict is cached."""
+        """The active key with this hash; reads the store on the pool when no good verdict is cached."""
         verdict = self.cached(digest)
         if verdict is not None:
             return verdict.info

@@ -1,5 +1,5 @@
 """The tenant database file (`CHORUS_AUTH__KEY_FILE`): one SQLite file holding the API keys, the per-tenant limit
-overrides and the usage counters, opened per operation so the server, other servers on the host and the
+overrides, the usage counters and the audit log, opened per operation so the server, other servers on the host and the
 `chorus keys` command can all use it at once.
 
 A fault of the file — locked by another process past the timeout, a read-only or full disk, damage — is raised
@@ -13,13 +13,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from chorus_server.tenants.base import DatabaseUnavailable
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0  # seconds an operation waits for another connection's lock
-
-
-class DatabaseUnavailable(Exception):
-    """The tenant database cannot be used right now; the message is safe to show (no paths, no SQL)."""
 
 
 @contextlib.contextmanager
