@@ -6,10 +6,11 @@ import threading
 
 import pytest
 
-psycopg = pytest.importorskip("psycopg")
+pytest.importorskip("psycopg")
+import psycopg
 
-from chorus_server.tenants.postgres import migrations  # noqa: E402
-from chorus_server.tenants.postgres.schema import MIGRATIONS, Migration  # noqa: E402
+from chorus_server.tenants.postgres import migrations
+from chorus_server.tenants.postgres.schema import MIGRATIONS, Migration
 
 TABLES = {"api_keys", "tenant_limits", "usage_daily", "audit", "rate_buckets", "concurrency_leases", "changes"}
 # A second migration that leaves a trace of every time it runs (no key: a second run would add a second row).

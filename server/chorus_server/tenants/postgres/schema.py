@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CHANGES_CHANNEL = "chorus_tenant_changes"  # NOTIFY channel; the payload is the new change counter
+# First key of the two-key advisory locks that serialize lease acquisitions per tenant (the second is
+# hashtext(tenant)); the two-key space is apart from the one-key lock of the migrations.
+LEASE_LOCK_CLASS = 0x6C656173  # "leas"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ CREATE TABLE rate_buckets (
     bucket text NOT NULL,                -- 'requests', 'audio_seconds', ...
     tokens double precision NOT NULL,    -- may be negative: a debt (audio charged after decoding)
     updated_at double precision NOT NULL,
+    last_wait double precision NOT NULL DEFAULT 0,  -- the latest take's verdict (0: admitted), which it returns
     PRIMARY KEY (tenant, bucket)
 );
 
@@ -80,6 +84,30 @@ CREATE TABLE concurrency_leases (
     PRIMARY KEY (tenant, lease_id)
 );
 CREATE INDEX concurrency_leases_expiry ON concurrency_leases (tenant, expires_at);
+CREATE INDEX concurrency_leases_holder ON concurrency_leases (holder);
+
+-- Take a lease if the tenant has fewer than p_limit live ones, dropping its expired ones first. The advisory
+-- lock serializes acquisitions per tenant until the transaction ends, and each statement of a (volatile)
+-- function takes a new snapshot, so the count sees every lease committed before the lock was granted.
+CREATE FUNCTION acquire_lease(p_tenant text, p_lease_id text, p_holder text, p_limit integer,
+                              p_ttl double precision, p_now double precision)
+RETURNS TABLE (admitted boolean, in_use integer) LANGUAGE plpgsql AS $$
+DECLARE
+    now_s double precision := COALESCE(p_now, extract(epoch FROM clock_timestamp()));
+    live integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock({LEASE_LOCK_CLASS}, hashtext(p_tenant));
+    DELETE FROM concurrency_leases c WHERE c.tenant = p_tenant AND c.expires_at <= now_s;
+    SELECT count(*) INTO live FROM concurrency_leases c WHERE c.tenant = p_tenant;
+    IF live >= p_limit THEN
+        RETURN QUERY SELECT false, live;
+    ELSE
+        INSERT INTO concurrency_leases (tenant, lease_id, holder, expires_at)
+        VALUES (p_tenant, p_lease_id, p_holder, now_s + p_ttl);
+        RETURN QUERY SELECT true, live + 1;
+    END IF;
+END
+$$;
 
 -- One row counting every change to keys and limits, so that processes can poll one cheap row (or LISTEN).
 CREATE TABLE changes (
