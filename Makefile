@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format bench gpu-check loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
+.PHONY: install postgres test lint format bench gpu-check loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -31,6 +31,11 @@ serve: $(VENV)/.installed-serve
 	$(BIN)/chorus serve --host $(HOST) --port $(PORT)
 
 install: $(VENV)/.installed
+
+# PostgreSQL's server binaries (Debian's package; root or sudo) for the tests that start throwaway PostgreSQL
+# servers; without them those tests skip and say so. CI (.ci/run) runs this first.
+postgres:
+	tools/install-postgres.sh
 
 test: install
 	$(BIN)/ruff check .
