@@ -85,7 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     """`chorus keys create|list|revoke`: each run is one audit entry by `cli:<OS user>`, refused or not."""
     from chorus_server.audit import AuditLog, audit_path
-    from chorus_server.runtime import key_ring
+    from chorus_server.auth import env_keys, key_file
+    from chorus_server.keys import KeyRing
     from chorus_server.startup import StartupError, load_settings
 
     try:
@@ -93,7 +94,10 @@ def _keys(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"chorus keys: {exc}", file=sys.stderr)
         return 2
-    keys = key_ring(settings)
+    # runtime.key_ring's three lines, without importing the runtime (torch: 3 s for a key write).
+    keys = KeyRing(
+        key_file(settings.auth, settings.data_dir), env_keys(settings.auth), settings.auth.db_timeout_seconds
+    )
     target = {"create": getattr(args, "tenant", ""), "list": "*", "revoke": getattr(args, "key_id", "")}
     audit = AuditLog(audit_path(settings))
     with audit.local_action(f"key.{args.keys_command}", target[args.keys_command]) as entry:
