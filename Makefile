@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU wheel of torch; GPU users install a CUDA build of torch first and it is kept (pyproject asks torch>=2.4).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install postgres test lint format bench gpu-check loadtest clean serve image-smoke client browser-test demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
+.PHONY: install postgres test lint format bench gpu-check loadtest clean serve image-smoke client browser-test screenshots demo-corpus demo-model demo-model-more demo-adapters demo-classifiers
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -76,8 +76,15 @@ image-smoke:
 	tools/image-smoke.sh
 
 # The browser console in Debian's chromium driven by Playwright, a WAV as the fake microphone (about a minute).
-# Installs chromium with apt when it is missing (root), and the `browser` extra; screenshots are written to docs/.
+# Installs chromium with apt when it is missing (root), and the `browser` extra. Screenshots go to a temporary
+# directory: the tracked docs/console-*.png change only with `make screenshots`.
 browser-test: install
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	$(BIN)/pip install --quiet -e ".[browser]"
+	env -u CHORUS_CONSOLE_SCREENSHOTS $(BIN)/pytest -q -m browser tests/console
+
+# The same tests, writing their screenshots over docs/console-*.png (commit them when the console changed).
+screenshots: install
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(BIN)/pip install --quiet -e ".[browser]"
 	CHORUS_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q -m browser tests/console

@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,18 @@ def run(args: argparse.Namespace, func: Command) -> int:
         return exit_code(exc)
 
 
+# The server's hints name HTTP requests and headers; on the command line the option or command doing the same is.
+CLI_HINTS = (
+    ("GET /v1/adapters", "`chorus adapters list`"),
+    ("send 'Authorization: Bearer <key>'", "pass --api-key or set CHORUS_API_KEY"),
+)
+
+
 def for_the_cli(message: str) -> str:
-    """The server's hints name HTTP requests; on the command line the command that does the same is the hint."""
-    return message.replace("GET /v1/adapters", "`chorus adapters list`")
+    """A server message with its HTTP-level hints replaced by the command line's own."""
+    for http, cli_hint in CLI_HINTS:
+        message = message.replace(http, cli_hint)
+    return message
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -199,7 +209,9 @@ def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
 
 
 def _report_one(item: FileResult, args: argparse.Namespace) -> dict[str, Any]:
-    entry: dict[str, Any] = {"file": str(item.path), "adapter": None, "output": None, "result": None, "error": None}
+    # A failed file reports the adapter as given (no version served it); a transcribed one, the version that did.
+    entry: dict[str, Any] = {"file": str(item.path), "adapter": args.adapter, "output": None, "result": None}
+    entry["error"] = None
     if item.error is not None:
         err = item.error
         entry["error"] = {"message": for_the_cli(err.message), "type": err.type, "code": err.code, "status": err.status}
@@ -263,8 +275,15 @@ def _list(client: Chorus, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+TIME_FIELDS = ("created_at",)  # Unix seconds in the API; shown as UTC dates on the command line
+
+
 def _describe(adapter: Adapter) -> str:
-    return "\n".join(f"{key}: {value}" for key, value in adapter.model_dump().items())
+    fields = adapter.model_dump()
+    for name in TIME_FIELDS:
+        if isinstance(fields.get(name), int | float) and fields[name] > 0:
+            fields[name] = datetime.fromtimestamp(fields[name], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "\n".join(f"{key}: {value}" for key, value in fields.items())
 
 
 def _show(client: Chorus, args: argparse.Namespace) -> int:

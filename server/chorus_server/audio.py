@@ -155,7 +155,11 @@ def decode_audio(data: Source, rate: int, max_seconds: float) -> Audio:
             raise
         except Exception as av_error:  # PyAV raises many types for garbage input
             raise ApiError(
-                415, f"cannot decode the audio: {type(av_error).__name__}", "unsupported_audio", param="file"
+                415,
+                f"cannot decode the file as audio ({type(av_error).__name__}): is it a sound file? "
+                "Send wav, flac, ogg, opus, mp3, m4a, mp4 or webm",
+                "unsupported_audio",
+                param="file",
             ) from None
     mono = samples  # (L,) at source_rate
     del samples  # so the source-rate array is freed as soon as its resampled copy replaces `mono`

@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     """`chorus keys create|list|revoke`: each run is one audit entry by `cli:<OS user>`, refused or not."""
     from chorus_server.audit import AuditLog, audit_export
-    from chorus_server.runtime import key_ring
+    from chorus_server.auth import env_keys
     from chorus_server.startup import StartupError, load_settings
     from chorus_server.tenants import open_tenant_store
     from chorus_server.tenants.base import DatabaseUnavailable
@@ -98,7 +98,9 @@ def _keys(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"chorus keys: {exc}", file=sys.stderr)
         return 2
-    keys = key_ring(settings, tenants)
+    from chorus_server.tenants.keys import KeyRing
+
+    keys = KeyRing(tenants, env_keys(settings.auth))  # = runtime.key_ring, without importing torch with the runtime
     target = {"create": getattr(args, "tenant", ""), "list": "*", "revoke": getattr(args, "key_id", "")}
     audit = AuditLog(tenants, audit_export(settings))
     try:

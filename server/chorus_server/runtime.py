@@ -58,6 +58,7 @@ class ModelSource:
     backbone: Path
     seed_adapters: list[Path]  # native adapter files published to an empty store on first start
     head_id: str  # the ID the backbone's own CTC head is published under
+    head_language: str | None = None  # its language, where the checkpoint's flat vocab.json cannot say
 
 
 def model_source(settings: Settings) -> ModelSource:
@@ -66,7 +67,7 @@ def model_source(settings: Settings) -> ModelSource:
         return ModelSource(settings.backbone, [], "default")
     demo = DEMO_DIR / "backbone"
     if (demo / "config.json").is_file():
-        return ModelSource(demo, sorted((DEMO_DIR / "adapters").glob("*.safetensors")), "en")
+        return ModelSource(demo, sorted((DEMO_DIR / "adapters").glob("*.safetensors")), "en", "en")
     random_dir = settings.data_dir / "random-model"
     if not (random_dir / "config.json").is_file():
         random_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,8 @@ class Runtime:
     def _start(cls, settings: Settings, remote: RemoteWorkers | None, cores: int) -> Runtime:
         source = model_source(settings)
         device = resolve_device(settings.device)
-        loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=choose_dtype(settings.dtype, device))
+        dtype = choose_dtype(settings.dtype, device)
+        loaded = Engine.from_pretrained(source.backbone, device=str(device), dtype=dtype, language=source.head_language)
         engine = loaded.engine
         validator = BackboneValidator.for_engine(engine)
         store = open_store(settings, validator)

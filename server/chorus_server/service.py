@@ -32,7 +32,8 @@ from chorus_server.speech import Speech, detect, join
 from chorus_server.tenancy import resolve
 from chorus_server.vad import Region, VadOptions
 from chorus_server.worker import DeadlineExceeded, Worker
-from chorus_store.base import AdapterRecord, AdapterStore
+from chorus_store.base import AdapterRecord, AdapterStore, split_ref
+from chorus_store.errors import AdapterRejected
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Transcriber:
                 "auto_not_supported",
                 "model",
             )
-        record = resolve(self.store, ref, who)
+        record = self._resolve_any_case(ref, who)
         if task == "transcribe" and record.kind == CLASSIFIER:
             raise ApiError(
                 400,
@@ -106,6 +107,18 @@ class Transcriber:
                 "model",
             )
         return record
+
+    def _resolve_any_case(self, ref: str, who: Principal) -> AdapterRecord:
+        """Adapter names and owners are lowercase only (chorus_store.base.NAME), so `EN` or `chorus/FR@2` can mean
+        one adapter alone: it is looked up in lowercase instead of refused as an invalid reference."""
+        if ref != ref.lower():
+            try:
+                split_ref(ref.lower())
+            except AdapterRejected:
+                pass  # invalid in any case: the reference as written gets the error
+            else:
+                ref = ref.lower()
+        return resolve(self.store, ref, who)
 
     def default_vad(self) -> VadOptions | None:
         vad = self.settings.vad

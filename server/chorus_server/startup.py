@@ -76,7 +76,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(
-                f"port {port} on {host} is already in use (another chorus serve?); stop it or pass --port"
+                f"port {port} on {host} is already in use (another chorus serve?); stop it, or choose another port: "
+                "--port N (PORT=N with make serve)"
             ) from None
         if exc.errno == errno.EACCES:
             raise StartupError(f"not allowed to listen on port {port} on {host}; use a port above 1023") from None

@@ -77,6 +77,7 @@ def test_transcribe_json_report_and_partial_failure(server, tmp_path, capsys):
     assert code == cli.EXIT_NOT_FOUND
     report = json.loads(captured.out)
     assert report[0]["error"]["code"] == "adapter_not_found" and report[0]["result"] is None
+    assert report[0]["adapter"] == "fr"  # the adapter given: no version served the failed file
     assert report[1]["result"] == {"text": "bonjour"} and report[1]["adapter"] == "fr@2"
     assert "adapter 'xx' not found" in captured.err
 
@@ -152,7 +153,9 @@ def test_adapter_commands(server, tmp_path, capsys):
     assert main(["adapters", "show", "fr@1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 1
     assert main(["adapters", "show", "fr"]) == 0
-    assert "sha256: abab" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "sha256: abab" in shown
+    assert "created_at: 1970-01-01 00:00:01 UTC" in shown  # a date, not Unix seconds
     source = tmp_path / "fr.safetensors"
     source.write_bytes(b"abc")
     assert main(["adapters", "upload", str(source), "--id", "fr", "--visibility", "public"]) == 0
@@ -164,6 +167,18 @@ def test_adapter_commands(server, tmp_path, capsys):
     assert main(["adapters", "delete", "zz"]) == cli.EXIT_NOT_FOUND
     assert "no route DELETE /v1/adapters/zz" in capsys.readouterr().err
     assert main(["adapters", "upload", str(tmp_path / "missing"), "--id", "fr"]) == cli.EXIT_NOT_FOUND
+
+
+def test_a_missing_key_points_to_the_cli_options(server, tmp_path, capsys):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    message = "missing API key: send 'Authorization: Bearer <key>'"
+    server.script = [envelope(401, "authentication_error", message, "missing_api_key")]
+    assert main(["transcribe", str(tmp_path / "a.wav"), "-a", "fr"]) == cli.EXIT_AUTH
+    err = capsys.readouterr().err
+    assert "missing API key: pass --api-key or set CHORUS_API_KEY" in err and "Authorization" not in err
+    server.script = [envelope(401, "authentication_error", message, "missing_api_key")]
+    assert main(["adapters", "list"]) == cli.EXIT_AUTH
+    assert "pass --api-key or set CHORUS_API_KEY" in capsys.readouterr().err
 
 
 def test_errors_map_to_exit_codes_through_main(server, capsys):

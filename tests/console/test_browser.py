@@ -1,7 +1,8 @@
 """The console in a real browser: Debian's chromium driven by Playwright, with a fake microphone playing a WAV.
 
-Skipped when Playwright or chromium is missing (`make browser-test` installs neither; see docs/console.md).
-Screenshots go to $CHORUS_CONSOLE_SCREENSHOTS (`make browser-test` sets docs/), else to a temporary directory.
+Skipped when Playwright or chromium is missing (`make browser-test` installs both; see docs/console.md).
+Screenshots go to $CHORUS_CONSOLE_SCREENSHOTS (only `make screenshots` sets it, to docs/), else to a temporary
+directory, so running the tests leaves the tracked screenshots alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ pytestmark = [
 
 SAMPLE = "de-1.wav"
 ADAPTER = "chorus/de"
+DEFAULT_ADAPTER = "chorus/en"  # the demo model's own head: what `whisper-1` means on this server
+ERROR_RED = "rgb(176, 0, 32)"  # #b00020
 DEVICE_RATE = 44100  # Chromium's fake microphone runs at 44.1 kHz: a file at that rate is played unresampled
 
 
@@ -209,4 +212,89 @@ def test_keyboard_and_phone_width(browser, server, shots):
     assert page.get_attribute("#tab-operator", "aria-selected") == "true"
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
     page.screenshot(path=str(shots / "console-phone.png"), full_page=True)
+    page.close()
+
+
+def nav_top(page) -> float:
+    return float(page.evaluate("document.querySelector('nav').getBoundingClientRect().top + window.scrollY"))
+
+
+def test_a_refusal_is_red_and_does_not_move_the_tabs(browser, server):
+    page = open_console(browser, server, width=390, height=844)
+    page.get_by_role("tab", name="Operator").click()
+    page.locator('#adapters tr[data-id="chorus/fr"]').wait_for()
+    top = nav_top(page)
+    page.fill("#upload-name", "not-an-adapter")
+    page.set_input_files(
+        "#upload-file", files=[{"name": "x.safetensors", "mimeType": "application/octet-stream", "buffer": b"hello"}]
+    )
+    page.get_by_role("button", name="Upload").click()  # the server refuses the file with a long message
+    status = page.wait_for_selector("#status.error")
+    assert len(status.text_content() or "") > 40  # long enough to wrap at phone width
+    assert status.evaluate("element => getComputedStyle(element).color") == ERROR_RED
+    assert float(status.evaluate("element => parseFloat(getComputedStyle(element).fontSize)")) >= 15
+    assert nav_top(page) == top  # the message grows below the tabs, not inside the header
+    page.close()
+
+
+def test_stop_settles_the_last_line_and_says_so(browser, server):
+    page = open_console(browser, server)
+    page.get_by_role("button", name="Start microphone").click()
+    page.wait_for_selector("#live-transcript p.partial:not(:empty)", timeout=60_000)  # a turn is open
+    page.get_by_role("button", name="Stop microphone").click()
+    assert page.get_attribute("#mic", "aria-pressed") == "false"
+    page.wait_for_selector("#status:text-is('stopped')", timeout=15_000)
+    assert page.locator("#live-transcript p.partial").count() == 0  # the grey line settled
+    assert (page.locator("#live-transcript p.final").first.text_content() or "").strip()
+    page.close()
+
+
+def test_a_refused_live_connection_gives_the_button_back(browser, server):
+    page = open_console(browser, server)
+    # The server's refusal of a bad key after the handshake (routes/realtime.py: close 1008 with the reason).
+    page.route_web_socket("**/v1/realtime**", lambda socket: socket.close(code=1008, reason="invalid API key"))
+    page.get_by_role("button", name="Start microphone").click()
+    status = page.wait_for_selector("#status.error:has-text('disconnected (1008: invalid API key)')", timeout=30_000)
+    assert status.evaluate("element => getComputedStyle(element).color") == ERROR_RED
+    page.get_by_role("button", name="Start microphone").wait_for()
+    assert page.get_attribute("#mic", "aria-pressed") == "false"
+    page.close()
+
+
+def test_the_picker_starts_on_the_default_adapter_offers_auto_and_groups_own_and_public(browser, server):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(server.url + "/")
+    page.wait_for_selector(f'#adapter option[value="{DEFAULT_ADAPTER}"]', state="attached")
+    assert page.input_value("#adapter") == DEFAULT_ADAPTER  # not whatever sorts first (chorus/de)
+    assert page.locator('#adapter > option[value="auto"]').count() == 1
+    assert page.locator('#adapter optgroup[label="Public"] option[value="chorus/fr"]').count() == 1
+    assert page.locator("#adapter option[value='chorus/lid']").count() == 0  # classifiers do not transcribe
+    uploaded = httpx.put(
+        f"{server.url}/v1/adapters/picker-own?visibility=private",
+        content=(DEMO_DIR / "adapters" / "it.safetensors").read_bytes(),
+        timeout=60,
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    try:
+        page.reload()
+        own = '#adapter optgroup[label="Yours"] option[value="anonymous/picker-own"]'
+        page.wait_for_selector(own, state="attached")
+        assert page.input_value("#adapter") == DEFAULT_ADAPTER  # a private upload sorting first is not the default
+    finally:
+        httpx.delete(f"{server.url}/v1/adapters/picker-own", timeout=60)
+        page.close()
+
+
+def test_the_operator_view_offers_only_the_actions_the_caller_may_take(browser, server):
+    page = open_console(browser, server, width=390, height=844)
+    page.get_by_role("tab", name="Operator").click()
+    seeded = page.locator('#adapters tr[data-id="chorus/fr"]')
+    seeded.wait_for()
+    assert seeded.get_by_role("button", name="Versions").count() == 1
+    assert seeded.get_by_role("button", name="Pin").count() == 0  # chorus/* is not the anonymous tenant's
+    assert seeded.get_by_role("button", name="Delete").count() == 0
+    # Phone width: every row's actions are on screen, not in a sideways scroller.
+    box = seeded.get_by_role("button", name="Versions").bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390
+    assert page.evaluate("(w => w.scrollWidth <= w.clientWidth)(document.querySelector('.table-wrap'))")
     page.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,18 @@ def test_the_server_module_runs_as_the_chorus_command():
         [sys.executable, "-m", "chorus_server.cli", "serve", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "--port" in result.stdout
+
+
+def test_keys_create_does_not_import_torch(tmp_path):
+    """A key write is a SQLite row: importing torch for it made `chorus keys create` take about 3 s."""
+    code = (
+        "import sys; from chorus_server.cli import main; "
+        "rc = main(['keys', 'create', '--tenant', 'acme']); "
+        "print('torch' in sys.modules); sys.exit(rc)"
+    )
+    env = {**os.environ, "CHORUS_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

@@ -48,6 +48,20 @@ def test_undecodable_audio_is_415(client):
     error_of(transcribe(client, np.random.default_rng(0).bytes(5000), "eng-0"), 415, "unsupported_audio")
 
 
+def test_a_text_file_sent_as_audio_is_told_which_formats_are_read(client):
+    text = b"Meeting notes\n- ship the console fixes\n- measure model=auto\n" * 20
+    message = error_of(transcribe(client, text, "eng-0"), 415, "unsupported_audio")["message"]
+    assert "wav, flac, ogg, opus, mp3" in message, message  # not just a decoder's exception name
+
+
+def test_adapter_names_are_case_insensitive(client):
+    # Names are lowercase only, so an uppercase spelling means one adapter: it is found, not refused as invalid.
+    assert transcribe(client, wav(1.0), "ENG-0").status_code == 200
+    assert transcribe(client, wav(1.0), "Eng-0@1").status_code == 200
+    error_of(transcribe(client, wav(1.0), "KLINGON"), 404, "adapter_not_found")
+    error_of(transcribe(client, wav(1.0), "Bad Id!"), 422, None)  # invalid in any case
+
+
 def test_too_large_uploads_are_413_while_streaming(tmp_path, model_dir):
     settings = make_settings(tmp_path, model_dir, limits={"max_audio_bytes": 50_000, "max_audio_seconds": 2.0})
     with running_app(settings) as client:

@@ -66,8 +66,9 @@ def test_a_busy_port_is_one_line_before_the_model_loads(tmp_path):
         port = busy.getsockname()[1]
         line = one_line(serve(tmp_path, {}, "--port", str(port)))
     assert (
-        line
-        == f"chorus serve: port {port} on 127.0.0.1 is already in use (another chorus serve?); stop it or pass --port"
+        line == f"chorus serve: port {port} on 127.0.0.1 is already in use (another chorus serve?); "
+        "stop it, or choose another port: "
+        "--port N (PORT=N with make serve)"
     )
 
 

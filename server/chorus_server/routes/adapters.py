@@ -59,6 +59,8 @@ def adapter_json(runtime: Runtime, record: AdapterRecord, who: Principal) -> dic
         "name": record.name,
         "resident": runtime.cache.is_resident(record.ref),
         "pinned": runtime.pinned.get(record.id) == record.ref,
+        # Whether this caller may pin, unpin, delete or publish versions of it (the console shows only those).
+        "changeable": who.can_change(record),
     }
 
 
@@ -81,10 +83,21 @@ def _check_namespace(ref: str, who: Principal) -> None:
 
 @router.get("/v1/models", summary="Adapters the caller may use, in OpenAI's model-list shape", tags=["transcription"])
 async def list_models(request: Request, who: Reader) -> dict[str, Any]:
-    records = await asyncio.to_thread(_all_visible, _runtime(request), who)
-    # `kind` (Chorus's): a `classifier` serves /v1/audio/classifications, every other kind transcribes.
+    runtime = _runtime(request)
+    records = await asyncio.to_thread(_all_visible, runtime, who)
+    # Chorus's additions: `kind` (a `classifier` serves /v1/audio/classifications, every other kind transcribes),
+    # `default` (what `whisper-1` means here) and `own` (in the caller's namespace), for pickers such as the console.
+    default = runtime.transcriber.default_adapter
     data = [
-        {"id": r.id, "object": "model", "created": int(r.created_at), "owned_by": r.owner, "kind": r.kind}
+        {
+            "id": r.id,
+            "object": "model",
+            "created": int(r.created_at),
+            "owned_by": r.owner,
+            "kind": r.kind,
+            "default": r.id == default,
+            "own": r.owner == who.tenant,
+        }
         for r in records
     ]
     return {"object": "list", "data": data}

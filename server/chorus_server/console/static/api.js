@@ -30,6 +30,8 @@ export function say(message, isError = false) {
   status.classList.toggle("error", isError);
 }
 
+export const AUTO = "auto"; // model=auto: the language-ID adapter picks the transcription adapter (files only)
+
 export function selectedAdapter() {
   return document.getElementById("adapter").value || "whisper-1";
 }

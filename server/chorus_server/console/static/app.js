@@ -1,5 +1,5 @@
 // Console start-up: tabs (arrow keys move between them), the API key and the adapter picker.
-import { api, say } from "./api.js";
+import { AUTO, api, say } from "./api.js";
 import { setUpLive } from "./live.js";
 import { setUpFile } from "./file.js";
 import { setUpOperator, refreshOperator } from "./operator.js";
@@ -27,15 +27,29 @@ function setUpTabs() {
   });
 }
 
+// The picker: `auto` (the language decides), then the caller's own adapters, then the public ones; the server's
+// default adapter (what `whisper-1` means) is chosen unless the user picked another that still exists.
 export async function loadAdapters() {
   const select = document.getElementById("adapter");
   const previous = select.value;
   try {
     const models = await api("/v1/models");
     const transcribers = models.data.filter((model) => model.kind !== "classifier");
+    const option = (model) => new Option(model.default ? `${model.id} (default)` : model.id, model.id);
+    const group = (label, members) => {
+      const element = document.createElement("optgroup");
+      element.label = label;
+      element.append(...members.map(option));
+      return members.length ? [element] : [];
+    };
     select.replaceChildren(
-      ...transcribers.map((model) => new Option(model.id, model.id, false, model.id === previous)),
+      new Option("auto (detect the language)", AUTO),
+      ...group("Yours", transcribers.filter((model) => model.own)),
+      ...group("Public", transcribers.filter((model) => !model.own)),
     );
+    const offered = [...select.options].map((o) => o.value);
+    const fallback = transcribers.find((model) => model.default) || transcribers[0];
+    select.value = offered.includes(previous) ? previous : fallback ? fallback.id : AUTO;
     say(`${transcribers.length} adapters`);
   } catch (error) {
     say(`adapters: ${error.message}`, true);

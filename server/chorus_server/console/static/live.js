@@ -1,9 +1,10 @@
 // Microphone -> PCM16 at 16 kHz -> the realtime socket (OpenAI's transcription session) -> live transcript.
-import { apiKey, say, selectedAdapter } from "./api.js";
+import { AUTO, apiKey, say, selectedAdapter } from "./api.js";
 
 const RATES = [16000, 24000, 44100, 48000]; // what the server resamples itself (no resampling in the page)
 const SEND_EVERY_MS = 100; // audio per input_audio_buffer.append
 let running = null;
+let settled = () => {}; // called once the turn committed by Stop has its final transcript
 
 function base64Pcm16(samples) {
   const bytes = new Uint8Array(samples.length * 2);
@@ -38,20 +39,26 @@ function onEvent(event) {
       const element = itemElement(event.item_id);
       element.textContent = event.transcript;
       element.className = "final";
+      if (!running && !document.querySelector("#live-transcript p.partial")) settled();
       break;
     }
     case "conversation.item.input_audio_transcription.failed":
       itemElement(event.item_id).className = "error";
       say(event.error.message, true);
+      if (!running && !document.querySelector("#live-transcript p.partial")) settled();
       break;
     case "error":
       say(event.error.message, true);
+      if (!running) settled();
       break;
     default:
   }
 }
 
 async function start() {
+  if (selectedAdapter() === AUTO) {
+    throw new Error("the live view needs a named adapter (auto detects the language of whole files); pick one above");
+  }
   const key = apiKey();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = key ? ["realtime", `openai-insecure-api-key.${key}`] : ["realtime"];
@@ -98,17 +105,53 @@ async function start() {
     source.connect(capture);
   };
   socket.onmessage = (message) => onEvent(JSON.parse(message.data));
-  socket.onclose = (closed) => { if (running) { say(`disconnected (${closed.code})`, true); stop(); } };
+  // A socket that closes while listening (refused key, server gone) ends the session: the button says Start again.
+  socket.onclose = (closed) => {
+    if (running) stop(`disconnected (${closed.code}${closed.reason ? `: ${closed.reason}` : ""})`);
+    else settled();
+  };
   running = { socket, media, context };
 }
 
-function stop() {
+const SETTLE_MS = 10000; // how long Stop waits for the open turn's final transcript
+
+// Stop: the microphone ends at once; an open turn (a grey line) is committed and its final transcript awaited
+// (up to SETTLE_MS) before the socket closes, so the last line settles instead of staying grey.
+function stop(reason = "stopped") {
   if (!running) return;
   const { socket, media, context } = running;
   running = null;
+  render();
   media.getTracks().forEach((track) => track.stop());
   context.close();
-  if (socket.readyState === WebSocket.OPEN) socket.close();
+  const open = [...document.querySelectorAll("#live-transcript p.partial")];
+  const finish = () => {
+    for (const line of document.querySelectorAll("#live-transcript p.partial")) {
+      if (line.textContent) line.className = "final";
+      else line.remove();
+    }
+    if (socket.readyState === WebSocket.OPEN) socket.close();
+  };
+  if (socket.readyState === WebSocket.OPEN && open.some((line) => line.textContent)) {
+    say("stopping: finishing the last turn…");
+    const timer = setTimeout(finish, SETTLE_MS);
+    settled = () => {
+      settled = () => {};
+      clearTimeout(timer);
+      finish();
+      say(reason, reason !== "stopped");
+    };
+    socket.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
+  } else {
+    finish();
+    if (reason) say(reason, reason !== "stopped");
+  }
+}
+
+function render() {
+  const button = document.getElementById("mic");
+  button.setAttribute("aria-pressed", String(Boolean(running)));
+  button.textContent = running ? "Stop microphone" : "Start microphone";
 }
 
 export function setUpLive() {
@@ -116,15 +159,14 @@ export function setUpLive() {
   button.addEventListener("click", async () => {
     if (running) {
       stop();
-    } else {
-      try {
-        await start();
-      } catch (error) {
-        say(`microphone: ${error.message}`, true);
-        stop();
-      }
+      return;
     }
-    button.setAttribute("aria-pressed", String(Boolean(running)));
-    button.textContent = running ? "Stop microphone" : "Start microphone";
+    try {
+      await start();
+    } catch (error) {
+      stop(null);
+      say(`microphone: ${error.message}`, true);
+    }
+    render();
   });
 }

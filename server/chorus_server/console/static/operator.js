@@ -1,6 +1,7 @@
 // Operator view: adapters (versions, pin/unpin, delete), uploads, and a live panel of key metrics.
 import { api, headers, say } from "./api.js";
 
+const COLUMNS = ["ID", "Version", "Visibility", "Resident"];
 let reloadAdapters = async () => {};
 let metricsTimer = 0;
 
@@ -30,27 +31,32 @@ async function listAdapters() {
   body.replaceChildren(...page.data.map((adapter) => {
     const row = document.createElement("tr");
     row.dataset.id = adapter.id;
-    for (const value of [adapter.id, String(adapter.version), adapter.visibility, adapter.resident ? "yes" : "no"]) {
+    const values = [adapter.id, String(adapter.version), adapter.visibility, adapter.resident ? "yes" : "no"];
+    values.forEach((value, i) => {
       const cell = document.createElement("td");
       cell.textContent = value;
+      cell.dataset.label = COLUMNS[i]; // the label a phone-width card shows before the value
       row.append(cell);
-    }
+    });
     const actions = document.createElement("td");
+    actions.dataset.label = "Actions";
     const ref = encodeURIComponent(adapter.id).replace("%2F", "/");
-    actions.append(
-      button("Versions", async () => {
-        const info = await api(`/v1/adapters/${ref}`);
-        document.getElementById("versions").textContent = `${info.id}: versions ${info.versions.join(", ")}`;
-      }),
-      adapter.pinned
-        ? button("Unpin", () => act(`unpinned ${adapter.id}`, () => api(`/v1/adapters/${ref}/unpin`, { method: "POST" })))
-        : button("Pin", () => act(`pinned ${adapter.id}`, () => api(`/v1/adapters/${ref}/pin`, { method: "POST" }))),
-      button("Delete", () => {
-        if (confirm(`Delete every version of ${adapter.id}?`)) {
-          act(`deleted ${adapter.id}`, () => api(`/v1/adapters/${ref}`, { method: "DELETE" }));
-        }
-      }),
-    );
+    actions.append(button("Versions", async () => {
+      const info = await api(`/v1/adapters/${ref}`);
+      document.getElementById("versions").textContent = `${info.id}: versions ${info.versions.join(", ")}`;
+    }));
+    if (adapter.changeable) { // the server says what this key may change: only those actions are offered
+      actions.append(
+        adapter.pinned
+          ? button("Unpin", () => act(`unpinned ${adapter.id}`, () => api(`/v1/adapters/${ref}/unpin`, { method: "POST" })))
+          : button("Pin", () => act(`pinned ${adapter.id}`, () => api(`/v1/adapters/${ref}/pin`, { method: "POST" }))),
+        button("Delete", () => {
+          if (confirm(`Delete every version of ${adapter.id}?`)) {
+            act(`deleted ${adapter.id}`, () => api(`/v1/adapters/${ref}`, { method: "DELETE" }));
+          }
+        }),
+      );
+    }
     row.append(actions);
     return row;
   }));
