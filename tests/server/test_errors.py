@@ -166,7 +166,9 @@ def test_deadline_is_504_and_the_queued_work_is_dropped(tmp_path, model_dir):
         assert blocker_out[0].status_code == 504  # it too outlived 0.5 s while the gate was shut
         wait_until(lambda: client.app.state.chorus.worker.queued_items == 0)
         assert calls == [1]  # only the batch that was already running; the late request never ran
-        assert transcribe(client, wav(0.5), "default").status_code == 200
+        # The server serves again. One try may itself outlive the 0.5 s deadline on a loaded machine (seen in CI
+        # beside other jobs); a server still stuck behind the dropped work would fail all three.
+        assert any(transcribe(client, wav(0.5), "default").status_code == 200 for _ in range(3))
 
 
 def test_unknown_routes_and_methods_are_enveloped(client):
