@@ -1,6 +1,7 @@
 """`stream=true` on `POST /v1/audio/transcriptions`: the transcript as OpenAI's server-sent events.
 
-`data: {"type": "transcript.text.delta", "delta": …}` as each window of the audio finishes (in order), then one
+`data: {"type": "transcript.text.delta", "delta": …}` as each window of the audio finishes (in order; a window's
+text in deltas of about a second of audio each, so a 14 s clip that is one window is not one delta), then one
 `data: {"type": "transcript.text.done", "text": …, "usage": {"type": "duration", "seconds": …}}`; no `[DONE]`
 line. The deltas add up to the done text, which is exactly the non-streamed transcript. Errors found before the
 first byte are ordinary JSON error responses; an error after it ends the stream with
@@ -28,6 +29,8 @@ Pieces = AsyncGenerator[Piece | None, None]
 
 
 STREAMABLE_FORMATS = ("json", "text")
+# Frames of a finished window decoded into one delta: 50 of wav2vec 2.0's 20 ms frames, one second of audio.
+FRAMES_PER_DELTA = 50
 
 
 def check_streamable(response_format: str, remote: bool) -> None:
@@ -71,11 +74,12 @@ async def transcript_events(pieces: Pieces, duration: float) -> AsyncIterator[by
                     if decoder is not None and decoder.text:
                         done.append(decoder.text)
                     decoder = IncrementalCTC(piece.adapter.vocab)
-                fresh = not decoder.text
-                delta = decoder.push(piece.logits)
-                if delta:
-                    separator = " " if fresh and done else ""
-                    yield sse({"type": "transcript.text.delta", "delta": separator + delta})
+                for start in range(0, piece.logits.shape[0], FRAMES_PER_DELTA):
+                    fresh = not decoder.text
+                    delta = decoder.push(piece.logits[start : start + FRAMES_PER_DELTA])
+                    if delta:
+                        separator = " " if fresh and done else ""
+                        yield sse({"type": "transcript.text.delta", "delta": separator + delta})
         except ClientGone:  # nobody is left to read an error event
             return
         except Exception as exc:

@@ -58,6 +58,26 @@ def test_a_delta_leaves_as_soon_as_its_window_is_done():
     ]
 
 
+def test_a_long_window_streams_as_deltas_of_about_a_second():
+    """One 14 s window (700 frames) of words is many deltas, not one; they add up to the done text."""
+    from chorus_server.live.sse import FRAMES_PER_DELTA
+
+    word = [2] * 10 + [0] * 20 + [1] * 5 + [3] * 10 + [1] * 5  # "a" then "b", 50 frames (1 s)
+    frames = word * 14  # (700,) ids
+
+    async def pieces():
+        yield None
+        yield Piece(FakeAdapter(), one_hot(frames), starts_region=True)  # type: ignore[arg-type]
+
+    async def run() -> list[bytes]:
+        return [chunk async for chunk in transcript_events(pieces(), 14.0)]
+
+    got = events(asyncio.run(run()))
+    deltas = [e["delta"] for e in got if e["type"] == "transcript.text.delta"]
+    assert len(deltas) == len(frames) // FRAMES_PER_DELTA == 14
+    assert "".join(deltas) == got[-1]["text"] == " ".join(["a b"] * 14)
+
+
 def test_speech_regions_are_decoded_apart_and_joined_with_one_space():
     """As the plain transcript (`speech.join`): a run of one token across a region boundary is two tokens, a
     region with no text adds nothing, and the next region's first delta starts with the joining space."""
@@ -182,6 +202,7 @@ def test_a_failure_mid_stream_reaches_the_sdk_as_an_error(live, tmp_path, monkey
     with audio.open("rb") as f, pytest.raises(openai.APIError) as failed:
         for event in client.audio.transcriptions.create(model="eng-0", file=f, stream=True):
             received.append(event)
-    assert [event.type for event in received] == ["transcript.text.delta"]  # the first window's text arrived
+    # The first window's text arrived (in deltas of about a second each), then the error.
+    assert received and {event.type for event in received} == {"transcript.text.delta"}
     assert failed.value.code == "internal_error"
     assert "fell over" not in str(failed.value)
