@@ -132,7 +132,7 @@ class AuthSettings(BaseModel):
         gt=0,
         le=300,
         description="longest wait for another process's lock on the key file (keys, tenant limits, usage); "
-        "beyond: 503 tenant_db_unavailable",
+        "beyond: 503 tenant_database_unavailable",
     )
     anonymous: Literal["auto", "none", "user", "operator"] = Field(
         "auto",
@@ -242,6 +242,16 @@ class Settings(BaseSettings):
         None,
         description="tenant database (keys, limits, usage, audit): postgresql://user@host:port/db; unset: the "
         "SQLite file CHORUS_AUTH__KEY_FILE",
+    )
+    database_timeout_seconds: float = Field(
+        3.0,
+        ge=0.5,
+        le=60,
+        description="PostgreSQL: longest wait for a connection, to connect, or for one statement; beyond: 503 "
+        "tenant_database_unavailable",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="PostgreSQL: connections per pool (two pools: keys/audit, limits/usage)"
     )
     seed_store: bool = Field(True, description="on first start, publish the bundled demo adapters to the store")
     max_adapter_label_values: int = Field(
