@@ -13,16 +13,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# (PYTHONWARNINGS: setuptools warns on every editable install that a folder named like a package could shadow it;
+# Chorus imports only chorus_* names, none of them a folder here.)
 # Two distributions: the torch-free client (clients/, chorus-client) and the server that depends on it (chorus-asr).
 $(VENV)/.installed: $(BIN)/python pyproject.toml clients/pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e ./clients -e ".[test,lint]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ./clients -e ".[test,lint]"
 	touch $@
 
 # Runtime only (plus PyAV for m4a/mp4/webm uploads): what `make serve` needs.
 $(VENV)/.installed-serve: $(BIN)/python pyproject.toml clients/pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e ./clients -e ".[av]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ./clients -e ".[av]"
 	touch $@
 
 # Starts Chorus on the embedded default (./data/store; the bundled demo model) at http://$(HOST):$(PORT).
@@ -47,13 +49,13 @@ test: install
 # DEVICE=cuda (or cuda:N) runs them on a GPU: `make bench DEVICE=cuda`.
 DEVICE ?= auto
 bench: install
-	$(BIN)/pip install --quiet -e ".[bench]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python -m benchmarks --device $(DEVICE)
 
 # First look at a GPU (a few minutes): the CUDA tests, `chorus serve` on the GPU (/readyz device and dtype, one
 # transcription), the backbone, mixed-batch and served-path benchmarks. Needs a CUDA build of torch in .venv.
 gpu-check: install
-	$(BIN)/pip install --quiet -e ".[bench]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[bench]"
 	tools/gpu-check.sh
 
 # Tenants sharing one server: capacity, noisy neighbour, 3x overload, idle connections (a few minutes;
@@ -80,13 +82,13 @@ image-smoke:
 # directory: the tracked docs/console-*.png change only with `make screenshots`.
 browser-test: install
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
-	$(BIN)/pip install --quiet -e ".[browser]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[browser]"
 	env -u CHORUS_CONSOLE_SCREENSHOTS $(BIN)/pytest -q -m browser tests/console
 
 # The same tests, writing their screenshots over docs/console-*.png (commit them when the console changed).
 screenshots: install
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
-	$(BIN)/pip install --quiet -e ".[browser]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ".[browser]"
 	CHORUS_CONSOLE_SCREENSHOTS=docs $(BIN)/pytest -q -m browser tests/console
 
 # The blocking client (clients/chorus_client/client.py) from the asyncio one; run after editing async_client.py.

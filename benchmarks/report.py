@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +295,25 @@ def plot(results: dict[str, Result], path: Path) -> bool:
     return True
 
 
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU this report was made on, as a reader compares machines: model, cores, bf16 support."""
+    model, flags = "unknown CPU", ""
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = value
+    bf16 = "AVX-512 BF16" if "avx512_bf16" in flags.split() else "no bf16 instructions"
+    return f"{os.cpu_count()}-core {model}, {bf16}"
+
+
+def summary_heading(device: str, today: datetime.date, cpu: str) -> str:
+    """Which run the summary comes from, and on what: the file mixes runs of several machines and dates."""
+    return f"From `make bench` of {today.isoformat()} on a {cpu} (device: {device or 'unknown'})."
+
+
 GENERATED_HEADINGS = (  # the sections `make bench` writes; every other `## ` section was measured by its own script
     "How we compare",
     "How to run, and how to read the numbers",
@@ -338,7 +359,11 @@ def write_report(folder: Path, docs: Path, failures: dict[str, str] | None = Non
         "# Benchmarks",
         notes.how_we_compare(results),
         notes.METHOD.format(device=device or "unknown device"),
-        "## Summary\n\n" + summary_table + (f"\n\nFailed in this run:{failed}" if failed else ""),
+        "## Summary\n\n"
+        + summary_heading(device, datetime.date.today(), machine())
+        + "\n\n"
+        + summary_table
+        + (f"\n\nFailed in this run:{failed}" if failed else ""),
         f"![throughput vs adapters, latency vs concurrency]({png.name})"
         if plotted
         else "(no plot: matplotlib missing; `pip install -e .[bench]`)",
