@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests import postgres_server
 
 VARIANTS = {
     # wav2vec2-base layout: GroupNorm front end, post-LN, no conv bias, even positional kernel.
@@ -97,3 +101,25 @@ def s3_endpoint(tmp_path_factory):
 
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
         yield endpoint
+
+
+_database_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of the session's PostgreSQL server (its `chorus` database). Skips when PostgreSQL is not installed, and
+    fails instead where CHORUS_TEST_POSTGRES=require (CI)."""
+    reason = postgres_server.missing_reason()
+    if reason is not None:
+        if postgres_server.required():
+            pytest.fail(f"{reason} ({postgres_server.REQUIRE_ENV}=require)")
+        pytest.skip(reason)
+    with postgres_server.postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """URL of a new, empty database on the session's server, for this test alone."""
+    return postgres_server.create_database(postgres_server_url, f"test_{next(_database_names)}")

@@ -243,6 +243,16 @@ class Settings(BaseSettings):
         description="tenant database (keys, limits, usage, audit): postgresql://user@host:port/db; unset: the "
         "SQLite file CHORUS_AUTH__KEY_FILE",
     )
+    database_timeout_seconds: float = Field(
+        3.0,
+        ge=0.5,
+        le=60,
+        description="PostgreSQL: longest wait for a connection, to connect, or for one statement; beyond: 503 "
+        "tenant_database_unavailable",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="PostgreSQL: connections per pool (two pools: keys/audit, limits/usage)"
+    )
     seed_store: bool = Field(True, description="on first start, publish the bundled demo adapters to the store")
     max_adapter_label_values: int = Field(
         50, ge=1, le=1000, description="distinct adapter label values in metrics; the rest count as 'other'"

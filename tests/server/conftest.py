@@ -1,9 +1,15 @@
 """Server fixtures: a tiny random model, settings pointing at temporary dirs, an in-process app (lifespan run by
-Starlette's TestClient) and a real uvicorn on 127.0.0.1 for clients that need a socket."""
+Starlette's TestClient) and a real uvicorn on 127.0.0.1 for clients that need a socket.
+
+Tenancy tests run on both tenant backends: `tenant_backend` (parametrized `sqlite`, `postgres`) sets
+`CHORUS_DATABASE_URL` to a fresh database on the session's PostgreSQL server for the `postgres` case, exactly as an
+operator would, so `make_settings`, `chorus keys` and child servers all pick it up; `tenant_store`, `ring_at` and
+`audit_entries` reach whichever database the test runs on."""
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +22,10 @@ from fastapi.testclient import TestClient
 from chorus_server.app import create_app
 from chorus_server.settings import Settings
 from chorus_server.tenants.audit import to_json
+from chorus_server.tenants.base import TenantStore
 from chorus_server.tenants.keys import KeyRing
 from chorus_server.tenants.sqlite import SqliteTenantStore
+from tests import postgres_server
 
 RATE = 16000
 
@@ -32,14 +40,58 @@ def model_dir(tmp_path_factory) -> Path:
     return path
 
 
+DATABASE_URL = "CHORUS_DATABASE_URL"
+_opened: list[TenantStore] = []  # helper stores on PostgreSQL, closed when the test ends (they hold connections)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def tenant_backend(request, monkeypatch) -> Iterator[str]:
+    """Run the test on each tenant backend: `sqlite` (the file under DATA_DIR) or `postgres` (a fresh database on
+    the session's server, named by CHORUS_DATABASE_URL; skipped where PostgreSQL is not installed)."""
+    monkeypatch.delenv(DATABASE_URL, raising=False)
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server_url")
+        name = f"tenants_{os.urandom(6).hex()}"
+        monkeypatch.setenv(DATABASE_URL, postgres_server.create_database(server, name))
+    yield request.param
+    while _opened:
+        _opened.pop().close()
+
+
+def tenant_store(path: Path) -> TenantStore:
+    """The tenant database this test runs on: CHORUS_DATABASE_URL when set, else the SQLite file `path`."""
+    url = os.environ.get(DATABASE_URL)
+    if not url:
+        return SqliteTenantStore(path)
+    from chorus_server.tenants.postgres.store import PostgresTenantStore
+
+    store = PostgresTenantStore(url, pool_size=2)
+    _opened.append(store)
+    return store
+
+
+def stored_bytes(path: Path) -> bytes:
+    """Everything the tenant database holds about keys, as bytes (to show what is and is not stored)."""
+    url = os.environ.get(DATABASE_URL)
+    if not url:
+        return path.read_bytes()
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id, hash, tenant, role FROM api_keys").fetchall()
+    return b"".join(b"".join(v if isinstance(v, bytes) else str(v).encode() for v in row) for row in rows)
+
+
 def ring_at(path: Path) -> KeyRing:
-    """The API keys of the SQLite tenant database `path` (what `chorus keys` and the server use by default)."""
-    return KeyRing(SqliteTenantStore(path))
+    """The API keys of the tenant database (what `chorus keys` and the server use): CHORUS_DATABASE_URL when set,
+    else the SQLite file `path`."""
+    return KeyRing(tenant_store(path))
 
 
 def audit_entries(source: Path | TestClient) -> list[dict]:
-    """The audit log, oldest first, as the API shows it: of a running app, or of a SQLite tenant database file."""
-    store = SqliteTenantStore(source) if isinstance(source, Path) else source.app.state.chorus.tenants
+    """The audit log, oldest first, as the API shows it: of a running app, or of the tenant database (`path`: the
+    SQLite file, when CHORUS_DATABASE_URL is not set)."""
+    store = tenant_store(source) if isinstance(source, Path) else source.app.state.chorus.tenants
     return [to_json(e) for e in reversed(store.audit_entries(limit=100_000))]
 
 

@@ -9,6 +9,7 @@ from tests.server.conftest import make_settings, running_app
 from tests.server.test_errors import error_of
 
 ADMIN = "sk-root"
+pytestmark = pytest.mark.usefixtures("tenant_backend")
 KEYS = {"sk-scraper": "ops:metrics", "sk-user": "acme:user"}
 
 

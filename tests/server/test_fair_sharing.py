@@ -16,8 +16,7 @@ from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
 from chorus_server.settings import TenantLimits
 from chorus_server.tenants.quotas import Quotas
-from chorus_server.tenants.sqlite import SqliteTenantStore
-from tests.server.conftest import make_settings, running_app, transcribe, wav
+from tests.server.conftest import make_settings, running_app, tenant_store, transcribe, wav
 from tests.server.test_errors import error_of, gate_forward, in_background, wait_until
 
 LIMITS = BatchLimits(max_items=4, max_samples=8000, max_wait=0.0, contended_max_samples=4000)
@@ -91,10 +90,11 @@ class Clock:
         return self.now
 
 
+@pytest.mark.usefixtures("tenant_backend")
 def test_token_buckets_refill_and_answer_with_retry_after(tmp_path):
     clock = Clock()
     quotas = Quotas(
-        TenantLimits(requests_per_minute=2, audio_seconds_per_minute=60), SqliteTenantStore(tmp_path / "t.db"), clock
+        TenantLimits(requests_per_minute=2, audio_seconds_per_minute=60), tenant_store(tmp_path / "t.db"), clock
     )
     for _ in range(2):
         quotas.release("a", quotas.admit_request("a"))
@@ -113,13 +113,14 @@ def test_token_buckets_refill_and_answer_with_retry_after(tmp_path):
     quotas.close()
 
 
+@pytest.mark.usefixtures("tenant_backend")
 def test_daily_quota_survives_a_restart(tmp_path):
     clock = Clock()
     limits = TenantLimits(audio_seconds_per_day=100, audio_seconds_per_minute=None)
-    first = Quotas(limits, SqliteTenantStore(tmp_path / "t.db"), clock)
+    first = Quotas(limits, tenant_store(tmp_path / "t.db"), clock)
     first.charge_audio("a", 80)
     first.close()
-    second = Quotas(limits, SqliteTenantStore(tmp_path / "t.db"), clock)
+    second = Quotas(limits, tenant_store(tmp_path / "t.db"), clock)
     assert second.usage("a")["audio_seconds"] == 80
     with pytest.raises(ApiError, match="daily audio quota"):
         second.check_audio("a", 30)
@@ -128,6 +129,7 @@ def test_daily_quota_survives_a_restart(tmp_path):
     second.close()
 
 
+@pytest.mark.usefixtures("tenant_backend")
 def test_a_limited_request_is_refused_before_its_body_is_read(tmp_path, model_dir):
     limits = TenantLimits(requests_per_minute=1)
     with running_app(make_settings(tmp_path, model_dir, limits={"tenant": limits})) as client:
@@ -164,6 +166,7 @@ def test_an_unauthenticated_request_is_refused_before_its_body_is_read(tmp_path,
         assert read == []
 
 
+@pytest.mark.usefixtures("tenant_backend")
 def test_usage_and_per_tenant_overrides(tmp_path, model_dir):
     keys = {"ka": "acme", "kb": "globex"}
     with running_app(make_settings(tmp_path, model_dir, auth={"keys": keys, "admin_keys": ["root"]})) as client:
@@ -187,6 +190,7 @@ def test_usage_and_per_tenant_overrides(tmp_path, model_dir):
         error_of(client.put("/v1/tenants/acme/limits", json={}, headers=acme), 403, "permission_denied")
 
 
+@pytest.mark.usefixtures("tenant_backend")
 def test_admin_only_refusals_say_what_was_refused(tmp_path, model_dir):
     """Tenant limits, other tenants' usage and purges need the admin role; the 403 names the action, not keys."""
     with running_app(make_settings(tmp_path, model_dir, auth={"keys": {"ka": "acme"}})) as client:

@@ -15,10 +15,11 @@ from chorus_server import cli
 from chorus_server.exposure import exposure_problem
 from chorus_server.settings import get_settings
 from chorus_server.tenants.keys import KEY_PREFIX, Role
-from tests.server.conftest import audit_entries, make_settings, ring_at, running_app, wav
+from tests.server.conftest import audit_entries, make_settings, ring_at, running_app, stored_bytes, wav
 from tests.server.test_errors import error_of
 
 ADMIN = "sk-root"
+pytestmark = pytest.mark.usefixtures("tenant_backend")
 
 
 def auth(key: str) -> dict[str, str]:
@@ -34,7 +35,7 @@ def test_keys_are_random_shown_once_and_stored_hashed(tmp_path):
     info, secret = ring.create("acme", Role.OPERATOR)
     assert secret.startswith(KEY_PREFIX) and len(secret) - len(KEY_PREFIX) >= 43  # >= 256 bits, base64url
     assert ring.create("acme", Role.OPERATOR)[1] != secret
-    stored = (tmp_path / "keys.sqlite3").read_bytes()
+    stored = stored_bytes(tmp_path / "keys.sqlite3")
     assert secret.encode() not in stored and hashlib.sha256(secret.encode()).digest() in stored
     found = ring.lookup(secret)
     assert found is not None and (found.id, found.tenant, found.role) == (info.id, "acme", Role.OPERATOR)

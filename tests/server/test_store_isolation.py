@@ -70,8 +70,9 @@ def test_publishing_a_version_public_keeps_older_versions_private(tenants, adapt
 
 
 @pytest.fixture
-def rated(tmp_path, model_dir, adapter_files):
-    """acme and globex at 3 requests a minute; acme owns 30 private adapters and one public."""
+def rated(tenant_backend, tmp_path, model_dir, adapter_files):
+    """acme and globex at 3 requests a minute (on each tenant backend); acme owns 30 private adapters and one
+    public."""
     limits = {"tenant": TenantLimits(requests_per_minute=3)}
     settings = make_settings(tmp_path, model_dir, auth={"keys": KEYS, "admin_keys": [ADMIN]}, limits=limits)
     with running_app(settings) as client:

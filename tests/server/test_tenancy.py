@@ -26,6 +26,7 @@ KEYS = {
     "sk-scraper": "dashboards:metrics",
 }
 ADMIN = "sk-root"
+pytestmark = pytest.mark.usefixtures("tenant_backend")
 
 
 def auth(key: str) -> dict[str, str]:

@@ -18,6 +18,7 @@ from tests.server.conftest import make_settings, running_app
 from tests.server.test_errors import error_of
 
 ADMIN = "sk-root"
+pytestmark = pytest.mark.usefixtures("tenant_backend")
 
 
 def auth(key: str) -> dict[str, str]:
@@ -35,8 +36,8 @@ def within(seconds: float, condition: Callable[[], bool]) -> float:
 
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch):
-    """`chorus keys` pointed at the test server's tenant database."""
-    for name in ("CHORUS_AUTH__KEYS", "CHORUS_AUTH__ADMIN_KEYS", "CHORUS_AUTH__ANONYMOUS", "CHORUS_DATABASE_URL"):
+    """`chorus keys` pointed at the test server's tenant database (CHORUS_DATABASE_URL, kept, or the SQLite file)."""
+    for name in ("CHORUS_AUTH__KEYS", "CHORUS_AUTH__ADMIN_KEYS", "CHORUS_AUTH__ANONYMOUS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CHORUS_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()
@@ -97,7 +98,19 @@ def test_the_audit_log_is_one_table_admins_query_newest_first(tmp_path, model_di
         error_of(client.get("/v1/audit", params={"since": "yesterday"}, headers=auth(ADMIN)), 422, "invalid_parameter")
 
 
-def test_a_postgresql_url_is_refused_clearly_until_that_backend_exists(tmp_path, model_dir):
-    settings = make_settings(tmp_path, model_dir, database_url="postgresql://chorus@127.0.0.1:5432/chorus")
-    with pytest.raises(StartupError, match="PostgreSQL backend not available"):
-        open_tenant_store(settings)
+def test_a_postgresql_url_opens_the_shared_store_and_other_schemes_are_refused(tmp_path, model_dir, postgres_url):
+    from chorus_server.tenants.keys import KeyRing, Role
+    from chorus_server.tenants.postgres.store import PostgresTenantStore
+
+    first = open_tenant_store(make_settings(tmp_path, model_dir, database_url=postgres_url))
+    second = open_tenant_store(make_settings(tmp_path / "other", model_dir, database_url=postgres_url))
+    try:
+        assert isinstance(first, PostgresTenantStore) and "@127.0.0.1:" in first.describe()
+        _, secret = KeyRing(first).create("acme", Role.USER)
+        found = KeyRing(second).lookup(secret)  # another process on the same database
+        assert found is not None and found.tenant == "acme"
+    finally:
+        first.close()
+        second.close()
+    with pytest.raises(StartupError, match="unsupported scheme"):
+        open_tenant_store(make_settings(tmp_path, model_dir, database_url="mysql://chorus@127.0.0.1/chorus"))

@@ -30,11 +30,25 @@ def open_tenant_store(settings: Settings) -> TenantStore:
 
         return SqliteTenantStore(key_file(settings), settings.auth.db_timeout_seconds)
     if url.startswith(POSTGRES_SCHEMES):
-        raise StartupError(
-            "CHORUS_DATABASE_URL: PostgreSQL backend not available in this build; unset CHORUS_DATABASE_URL to use "
-            "the SQLite file (CHORUS_AUTH__KEY_FILE)"
-        )
+        return _open_postgres(settings, url)
     raise StartupError(
         f"CHORUS_DATABASE_URL: unsupported scheme in {url.split('://')[0]!r}://…; use postgresql://user@host:port/db "
         "or leave it unset for the SQLite file"
     )
+
+
+def _open_postgres(settings: Settings, url: str) -> TenantStore:
+    from chorus_server.startup import StartupError
+
+    try:
+        from chorus_server.tenants.postgres.migrations import SchemaTooNew
+        from chorus_server.tenants.postgres.store import PostgresTenantStore
+    except ImportError as exc:
+        raise StartupError(
+            f"CHORUS_DATABASE_URL: PostgreSQL needs psycopg 3 ({exc.name} is missing): pip install "
+            "'chorus-asr[postgres]', or unset CHORUS_DATABASE_URL to use the SQLite file"
+        ) from exc
+    try:
+        return PostgresTenantStore(url, settings.database_timeout_seconds, settings.database_pool_size)
+    except (SchemaTooNew, ValueError) as exc:
+        raise StartupError(f"CHORUS_DATABASE_URL: {exc}") from exc

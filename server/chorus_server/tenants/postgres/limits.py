@@ -23,7 +23,8 @@ import psycopg
 # A bucket starts full on first use. `refilled` is its level now; a take is admitted when the level covers the
 # cost (a cost above the capacity needs a full bucket) and may leave a debt (negative tokens). A refused take
 # changes nothing and records how long to wait. The row lock of the upsert makes concurrent takes serial, and
-# every SET expression sees the row as the previous take left it.
+# every SET expression sees the row as the previous take left it. The time only moves forward: a take stamped
+# earlier (another process's clock a little behind) refills nothing and must not make the next refill count twice.
 _NOW = "COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp()))"
 _REFILLED = "LEAST(%(capacity)s, b.tokens + GREATEST(0, EXCLUDED.updated_at - b.updated_at) * %(rate)s)"
 _ADMIT = f"(%(force)s OR {_REFILLED} >= LEAST(%(cost)s, %(capacity)s))"
@@ -32,7 +33,7 @@ INSERT INTO rate_buckets AS b (tenant, bucket, tokens, updated_at, last_wait)
 VALUES (%(tenant)s, %(bucket)s, %(capacity)s - %(cost)s, {_NOW}, 0)
 ON CONFLICT (tenant, bucket) DO UPDATE SET
     tokens = CASE WHEN {_ADMIT} THEN {_REFILLED} - %(cost)s ELSE b.tokens END,
-    updated_at = CASE WHEN {_ADMIT} THEN EXCLUDED.updated_at ELSE b.updated_at END,
+    updated_at = CASE WHEN {_ADMIT} THEN GREATEST(b.updated_at, EXCLUDED.updated_at) ELSE b.updated_at END,
     last_wait = CASE WHEN {_ADMIT} THEN 0 ELSE (LEAST(%(cost)s, %(capacity)s) - {_REFILLED}) / %(rate)s END
 RETURNING last_wait, tokens
 """
