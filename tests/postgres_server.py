@@ -76,46 +76,69 @@ def _run(command: Sequence[str], timeout: float) -> None:
         raise RuntimeError(f"{shlex.join(command)} failed ({result.returncode}): {result.stderr or result.stdout}")
 
 
+class Cluster:
+    """A throwaway PostgreSQL server that tests may stop and start again (faults: the database goes away)."""
+
+    def __init__(self, root: Path, options: dict[str, str], timeout: float):
+        binaries = bin_dir()
+        assert binaries is not None
+        self.pg_ctl, self.timeout = binaries / "pg_ctl", timeout
+        self.data, self.log = root / "data", root / "server.log"
+        self.port = int(options["port"])
+        self.server_url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}"
+        self._options = " ".join(f"-c {name}={shlex.quote(value)}" for name, value in options.items())
+
+    def start(self) -> None:
+        try:
+            _run([str(self.pg_ctl), "-D", str(self.data), "-l", str(self.log), "-o", self._options, "-w",
+                  "-t", str(int(self.timeout)), "start"], self.timeout + 10)  # fmt: skip
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start: {exc}\n{tail}") from exc
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: connections are closed, as in an orderly restart; `immediate`: a crash)."""
+        _run([str(self.pg_ctl), "-D", str(self.data), "-m", mode, "-w", "stop"], 30)
+
+
 @contextlib.contextmanager
-def postgres(database: str = DATABASE, settings: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[str]:
-    """Start a throwaway PostgreSQL server with `database` created; yields its URL,
-    `postgresql://postgres@127.0.0.1:PORT/<database>`. `settings` are server settings (`-c name=value`) over
-    `FAST`. The server is stopped and its directory removed on exit."""
+def cluster(settings: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[Cluster]:
+    """Start a throwaway PostgreSQL server; yields it (`server_url`, `stop()`, `start()`). `settings` are server
+    settings (`-c name=value`) over `FAST`. The server is stopped and its directory removed on exit."""
     reason = missing_reason()
     if reason is not None:
         raise RuntimeError(reason)
     binaries = bin_dir()
     assert binaries is not None
     root = Path(tempfile.mkdtemp(prefix="chorus-pg-"))
-    data = root / "data"
     if os.geteuid() == 0:
         entry = pwd.getpwnam(SUPERUSER)
         os.chown(root, entry.pw_uid, entry.pw_gid)
-    port = free_port()
-    options = {**FAST, **(settings or {}), "listen_addresses": "127.0.0.1", "port": str(port)}
+    options = {**FAST, **(settings or {}), "listen_addresses": "127.0.0.1", "port": str(free_port())}
     # The socket goes in our own directory: the default (/var/run/postgresql) may be missing or not ours.
     options["unix_socket_directories"] = str(root)
-    server_options = " ".join(f"-c {name}={shlex.quote(value)}" for name, value in options.items())
-    log = root / "server.log"
+    server = Cluster(root, options, timeout)
     started = False
     try:
-        _run([str(binaries / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+        _run([str(binaries / "initdb"), "-D", str(server.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
               "--locale=C", "--no-sync"], timeout)  # fmt: skip
-        try:
-            started = True  # pg_ctl may leave a server running even when it gives up waiting
-            _run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", server_options, "-w",
-                  "-t", str(int(timeout)), "start"], timeout + 10)  # fmt: skip
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"PostgreSQL did not start: {exc}\n{tail}") from exc
-        url = f"postgresql://{SUPERUSER}@127.0.0.1:{port}"
-        create_database(url, database)
-        yield f"{url}/{database}"
+        started = True  # pg_ctl may leave a server running even when it gives up waiting
+        server.start()
+        yield server
     finally:
         if started:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                _run([str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], 30)
+                server.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres(database: str = DATABASE, settings: dict[str, str] | None = None, timeout: float = 60.0) -> Iterator[str]:
+    """Start a throwaway PostgreSQL server with `database` created; yields its URL,
+    `postgresql://postgres@127.0.0.1:PORT/<database>`. `settings` are server settings (`-c name=value`) over
+    `FAST`. The server is stopped and its directory removed on exit."""
+    with cluster(settings, timeout) as server:
+        yield create_database(server.server_url, database)
 
 
 def create_database(url: str, name: str) -> str:

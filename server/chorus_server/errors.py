@@ -81,7 +81,7 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (
     (engine_errors.AdapterError, 422, "invalid_adapter"),
     (engine_errors.DeviceOutOfMemory, 503, "device_out_of_memory"),
     (engine_errors.DeviceFault, 503, "device_unavailable"),
-    (DatabaseUnavailable, 503, "tenant_db_unavailable"),
+    (DatabaseUnavailable, 503, "tenant_database_unavailable"),
 )
 
 

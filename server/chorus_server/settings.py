@@ -132,7 +132,7 @@ class AuthSettings(BaseModel):
         gt=0,
         le=300,
         description="longest wait for another process's lock on the key file (keys, tenant limits, usage); "
-        "beyond: 503 tenant_db_unavailable",
+        "beyond: 503 tenant_database_unavailable",
     )
     anonymous: Literal["auto", "none", "user", "operator"] = Field(
         "auto",

@@ -1,7 +1,11 @@
 """Key lookups off the event loop: a key file locked by another process stalls neither /healthz nor requests with
 cached keys, a lookup that cannot read the file answers 503 (not 500, not a frozen server), a read-only key file
 fails no request (last_used_at is bookkeeping, written in the background), and a revocation — through the API or
-`chorus keys revoke` in another process — still takes effect within 2 s."""
+`chorus keys revoke` in another process — still takes effect within 2 s.
+
+The file-lock, damaged-file and read-only-file tests are about the SQLite file and run on SQLite only; the
+PostgreSQL faults (database stopped, slow, pool exhausted) are in test_tenant_database_faults.py. The revocation
+test runs on both backends."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from chorus_server import cli
 from chorus_server.background import BackgroundServer
@@ -63,7 +68,7 @@ def test_a_locked_key_file_stalls_neither_healthz_nor_cached_keys_and_uncached_o
             holder.execute("ROLLBACK")
             holder.close()
         assert slowest["healthz"] < 0.5 and slowest["cached"] < 0.5, slowest
-        error = error_of(blocked[0], 503, "tenant_db_unavailable")
+        error = error_of(blocked[0], 503, "tenant_database_unavailable")
         assert int(blocked[0].headers["retry-after"]) >= 1 and "retry" in error["message"]
         assert "keys.sqlite3" not in error["message"]  # no server paths in answers
         assert client.get("/v1/models", headers=auth(uncached)).status_code == 200  # once the lock is gone
@@ -109,8 +114,8 @@ def test_a_damaged_key_file_is_503_not_500(tmp_path, model_dir):
     _, secret = ring_at(tmp_path / "keys.sqlite3").create("acme", Role.USER)
     with running_app(keyed_settings(tmp_path, model_dir)) as client:
         (tmp_path / "keys.sqlite3").write_bytes(b"this is not a database" * 100)
-        error_of(client.get("/v1/models", headers=auth(secret)), 503, "tenant_db_unavailable")
-        error_of(client.get("/metrics", headers=auth(secret)), 503, "tenant_db_unavailable")
+        error_of(client.get("/v1/models", headers=auth(secret)), 503, "tenant_database_unavailable")
+        error_of(client.get("/metrics", headers=auth(secret)), 503, "tenant_database_unavailable")
 
 
 def test_a_read_only_key_file_does_not_fail_requests(tmp_path, model_dir):
@@ -142,6 +147,7 @@ def revoked_within(client: Any, secret: str, revoke: Callable[[], object], secon
     return time.monotonic() - started
 
 
+@pytest.mark.usefixtures("tenant_backend")
 def test_revocation_takes_effect_within_two_seconds(tmp_path, model_dir, monkeypatch):
     monkeypatch.setenv("CHORUS_DATA_DIR", str(tmp_path))
     for name in ("CHORUS_AUTH__KEYS", "CHORUS_AUTH__ADMIN_KEYS", "CHORUS_AUTH__ANONYMOUS", "CHORUS_AUTH__KEY_FILE"):

@@ -184,3 +184,13 @@ def test_bad_arguments_are_refused_before_the_database(conn: psycopg.Connection)
         limits.take(conn, "acme", "requests", capacity=1, per_second=1, cost=-1)
     with pytest.raises(ValueError, match="usage only grows"):
         limits.add_usage(conn, "acme", "2026-05-20", -1)
+
+
+def test_a_take_stamped_earlier_does_not_move_the_bucket_back(conn: psycopg.Connection) -> None:
+    # A process whose clock is a little behind takes with an older `now`: it refills nothing, and the next take
+    # must not count the time between the two stamps twice.
+    bucket = {"capacity": 2.0, "per_second": 1.0}
+    assert limits.take(conn, "acme", "requests", now=100.0, **bucket).admitted  # 1 left
+    assert limits.take(conn, "acme", "requests", now=99.0, **bucket).admitted  # 0 left, still at t=100
+    late = limits.take(conn, "acme", "requests", now=100.5, **bucket)  # 0.5 refilled since t=100: not enough
+    assert not late.admitted and late.wait == pytest.approx(0.5)
