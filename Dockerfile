@@ -27,13 +27,14 @@ RUN useradd --create-home --uid 1000 --user-group chorus \
 WORKDIR /app
 
 # Dependency layer: only the two pyproject files are copied, so editing the source does not reinstall torch. The
-# requirement list is read from them (less the client, installed from source below), so it cannot drift.
+# requirement list is read from them (less the client, installed from source below), so it cannot drift; with the
+# `postgres` extra, so that the image runs on a shared tenant database (CHORUS_DATABASE_URL, docker-compose.yml).
 COPY pyproject.toml ./
 COPY clients/pyproject.toml ./clients/
 RUN --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
     if [ -n "$WHEELHOUSE" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
     && pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC" \
-    && python -c "import tomllib; files = ('clients/pyproject.toml', 'pyproject.toml'); print('\n'.join(d for f in files for d in tomllib.load(open(f, 'rb'))['project']['dependencies'] if not d.startswith('chorus-client')))" \
+    && python -c "import tomllib; c, s = (tomllib.load(open(f, 'rb'))['project'] for f in ('clients/pyproject.toml', 'pyproject.toml')); print('\n'.join(d for d in c['dependencies'] + s['dependencies'] + s['optional-dependencies']['postgres'] if not d.startswith('chorus-client')))" \
        > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt "setuptools>=77" \
     && rm /tmp/requirements.txt

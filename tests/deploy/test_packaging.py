@@ -118,10 +118,10 @@ def test_dashboard_queries_parse_as_promql(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_wires_chorus_prometheus_and_grafana():
+def test_compose_wires_chorus_postgres_prometheus_and_grafana():
     compose = load_yaml(ROOT / "docker-compose.yml")
     services = compose["services"]
-    assert set(services) == {"chorus", "prometheus", "grafana"}
+    assert set(services) == {"chorus", "postgres", "prometheus", "grafana"}
     chorus = services["chorus"]
     assert chorus["build"]["context"] == "."
     assert "chorus-data:/data" in chorus["volumes"]
@@ -134,6 +134,19 @@ def test_compose_wires_chorus_prometheus_and_grafana():
             else:
                 assert source in compose["volumes"], f"{name} uses undeclared volume {source}"
     assert "prometheus" in services["grafana"]["depends_on"] and "chorus" in services["prometheus"]["depends_on"]
+
+
+def test_compose_keeps_tenant_state_in_the_postgres_service():
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    postgres, chorus = services["postgres"], services["chorus"]
+    assert postgres["image"].startswith("postgres:16")
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])  # survives a re-create
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "ports" not in postgres  # reachable on the compose network only
+    url = chorus["environment"]["CHORUS_DATABASE_URL"]
+    database = postgres["environment"]["POSTGRES_DB"]
+    assert re.fullmatch(rf"postgresql://{postgres['environment']['POSTGRES_USER']}:[^@]+@postgres:5432/{database}", url)
+    assert chorus["depends_on"]["postgres"]["condition"] == "service_healthy"  # migrations run on start
 
 
 def test_prometheus_scrapes_the_chorus_service():
@@ -199,7 +212,8 @@ def test_dockerfile_follows_the_packaging_rules():
 
 
 def test_dependency_layer_reads_the_requirements_from_pyproject():
-    # The Dockerfile's one-liner, run here: it must list exactly the two distributions' runtime dependencies.
+    # The Dockerfile's one-liner, run here: it must list exactly the two distributions' runtime dependencies and the
+    # server's `postgres` extra.
     run = next(value for kind, value in dockerfile_instructions() if kind == "RUN" and "tomllib" in value)
     code = re.search(r'python -c "(.+?)"\s*>', run)
     assert code is not None
@@ -208,8 +222,10 @@ def test_dependency_layer_reads_the_requirements_from_pyproject():
 
     client = tomllib.loads((ROOT / "clients" / "pyproject.toml").read_text())["project"]["dependencies"]
     server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    postgres = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
     assert "chorus-client==0.1.0" in server
-    expected = client + [d for d in server if not d.startswith("chorus-client")]
+    # With the `postgres` extra: the compose stack runs Chorus on PostgreSQL (CHORUS_DATABASE_URL).
+    expected = client + [d for d in server if not d.startswith("chorus-client")] + postgres
     assert result.returncode == 0 and result.stdout.split() == expected
 
 

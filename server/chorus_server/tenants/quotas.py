@@ -129,15 +129,18 @@ class Quotas:
         return headers
 
     def usage(self, tenant: str) -> dict[str, Any]:
+        """Today's usage of the tenant by every process on the database (as far as each has written it, at most
+        FLUSH_EVERY_SECONDS ago) with this process's unwritten counts. Blocking."""
         state = self._load(tenant)
         in_progress = self.store.slots_in_use(tenant, self.clock())
+        requests, audio = self.store.daily_usage(tenant, state.day)
         with self._lock:
             return {
                 "object": "usage",
                 "tenant": tenant,
                 "day": state.day,
-                "requests": state.day_requests,
-                "audio_seconds": round(state.day_audio, 3),
+                "requests": requests + int(state.pending.get("requests", 0)),
+                "audio_seconds": round(audio + state.pending.get("audio_seconds", 0.0), 3),
                 "requests_in_progress": in_progress,
                 "limits": state.limits.model_dump(),
             }
@@ -202,21 +205,29 @@ class Quotas:
             self._flush_tenant(tenant)
 
     def _flush_tenant(self, tenant: str) -> None:
-        """Write the tenant's pending counts, the database I/O outside the lock; on failure they stay pending."""
+        """Write the tenant's pending counts, then take today's totals of every process from the store (so that
+        the daily quota counts what other servers on the database admitted); the database I/O outside the lock. On
+        failure the counts stay pending."""
         with self._lock:
             state = self._tenants[tenant]
-            if not state.pending or not state.day:
+            if not state.day:
                 return
             day, pending = state.day, dict(state.pending)
             state.pending.clear()
         try:
-            self.store.add_usage(tenant, day, int(pending.get("requests", 0)), pending.get("audio_seconds", 0.0))
+            if pending:
+                self.store.add_usage(tenant, day, int(pending.get("requests", 0)), pending.get("audio_seconds", 0.0))
         except Exception:
             with self._lock:  # written with the next flush (lost only if the day rolled over meanwhile)
                 for name, value in pending.items():
                     if state.day == day:
                         state.pending[name] += value
             raise
+        requests, audio = self.store.daily_usage(tenant, day)
+        with self._lock:
+            if state.day == day:  # counted here since the read are still pending: add them
+                state.day_requests = requests + int(state.pending.get("requests", 0))
+                state.day_audio = audio + state.pending.get("audio_seconds", 0.0)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(FLUSH_EVERY_SECONDS):
