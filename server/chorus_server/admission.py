@@ -64,15 +64,16 @@ class Admission:
             lease = await asyncio.to_thread(quotas.admit_request, who.tenant)
         except (ApiError, DatabaseUnavailable) as failure:
             refusal = as_api_error(failure)
-            refusal.headers = {**(refusal.headers or {}), **quotas.headers(who.tenant)}
+            limits = await asyncio.to_thread(quotas.headers_if_known, who.tenant, True)
+            refusal.headers = {**(refusal.headers or {}), **limits}
             runtime.metrics.observe_refusal(who.tenant, refusal.code or str(refusal.status_code))
             await error_response(refusal)(scope, receive, send)
             return
 
         async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start":  # the buckets may be the database's: off the loop
                 response_headers = MutableHeaders(scope=message)
-                for name, value in quotas.headers(who.tenant).items():
+                for name, value in (await asyncio.to_thread(quotas.headers_if_known, who.tenant)).items():
                     response_headers[name] = value
             await send(message)
 

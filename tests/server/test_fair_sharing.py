@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from chorus_server.connections import OutOfFilesOncePerMinute
 from chorus_server.errors import ApiError
 from chorus_server.queue_budget import QueueBudget, QueueFull, TooLarge
 from chorus_server.settings import TenantLimits
+from chorus_server.tenants.base import DatabaseUnavailable
 from chorus_server.tenants.quotas import Quotas
 from tests.server.conftest import make_settings, running_app, tenant_store, transcribe, wav
 from tests.server.test_errors import error_of, gate_forward, in_background, wait_until
@@ -127,6 +129,41 @@ def test_daily_quota_survives_a_restart(tmp_path):
     clock.now += 86400  # the next UTC day starts afresh
     second.check_audio("a", 30)
     second.close()
+
+
+def test_bucket_readings_run_off_the_event_loop_and_headers_never_fail_an_answer(tmp_path, model_dir):
+    """The audio check and the x-ratelimit-* headers read the tenant store's buckets (database round trips on
+    PostgreSQL): while every reading is slow the event loop still serves /healthz at once, and when the store
+    fails for the headers the answer goes out without them instead of failing after its work was done."""
+    limits = TenantLimits(requests_per_minute=100)
+    with running_app(make_settings(tmp_path, model_dir, limits={"tenant": limits})) as client:
+        store = client.app.state.chorus.quotas.store
+        level, entered, release = store.level, threading.Event(), threading.Event()
+
+        def slow_level(*args, **kwargs):
+            entered.set()
+            release.wait(10)
+            return level(*args, **kwargs)
+
+        store.level = slow_level
+        answer, out = in_background(transcribe, client, wav(0.5), "default")
+        assert entered.wait(10)
+        sent = time.monotonic()
+        assert client.get("/healthz").status_code == 200
+        assert time.monotonic() - sent < 5  # the loop is free while a reading waits (up to 10 s)
+        release.set()
+        answer.join(30)
+        assert out[0].status_code == 200 and out[0].headers["x-ratelimit-limit-requests"] == "100"
+
+        def failing_level(tenant, bucket, *args, **kwargs):  # admission takes from "requests", only headers read it
+            if bucket == "requests":
+                raise DatabaseUnavailable("the tenant database is unavailable")
+            return level(tenant, bucket, *args, **kwargs)
+
+        store.level = failing_level
+        client.app.state.chorus.quotas._headers.clear()  # no reading to reuse
+        ok = transcribe(client, wav(0.5), "default")
+        assert ok.status_code == 200 and "x-ratelimit-limit-requests" not in ok.headers
 
 
 @pytest.mark.usefixtures("tenant_backend")

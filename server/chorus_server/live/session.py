@@ -23,13 +23,14 @@ import numpy as np
 
 from chorus_server.auth import Principal
 from chorus_server.batching import WorkItem
-from chorus_server.errors import ApiError, from_domain
+from chorus_server.errors import ApiError, as_api_error, from_domain
 from chorus_server.live.ctc_stream import IncrementalCTC
 from chorus_server.live.pcm import PcmError, Resampler, decode_pcm16
 from chorus_server.live.protocol import EventError, SessionConfig, apply_update, error_event, event_id, new_id
 from chorus_server.live.results import Results, Send, Turn, error_type
 from chorus_server.live.steps import Step, TurnSteps
 from chorus_server.live.turns import TurnDetector
+from chorus_server.tenants.base import DatabaseUnavailable
 from chorus_store.base import AdapterRecord
 
 if TYPE_CHECKING:
@@ -155,12 +156,13 @@ class RealtimeSession:
         """Route (L,) samples at the backbone's rate into turns: by VAD events, or all to the open turn."""
         seconds = len(samples) / self.rate
         self._check_buffer(len(samples))
-        try:
-            self.runtime.quotas.check_audio(self.who.tenant, seconds)
+        try:  # off the event loop: the audio bucket may be the shared database's
+            await asyncio.to_thread(self.runtime.quotas.admit_audio, self.who.tenant, seconds)
+        except DatabaseUnavailable as fault:
+            raise as_api_error(fault) from fault
         except ApiError as refused:
             self.runtime.metrics.observe_refusal(self.who.tenant, refused.code or str(refused.status_code))
             raise
-        self.runtime.quotas.charge_audio(self.who.tenant, seconds)
         self.runtime.metrics.observe_tenant_audio(self.who.tenant, seconds)
         self.backlog = np.concatenate([self.backlog, samples])
         self.position += len(samples)

@@ -35,7 +35,7 @@ def _admitted_reader(request: Request, who: Caller) -> Iterator[Principal]:
     try:
         lease = quotas.admit_request(who.tenant, usage=False)
     except ApiError as error:
-        error.headers = {**(error.headers or {}), **quotas.headers(who.tenant)}
+        error.headers = {**(error.headers or {}), **quotas.headers_if_known(who.tenant, fresh=True)}
         raise
     try:
         yield who

@@ -38,7 +38,8 @@ async def _receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> 
     max_seconds = runtime.settings.limits.max_audio_seconds
     header = await asyncio.to_thread(probe, file.file)
     probed = header.seconds if header else 0.0
-    runtime.quotas.check_audio(who.tenant, probed)
+    # The audio bucket may be the shared database's: its reads and writes run off the event loop.
+    await asyncio.to_thread(runtime.quotas.check_audio, who.tenant, probed)
     transcriber.check_queue(who.tenant, probed)
     # Unknown length (containers only PyAV reads): the most the length limit allows, source and resampled.
     hold = transcriber.hold_audio(who.tenant, header.decode_bytes(rate) if header else int(8 * max_seconds * rate))
@@ -48,8 +49,7 @@ async def _receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> 
         hold.release()
         raise
     hold.keep(audio.samples)
-    runtime.quotas.check_audio(who.tenant, audio.seconds)
-    runtime.quotas.charge_audio(who.tenant, audio.seconds)
+    await asyncio.to_thread(runtime.quotas.admit_audio, who.tenant, audio.seconds)
     runtime.metrics.observe_tenant_audio(who.tenant, audio.seconds)
     return audio
 

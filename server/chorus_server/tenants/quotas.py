@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 FLUSH_EVERY_SECONDS = 2.0  # usage counters are written, and concurrency leases renewed, this often
 LEASE_SECONDS = 60.0  # a concurrency slot of a process that died comes back after this long
 BUCKETS = (("requests", "requests_per_minute"), ("audio-seconds", "audio_seconds_per_minute"))
+# The x-ratelimit-* headers of admitted requests are reused this long: on a shared database each reading is two
+# round trips, and a per-minute bucket refills by at most 1/60 of itself in a second. Refusals read them fresh.
+HEADERS_TTL_SECONDS = 1.0
 
 
 def utc_day(now: float) -> str:
@@ -50,6 +53,7 @@ class Quotas:
         self.defaults, self.store, self.clock = defaults, store, clock
         self._tenants: dict[str, TenantState] = {}
         self._leases: dict[str, str] = {}  # concurrency leases held by this process -> tenant
+        self._headers: dict[str, tuple[float, dict[str, str]]] = {}  # tenant -> (when read, headers)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="chorus-usage", daemon=True)
@@ -112,11 +116,22 @@ class Quotas:
             state.day_audio += seconds
             state.pending["audio_seconds"] += seconds
 
+    def admit_audio(self, tenant: str, seconds: float) -> None:
+        """`check_audio`, then `charge_audio`: decoded audio admitted and counted (one call to run off the loop)."""
+        self.check_audio(tenant, seconds)
+        self.charge_audio(tenant, seconds)
+
     # ---- reporting -----------------------------------------------------------------------------------------
 
-    def headers(self, tenant: str) -> dict[str, str]:
-        """OpenAI-style `x-ratelimit-*` headers for requests and audio seconds."""
-        limits, now = self._load(tenant).limits, self.clock()
+    def headers(self, tenant: str, fresh: bool = False) -> dict[str, str]:
+        """OpenAI-style `x-ratelimit-*` headers for requests and audio seconds; unless `fresh`, a reading up to
+        HEADERS_TTL_SECONDS old. Blocking (the store's buckets): call it off the event loop."""
+        now = self.clock()
+        with self._lock:
+            cached = self._headers.get(tenant)
+        if not fresh and cached is not None and now - cached[0] < HEADERS_TTL_SECONDS:
+            return cached[1]
+        limits = self._load(tenant).limits
         headers: dict[str, str] = {}
         for kind, setting in BUCKETS:
             per_minute = getattr(limits, setting)
@@ -126,7 +141,17 @@ class Quotas:
             headers[f"x-ratelimit-limit-{kind}"] = f"{per_minute:g}"
             headers[f"x-ratelimit-remaining-{kind}"] = f"{max(0.0, math.floor(tokens)):g}"
             headers[f"x-ratelimit-reset-{kind}"] = f"{max(0.0, (per_minute - tokens) * 60 / per_minute):.3g}s"
+        with self._lock:
+            self._headers[tenant] = (now, headers)
         return headers
+
+    def headers_if_known(self, tenant: str, fresh: bool = False) -> dict[str, str]:
+        """`headers`, or none when the tenant store cannot be read: rate headers never fail an answer."""
+        try:
+            return self.headers(tenant, fresh)
+        except DatabaseUnavailable as exc:
+            logger.warning("x-ratelimit headers left out: %s", exc)
+            return {}
 
     def usage(self, tenant: str) -> dict[str, Any]:
         """Today's usage of the tenant by every process on the database (as far as each has written it, at most
