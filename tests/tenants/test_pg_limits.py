@@ -194,3 +194,46 @@ def test_a_take_stamped_earlier_does_not_move_the_bucket_back(conn: psycopg.Conn
     assert limits.take(conn, "acme", "requests", now=99.0, **bucket).admitted  # 0 left, still at t=100
     late = limits.take(conn, "acme", "requests", now=100.5, **bucket)  # 0.5 refilled since t=100: not enough
     assert not late.admitted and late.wait == pytest.approx(0.5)
+
+
+# ---- the admission hot path: a lease and a token in one round trip --------------------------------------------
+
+
+def test_acquire_and_take_pipelined_has_the_outcome_of_both_in_turn(conn: psycopg.Connection) -> None:
+    def admit(lease: str, now: float) -> tuple[limits.LeaseState, limits.BucketState]:
+        return limits.acquire_and_take(
+            conn, "acme", lease, holder="h", limit=2, ttl=60, bucket="requests", capacity=3, per_second=1, now=now
+        )
+
+    leased, taken = admit("a", 100.0)
+    assert leased.admitted and taken == limits.BucketState(0.0, 2.0)
+    leased, taken = admit("b", 100.0)
+    assert leased.admitted and taken.tokens == 1.0
+    leased, taken = admit("c", 100.0)  # no slot: the token its take got is given back
+    assert not leased.admitted and leased.in_use == 2
+    assert limits.peek(conn, "acme", "requests", capacity=3, per_second=1, now=100.0).tokens == 1.0
+    assert limits.in_use(conn, "acme", 100.0) == 2
+    limits.release(conn, "acme", "a")
+    limits.release(conn, "acme", "b")
+    admit("d", 100.0)
+    leased, taken = admit("e", 100.0)  # a slot, but the bucket is empty: the caller releases the lease
+    assert leased.admitted and not taken.admitted and taken.wait == pytest.approx(1.0)
+
+
+def test_concurrent_admissions_never_exceed_the_slots_or_the_tokens(url: str) -> None:
+    def admit(conn: psycopg.Connection, i: int) -> tuple[limits.LeaseState, limits.BucketState]:
+        return limits.acquire_and_take(
+            conn,
+            "acme",
+            f"{threading.get_ident()}-{i}",
+            holder="h",
+            limit=100,
+            ttl=60,
+            bucket="requests",
+            capacity=7,
+            per_second=1e-9,
+            now=500.0,
+        )
+
+    results = hammer(url, threads=4, calls=10, call=admit)
+    assert sum(taken.admitted for _, taken in results) == 7  # 40 tries at a bucket of 7, slots to spare

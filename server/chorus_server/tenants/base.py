@@ -142,6 +142,13 @@ class RateStore(Protocol):
         held by unexpired leases. A lease expires `lease_seconds` after `now` unless renewed, so slots held by a
         process that died come back by themselves."""
 
+    def admit(
+        self, tenant: str, limit: int, now: float, lease_seconds: float, bucket: str, capacity: float, per_second: float
+    ) -> tuple[str | None, float]:
+        """A request's admission, the hot path: `acquire_slot`, then (with a slot) `take` one token from `bucket`.
+        Returns (lease, 0) when both succeed; (None, 0) when no slot was free (nothing taken); (lease, wait) when
+        the bucket refused (the caller releases the lease). A shared database does both in one round trip."""
+
     def renew_slots(self, leases: Sequence[str], now: float, lease_seconds: float) -> None:
         """Extend these leases (still held by this process) to `now` + `lease_seconds`; unknown ones are ignored."""
 

@@ -70,6 +70,14 @@ class LocalRates:
             self._leases[lease] = (tenant, now + lease_seconds)
             return lease
 
+    def admit(
+        self, tenant: str, limit: int, now: float, lease_seconds: float, bucket: str, capacity: float, per_second: float
+    ) -> tuple[str | None, float]:
+        lease = self.acquire_slot(tenant, limit, now, lease_seconds)
+        if lease is None:
+            return None, 0.0
+        return lease, self.take(tenant, bucket, 1, capacity, per_second, now)
+
     def renew_slots(self, leases: Sequence[str], now: float, lease_seconds: float) -> None:
         with self._lock:
             for lease in leases:

@@ -66,16 +66,16 @@ class Quotas:
         may use the tenant store): call it off the event loop. `usage=False`: the request spends the rate and a
         slot but is not usage (a listing: not billed, not in the daily quota, nothing to write)."""
         limits = self._load(tenant).limits
-        now = self.clock()
-        lease = self.store.acquire_slot(tenant, limits.concurrent_requests, now, LEASE_SECONDS)
+        now, per_minute, slots = self.clock(), limits.requests_per_minute, limits.concurrent_requests
+        if per_minute is None:
+            lease, wait = self.store.acquire_slot(tenant, slots, now, LEASE_SECONDS), 0.0
+        else:  # slot and token together: one round trip on a shared database
+            lease, wait = self.store.admit(tenant, slots, now, LEASE_SECONDS, "requests", per_minute, per_minute / 60)
         if lease is None:
-            raise self._limited(f"too many concurrent requests for this tenant (limit {limits.concurrent_requests})", 1)
-        per_minute = limits.requests_per_minute
-        if per_minute is not None:
-            wait = self.store.take(tenant, "requests", 1, per_minute, per_minute / 60, now)
-            if wait > 0:
-                self.store.release_slot(tenant, lease)
-                raise self._limited(f"request rate limit of {per_minute:g}/min reached", wait)
+            raise self._limited(f"too many concurrent requests for this tenant (limit {slots})", 1)
+        if wait > 0:
+            self.store.release_slot(tenant, lease)
+            raise self._limited(f"request rate limit of {per_minute:g}/min reached", wait)
         with self._lock:
             self._leases[lease] = tenant
             if usage:

@@ -163,6 +163,40 @@ def _lease_params(
     return (tenant, lease_id, holder, int(limit), float(ttl), now)
 
 
+REFUND = """
+UPDATE rate_buckets SET tokens = LEAST(%(capacity)s, tokens + %(cost)s)
+WHERE tenant = %(tenant)s AND bucket = %(bucket)s
+"""
+
+
+def acquire_and_take(
+    conn: psycopg.Connection,
+    tenant: str,
+    lease_id: str,
+    *,
+    holder: str,
+    limit: int,
+    ttl: float,
+    bucket: str,
+    capacity: float,
+    per_second: float,
+    cost: float = 1.0,
+    now: float | None = None,
+) -> tuple[LeaseState, BucketState]:
+    """`acquire` and `take` in one round trip (pipelined), with the outcome of running them one after the other:
+    when the lease is refused, a token the take got is given back (a rare, second round trip); when the take is
+    refused, the caller releases the lease."""
+    with conn.pipeline():
+        leased = conn.execute(ACQUIRE, _lease_params(tenant, lease_id, holder, limit, ttl, now))
+        taken = conn.execute(TAKE, _bucket_params(tenant, bucket, cost, capacity, per_second, now, False))
+    lease_row = leased.fetchone()
+    assert lease_row is not None
+    lease, state = LeaseState(bool(lease_row[0]), int(lease_row[1])), _bucket_state(taken.fetchone())
+    if not lease.admitted and state.admitted:
+        conn.execute(REFUND, {"tenant": tenant, "bucket": bucket, "capacity": capacity, "cost": cost})
+    return lease, state
+
+
 def acquire(
     conn: psycopg.Connection,
     tenant: str,

@@ -257,6 +257,29 @@ class PostgresTenantStore:
         )
         return lease if state.admitted else None
 
+    def admit(
+        self, tenant: str, limit: int, now: float, lease_seconds: float, bucket: str, capacity: float, per_second: float
+    ) -> tuple[str | None, float]:
+        lease = secrets.token_hex(8)
+        leased, taken = self._run(
+            lambda c: limits.acquire_and_take(
+                c,
+                tenant,
+                lease,
+                holder=self.holder,
+                limit=limit,
+                ttl=lease_seconds,
+                bucket=bucket,
+                capacity=capacity,
+                per_second=per_second,
+                now=now,
+            ),
+            limits_pool=True,
+        )
+        if not leased.admitted:
+            return None, 0.0
+        return lease, taken.wait
+
     def renew_slots(self, leases: Sequence[str], now: float, lease_seconds: float) -> None:
         sql = "UPDATE concurrency_leases SET expires_at = %s WHERE holder = %s AND lease_id = ANY(%s)"
         args = (now + lease_seconds, self.holder, list(leases))
