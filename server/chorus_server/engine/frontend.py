@@ -26,7 +26,6 @@ from torch import nn
 
 from chorus_server.engine.cnn_adapters import apply_cnn_adapter
 from chorus_server.engine.config import BackboneConfig
-from chorus_server.engine.device import to_device
 from chorus_server.engine.layers import activate_, activation, weight_key
 
 NORM_ROWS = 1024  # rows per block of the front end's in-place LayerNorm: 2 MB of float32 at 512 channels
@@ -203,12 +202,12 @@ class FeatureEncoder(nn.Module):
         waveforms: torch.Tensor,
         lengths: torch.Tensor,
         cnn_adapters: Sequence[Callable[[int], dict[str, torch.Tensor] | None] | None] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveforms: (B, L), lengths: (B,) -> features (B, T, C) with zeros past each item's frames, frames (B,)
-        on the waveforms' device. T is the frame count of L (the padded width), so a batch padded to a shape
-        bucket keeps that bucket's shape. Lengths on the host cost no device sync; frames then move with a
-        non-blocking copy. `cnn_adapters`: per item, None or `Adapter.cnn` (conv layer -> its CNN adapter's
-        tensors or None), applied after that layer (cnn_adapters.py).
+    ) -> tuple[torch.Tensor, list[int]]:
+        """waveforms: (B, L), lengths: (B,) on the host -> features (B, T, C) with zeros past each item's frames,
+        and each item's frame count as host integers (conv arithmetic on the lengths: no device value is read, so
+        nobody downstream has to sync to learn a length). T is the frame count of L (the padded width), so a batch
+        padded to a shape bucket keeps that bucket's shape. `cnn_adapters`: per item, None or `Adapter.cnn` (conv
+        layer -> its CNN adapter's tensors or None), applied after that layer (cnn_adapters.py).
 
         Each item runs alone over its valid samples (see the module docstring for why)."""
         sizes = lengths.tolist()
@@ -230,7 +229,7 @@ class FeatureEncoder(nn.Module):
                 if tensors is not None:
                     x = apply_cnn_adapter(x, tensors)
             out[b, :count] = x  # (T, C)
-        return out, to_device(torch.tensor(counts, dtype=torch.int64), waveforms.device)
+        return out, counts
 
     def scratch(self, slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
         """A (rows, cols) tensor in reused memory, for a conv layer's output at inference.
