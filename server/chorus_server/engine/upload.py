@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from chorus_server.engine.adapters import Adapter
+from chorus_server.engine.device import use_device
 from chorus_server.engine.engine import Engine
 
 
@@ -27,12 +28,14 @@ class AdapterUploader:
         """The host-tier copy: page-locked on CUDA (so copies from it are asynchronous DMA), as is on a CPU."""
         if not self.on_gpu:
             return adapter
+        use_device(self.engine.device)  # loader threads: pinned memory registers with this GPU's context
         return adapter._apply(lambda t: t.pin_memory())
 
     def __call__(self, host: Adapter) -> Adapter:
         """Check `host` against the backbone and copy it to the device (the cache's `prepare`)."""
         if not self.on_gpu:
             return self.engine.prepare(host, check_fingerprint=False)
+        use_device(self.engine.device)
         stream = self._stream()
         with torch.cuda.stream(stream):
             device = self.engine.prepare(host, check_fingerprint=False, non_blocking=True)
