@@ -124,6 +124,7 @@ def adapter_cache(
         device_budget,
         host_budget,
         executor=executor,
+        host_bytes=uploader.host_bytes,  # on CUDA the pinned blocks, as the allocator rounds them
     )
 
 

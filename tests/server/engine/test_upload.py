@@ -135,3 +135,14 @@ def test_loader_threads_make_the_engines_gpu_current(monkeypatch, fake_cuda):
     calls = [value for kind, value in events if kind == "set_device"]
     assert len(calls) >= 2 and {device for _, device in calls} == {torch.device("cuda", 1)}
     assert all(thread.startswith("loader") for thread, _ in calls)
+
+
+def test_the_host_tier_counts_pinned_blocks_as_the_allocator_rounds_them(monkeypatch, fake_cuda):
+    engine, _ = fake_cuda
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: tensor.clone())
+    uploader = AdapterUploader(engine)  # type: ignore[arg-type]
+    odd = Adapter(AdapterInfo(name="fr", kind="houlsby"), VOCAB, 12, bottleneck_dim=3, layers=(0, 1, 2)).eval()
+    host = uploader.pin(odd)  # tensors of 3·12·3·4 bytes and the like: not powers of two
+    sizes = [t.untyped_storage().nbytes() for t in host.parameters() if t.numel()]
+    assert uploader.host_bytes(host) == sum(1 << (n - 1).bit_length() for n in sizes) > host.nbytes()
+    assert AdapterUploader(FakeEngine("cpu", [])).host_bytes(host) == host.nbytes()  # type: ignore[arg-type]
