@@ -234,3 +234,22 @@ def test_a_batch_that_runs_out_of_device_memory_is_split_and_the_worker_stays_re
             assert_near(got, expected, 0.02)
     finally:
         worker.stop(60)
+
+
+def test_the_front_end_batched_by_length_is_bitwise_item_by_item_in_bf16(bf16):
+    """On a GPU the front end runs items of one length together (batched GEMMs of the per-item shape); an item's
+    features must not depend on how many items share its length."""
+    gpu, adapters = bf16
+    fe = gpu.backbone.feature_extractor
+    assert fe.batch_equal_lengths is None  # the default: batched on a GPU
+    gen = torch.Generator().manual_seed(4)
+    waveforms, lengths = pad_batch([torch.randn(k, generator=gen) for k in (16000, 16000, 12000, 16000, 12000)])
+    chosen = [adapters[i] for i in (0, 3, 1, 3, 2)]
+    together = gpu.forward(waveforms, lengths, chosen)
+    try:
+        fe.batch_equal_lengths = False
+        alone = gpu.forward(waveforms, lengths, chosen)
+    finally:
+        fe.batch_equal_lengths = None
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
