@@ -30,6 +30,9 @@ from chorus_server.engine.config import BackboneConfig
 from chorus_server.engine.layers import activate_, activation, weight_key
 
 NORM_ROWS = 1024  # rows per block of the front end's in-place LayerNorm: 2 MB of float32 at 512 channels
+# Items run through the front end together at most: 16 x 20 s windows hold ~1.6 GB of bf16 activations at layers
+# 0-1 (a batch of 64 at once would hold 6 GB), and launches per item are already 1/16th.
+MAX_TOGETHER = 16
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -323,15 +326,17 @@ class FeatureEncoder(nn.Module):
         return memory[:need].view(rows, cols)
 
 
-def equal_length_groups(sizes: Sequence[int], counts: Sequence[int], cnn: Sequence[object | None]) -> list[list[int]]:
+def equal_length_groups(
+    sizes: Sequence[int], counts: Sequence[int], cnn: Sequence[object | None], most: int = MAX_TOGETHER
+) -> list[list[int]]:
     """Items (indices) that can run through the front end together: the same valid length and the same CNN
-    adapter (`None`, or one adapter's `cnn`, the same object across its segment), each with at least one frame.
-    In first-appearance order."""
+    adapter (`None`, or one adapter's `cnn`, the same object across its segment), each with at least one frame;
+    at most `most` per group. In first-appearance order."""
     groups: dict[tuple[int, int], list[int]] = {}
     for b, (size, count) in enumerate(zip(sizes, counts, strict=True)):
         if count > 0:
             groups.setdefault((size, id(cnn[b])), []).append(b)
-    return list(groups.values())
+    return [group[i : i + most] for group in groups.values() for i in range(0, len(group), most)]
 
 
 class FeatureProjection(nn.Module):

@@ -30,6 +30,11 @@ def test_items_group_by_length_and_cnn_adapter(sizes, counts, cnn, groups):
     assert equal_length_groups(sizes, counts, cnn) == groups
 
 
+def test_groups_are_bounded_in_items():
+    """A group's activations grow with its items (layers 0-1: ~100 MB per 20 s bf16 window): chunks of `most`."""
+    assert equal_length_groups([8000] * 5, [24] * 5, [None] * 5, most=2) == [[0, 1], [2, 3], [4]]
+
+
 class Gemms(TorchFunctionMode):
     """Counts GEMM calls (each is at least one kernel launch on a GPU)."""
 
