@@ -2,9 +2,12 @@
 large a batch the device can hold now.
 
 A CUDA out-of-memory error leaves the context usable: the batch is split and retried, and the batch budget
-shrinks (`AdaptiveBudget`), then grows back slowly over clean batches. Most other CUDA errors (an illegal memory
-access, a device-side assert, an ECC error) are sticky: every later call in the process fails too, so the worker
-marks itself broken and `/readyz` turns red for the orchestrator to replace it.
+shrinks (`AdaptiveBudget`), then grows back slowly over clean batches. So do the allocation failures that reach
+Python as a generic "CUDA error" rather than `OutOfMemoryError`: cuBLAS/cuDNN/cuFFT failing to allocate their
+workspace or handle, and pinned host memory that `pin_memory()` / `cudaHostAlloc` cannot get ("CUDA error: out of
+memory"). Most other CUDA errors (an illegal memory access, a device-side assert, an ECC error) are sticky: every
+later call in the process fails too, so the worker marks itself broken and `/readyz` turns red for the
+orchestrator to replace it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,33 @@ import torch
 from chorus_server.batching import BatchLimits
 
 _STICKY_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "unspecified launch failure")
+# Allocation failures that leave the context usable, as torch words them: `cudaErrorMemoryAllocation` from any
+# CUDA call (pinned host memory included) and the libraries' own allocation statuses.
+_ALLOCATION_MARKERS = (
+    "CUDA error: out of memory",
+    "cudaErrorMemoryAllocation",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUFFT_ALLOC_FAILED",
+)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError)
+    """Device (or pinned host) memory ran out, and the context is still usable: smaller batches may run."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(marker in str(error) for marker in _ALLOCATION_MARKERS)
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Hand the allocators' cached blocks back (device memory, and pinned host memory where torch can), so that
+    the smaller batches after an out-of-memory error allocate unfragmented memory."""
+    if device.type != "cuda":
+        return
+    torch.cuda.empty_cache()
+    empty_host_cache = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)  # torch >= 2.9
+    if empty_host_cache is not None:
+        empty_host_cache()
 
 
 def is_device_fault(error: BaseException) -> bool:

@@ -26,7 +26,7 @@ from chorus_server.engine.device import choose_dtype, resolve_device
 from chorus_server.engine.random_model import write_random_model
 from chorus_server.engine.staging import bucket_schedule
 from chorus_server.engine.upload import AdapterUploader
-from chorus_server.engine.warmup import warm_up_adapter, warm_up_batch
+from chorus_server.engine.warmup import warm_up_adapters, warm_up_batch
 from chorus_server.metrics import Metrics
 from chorus_server.service import Transcriber
 from chorus_server.settings import BatchSettings, Settings
@@ -100,7 +100,7 @@ def warm_up_plan(engine: Engine, limits: BatchLimits, batch: BatchSettings) -> W
         return None
     rate = engine.preprocess.sampling_rate
     longest = min(int(batch.chunk_seconds * rate), limits.max_samples)
-    run = functools.partial(warm_up_batch, engine, warm_up_adapter(engine))
+    run = functools.partial(warm_up_batch, engine, warm_up_adapters(engine))
     return WarmUp(run, bucket_schedule(longest, rate), batch.warmup_seconds)
 
 
@@ -124,6 +124,7 @@ def adapter_cache(
         device_budget,
         host_budget,
         executor=executor,
+        host_bytes=uploader.host_bytes,  # on CUDA the pinned blocks, as the allocator rounds them
     )
 
 

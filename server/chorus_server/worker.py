@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from chorus_server.batching import BatchLimits, WorkItem, collect_batch
-from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory
+from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory, release_cached_memory
 from chorus_server.engine import Engine, pad_batch, threads
 from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
 from chorus_server.engine.staging import HostBuffers, StagedBatch
@@ -258,8 +258,8 @@ class Worker:
         self.budget.shrink()
         self.metrics.batch_budget.set(self.budget.scale)
         device = getattr(self.engine, "device", None)
-        if device is not None and device.type == "cuda":
-            torch.cuda.empty_cache()  # hand cached blocks back so that smaller batches allocate unfragmented memory
+        if device is not None:
+            release_cached_memory(device)
 
     def _mark_fault(self, error: Exception) -> None:
         self.fault = error

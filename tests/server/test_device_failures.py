@@ -28,9 +28,10 @@ class OutOfMemoryEngine(FakeEngine):
     """Runs batches of at most `capacity` items; bigger ones allocate activations, then run out of memory.
     Records, at every call, how many activations of failed calls are still alive."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, error: Exception | None = None):
         super().__init__()
         self.capacity = capacity
+        self.error = error or torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         self.failed: list[weakref.ref[Activations]] = []
         self.alive_at_call: list[int] = []
 
@@ -39,7 +40,7 @@ class OutOfMemoryEngine(FakeEngine):
         activations = Activations()  # referenced by this frame, as the failed batch's tensors are
         if len(adapters) > self.capacity:
             self.failed.append(weakref.ref(activations))
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise self.error
         return super().forward(waveforms, lengths, adapters)
 
 
@@ -112,19 +113,57 @@ def test_the_budget_grows_back_slowly_after_clean_batches():
     assert budget.limits().max_items == 1  # never below one item
 
 
+# torch >= 2.8 raises CUDA errors as AcceleratorError (a RuntimeError); older versions as RuntimeError.
+CudaError = getattr(torch, "AcceleratorError", RuntimeError)
+CUBLAS_ALLOC = "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+PINNED_ALLOC = "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call"
+
+
 @pytest.mark.parametrize(
     ("error", "oom", "fault"),
     [
         (torch.cuda.OutOfMemoryError("CUDA out of memory"), True, False),
+        # Allocation failures worded as a generic CUDA error: recoverable, like OutOfMemoryError.
+        (RuntimeError(CUBLAS_ALLOC), True, False),
+        (CudaError(CUBLAS_ALLOC), True, False),
+        (CudaError(PINNED_ALLOC), True, False),  # pin_memory() / cudaHostAlloc of the host tier or staging buffers
+        (RuntimeError("CUDA error: out of memory"), True, False),
+        (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True, False),
+        (RuntimeError("cuFFT error: CUFFT_ALLOC_FAILED"), True, False),
+        # Sticky: the context is poisoned.
         (RuntimeError("CUDA error: an illegal memory access was encountered"), False, True),
+        (CudaError("CUDA error: an illegal memory access was encountered"), False, True),
         (RuntimeError("CUDA error: device-side assert triggered"), False, True),
+        (RuntimeError("CUDA error: unspecified launch failure"), False, True),
+        (CudaError("CUDA error: uncorrectable ECC error encountered"), False, True),
+        (RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm`"), False, True),
+        # Neither: a bug or bad input, retried item by item.
         (RuntimeError("shapes cannot be multiplied"), False, False),
+        (ValueError("out of memory"), False, False),  # only RuntimeErrors come from CUDA
         (ValueError("bad"), False, False),
     ],
 )
 def test_device_errors_are_told_apart(error, oom, fault):
     assert is_out_of_memory(error) == oom
     assert is_device_fault(error) == fault
+
+
+@pytest.mark.parametrize("message", [CUBLAS_ALLOC, PINNED_ALLOC])
+def test_an_allocation_failure_worded_as_a_cuda_error_splits_the_batch_and_the_worker_stays_ready(message):
+    """Before, any "CUDA error" was sticky: a cuBLAS workspace or pinned-memory allocation failing under memory
+    pressure left the worker not ready until restart. Now it is handled as out of memory: split, shrink, serve."""
+    engine = OutOfMemoryEngine(capacity=2, error=CudaError(message))
+    metrics = Metrics()
+    worker = Worker(engine, BatchLimits(4, 10**9, 10.0), metrics)  # type: ignore[arg-type]
+    items = [work(float(i)) for i in range(4)]
+    worker.submit(items)
+    worker.start()
+    assert [float(item.future.result(10)) for item in items] == [0.0, 1.0, 2.0, 3.0]
+    assert engine.calls == [2, 2]  # 4 failed to allocate, its halves ran
+    assert worker.is_ready() and worker.fault is None
+    assert metrics.device_faults._value.get() == 0 and metrics.device_oom._value.get() == 1
+    assert worker.budget.scale == 0.5
+    worker.stop(10)
 
 
 class BrokenDevice(FakeEngine):

@@ -11,6 +11,7 @@ import torch
 
 from chorus_server.batching import BatchLimits, WorkItem
 from chorus_server.engine import Engine, InputError
+from chorus_server.engine.routing import Routing
 from chorus_server.metrics import Metrics
 from chorus_server.runtime import warm_up_plan
 from chorus_server.settings import BatchSettings
@@ -93,6 +94,36 @@ def test_the_warm_up_plan_runs_real_dummy_batches(random_model_dir):
     assert plan is not None and plan.buckets == [RATE, 2 * RATE, 3 * RATE]
     plan.run(2, 2 * RATE)  # one forward through the real engine
     assert warm_up_plan(engine, BatchLimits(4, 12 * RATE, 0.01), BatchSettings(warmup_seconds=0)) is None
+
+
+def test_warm_up_runs_every_kind_of_adapter_work(random_model_dir):
+    """Before, the dummy batches used a head-only adapter: bottleneck, classifier (layer mix, CNN adapter,
+    pooling) and routing kernels stayed cold until a client's batch ran them."""
+    _, path = random_model_dir
+    engine = Engine.from_pretrained(path, device="cpu").engine
+    plan = warm_up_plan(engine, BatchLimits(4, 12 * RATE, 0.01), BatchSettings(chunk_seconds=2))
+    assert plan is not None
+    seen: list[list] = []
+    results: list[list[torch.Tensor]] = []
+    forward = engine.forward
+
+    def spy(waveforms, lengths, adapters):
+        seen.append(list(adapters))
+        results.append(forward(waveforms, lengths, adapters))
+        return results[-1]
+
+    engine.forward = spy  # type: ignore[method-assign]
+    plan.run(4, RATE)
+    (items,) = seen
+    adapters = [item for item in items if not isinstance(item, Routing)]
+    routings = [item for item in items if isinstance(item, Routing)]
+    assert any(a.layer_ids and not a.is_classifier for a in adapters)  # bottlenecks in the layers
+    assert any(a.is_classifier and a.layer_ids and a.cnn_channels and a.pool is not None for a in adapters)
+    assert any(not a.layer_ids and not a.is_classifier for a in adapters)  # the plain CTC head
+    assert len(routings) == 1 and routings[0].label is not None  # decided mid-pass
+    assert all(bool(torch.isfinite(r).all()) for r in results[0])
+    plan.run(1, RATE)  # a batch of one (after out-of-memory errors) warms the bottleneck path first
+    assert seen[1][0].layer_ids
 
 
 class StagingEngine(FakeEngine):

@@ -10,6 +10,7 @@ from torch import nn
 
 from chorus_server.engine.adapters import Segment
 from chorus_server.engine.config import BackboneConfig
+from chorus_server.engine.device import to_device
 from chorus_server.engine.encoder import Encoder, StatesHook
 from chorus_server.engine.frontend import FeatureEncoder, FeatureProjection
 from chorus_server.engine.layers import GradGate
@@ -37,7 +38,8 @@ class Backbone(nn.Module):
         features_hook: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         states_hook: StatesHook | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveforms: (B, L) normalised, zero-padded; lengths: (B,) -> hidden (B, T, H), frame lengths (B,).
+        """waveforms: (B, L) normalised, zero-padded; lengths: (B,) on the host -> hidden (B, T, H), frames (B,)
+        on the device.
 
         The one forward pass of serving and training. Under autograd, gradients start at the first stage with a
         trainable parameter (`GradGate`); `features_hook(h (B, T, H), frames (B,)) -> h` edits the projected
@@ -55,13 +57,16 @@ class Backbone(nn.Module):
             self.feature_projection,
             trains=lambda: any(seg.adapter.cnn_trains() for seg in segments),  # asked only under autograd
         ):
-            features, frames = self.feature_extractor(waveforms, lengths, cnn)  # (B, T, C)
+            features, counts = self.feature_extractor(waveforms, lengths, cnn)  # (B, T, C), host ints
             if features.device.type == "cpu" and features.shape[1] < MIN_CPU_FRAMES:
                 # CPU GEMMs of fewer than 12 rows take other kernels (other bits for a row); every product below
                 # has at least B * T rows, so padding T keeps a short item's solo run bitwise equal to a batch's.
                 features = F.pad(features, (0, 0, 0, MIN_CPU_FRAMES - features.shape[1]))  # (B, 16, C)
             h = self.feature_projection(features)  # (B, T, H)
+        # The frame counts reach the device by a non-blocking copy; the encoder takes the host integers, so a
+        # forward never reads a length back from the device (on a GPU that read was a second sync per batch).
+        frames = to_device(torch.tensor(counts, dtype=torch.int64), features.device)
         if features_hook is not None:
             h = features_hook(h, frames)
-        h = self.encoder(h, frames.tolist(), segments, gate, states_hook)  # frames: on the host (from host lengths)
+        h = self.encoder(h, counts, segments, gate, states_hook)
         return h, frames

@@ -88,10 +88,14 @@ class AdapterCache:
         host_budget_bytes: int,
         executor: Executor | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        host_bytes: Callable[[Adapter], int] = Adapter.nbytes,
     ):
         """`load(key)` reads and validates an adapter into host memory (called on the loader threads);
-        `prepare(adapter)` checks it against the backbone and copies it to the device."""
+        `prepare(adapter)` checks it against the backbone and copies it to the device; `host_bytes(adapter)`: the
+        host memory its host copy holds, counted against `host_budget_bytes` (on CUDA its pinned blocks, which the
+        allocator rounds up: upload.py)."""
         self._load, self._prepare, self._clock = load, prepare, clock
+        self._host_bytes = host_bytes
         self.shared_memory = device.type == "cpu"
         self.device_budget, self.host_budget = device_budget_bytes, host_budget_bytes
         self._executor = executor or ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-loader")
@@ -218,7 +222,7 @@ class AdapterCache:
                 device, host = done.result()
                 entry.device, entry.device_bytes = device, device.nbytes()
                 entry.host = None if self.shared_memory else host
-                entry.host_bytes = 0 if entry.host is None else host.nbytes()
+                entry.host_bytes = 0 if entry.host is None else self._host_bytes(host)
                 entry.last_used = next(self._tick)
                 self._evict()
         if error is not None:
@@ -245,7 +249,10 @@ class AdapterCache:
         self._entries.pop(key, None)
 
     def _evict(self) -> None:
-        """Caller holds the lock. LRU over entries nobody uses; never pinned ones."""
+        """Caller holds the lock. Device tier: LRU over entries nobody uses, never pinned ones. Host tier: LRU over
+        every host copy not being loaded, including those of device-resident, in-use or pinned adapters (a batch
+        reads the device copy; the host copy only spares a store read after a device eviction), so the host tier
+        never holds more than its budget, whatever the device tier holds."""
         candidates = sorted(
             (e for e in self._entries.values() if e.refs == 0 and not e.pinned and e.loading is None),
             key=lambda e: e.last_used,
@@ -258,14 +265,17 @@ class AdapterCache:
                 device_bytes -= entry.device_bytes
                 entry.device = None
                 self._count(device_evictions=1)
+        hosts = sorted(
+            (e for e in self._entries.values() if e.host is not None and e.loading is None),
+            key=lambda e: (e.device is not None, e.last_used),  # a spare of a device copy goes before a sole copy
+        )
         host_bytes = sum(e.host_bytes for e in self._entries.values() if e.host is not None)
-        for entry in candidates:
+        for entry in hosts:
             if host_bytes <= self.host_budget:
                 break
-            if entry.host is not None and entry.device is None:
-                host_bytes -= entry.host_bytes
-                entry.host = None
-                self._count(host_evictions=1)
+            host_bytes -= entry.host_bytes
+            entry.host = None
+            self._count(host_evictions=1)
         for entry in candidates:
             if entry.host is None and entry.device is None:
                 self._entries.pop(entry.key, None)

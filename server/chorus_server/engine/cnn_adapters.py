@@ -37,9 +37,11 @@ def cnn_name(layer: int, part: str) -> str:
 
 
 def apply_cnn_adapter(x: torch.Tensor, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One item's conv-layer output x: (T, C) -> (T, C); `tensors`: part -> tensor (CNN_PARTS)."""
-    z = F.linear(x, tensors["down.weight"], tensors["down.bias"])  # (T, r)
-    padded = F.pad(z, (0, 0, 1, 1))  # (T + 2, r): zero frames before the first and after the last
+    """A conv-layer output x: (T, C) for one item, or (n, T, C) for items of one length -> the same shape;
+    `tensors`: part -> tensor (CNN_PARTS)."""
+    z = F.linear(x, tensors["down.weight"], tensors["down.bias"])  # (..., T, r)
+    padded = F.pad(z, (0, 0, 1, 1))  # (..., T + 2, r): zero frames before the first and after the last
     taps = tensors["conv.weight"]  # (r, 3)
-    y = padded[:-2] * taps[:, 0] + padded[1:-1] * taps[:, 1] + padded[2:] * taps[:, 2]  # (T, r)
+    before, here, after = padded[..., :-2, :], padded[..., 1:-1, :], padded[..., 2:, :]
+    y = before * taps[:, 0] + here * taps[:, 1] + after * taps[:, 2]  # (..., T, r)
     return x + F.linear(F.gelu(y), tensors["up.weight"], tensors["up.bias"])

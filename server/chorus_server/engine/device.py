@@ -83,3 +83,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def use_device(device: torch.device) -> None:
+    """Make `device` the calling thread's current CUDA device; no-op on a CPU.
+
+    CUDA's current device is per host thread and starts as device 0. Kernels follow their tensors' device, but
+    whatever allocates without a tensor to follow (pinned host memory, events, lazy context and cuBLAS set-up)
+    lands on the current device: a server on `cuda:1` would build a context on GPU 0 (hundreds of MB, on another
+    server's GPU) from every thread that pins or stages. So every thread that touches the engine's device calls
+    this first (`Engine.stage` / `Engine.run`, the adapter uploader); it is cheap when already current."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)

@@ -32,6 +32,7 @@ from chorus_server.engine.device import (
     resolve_dtype,
     same_device,
     to_device,
+    use_device,
 )
 from chorus_server.engine.errors import AdapterError, CheckpointError, InputError
 from chorus_server.engine.frontend import time_mask
@@ -98,6 +99,7 @@ class Engine:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         configure_matmul(self.device)
+        use_device(self.device)  # the building thread's lazy CUDA set-up happens on this GPU, not on GPU 0
         self.fingerprint = backbone_fingerprint or fingerprint(backbone)
         self.backbone = backbone.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.frame_seconds = self.config.inputs_to_logits_ratio / preprocess.sampling_rate
@@ -178,6 +180,7 @@ class Engine:
         """The host half of `forward` (any thread): check, sort by adapter, pad, start the copy to the device.
 
         waveforms: (B, L) float32 and lengths: (B,) on the host. `buffers`: reusable pinned memory (CUDA)."""
+        use_device(self.device)  # the stager thread pins and copies for this GPU
         waveforms, lengths = waveforms.cpu(), lengths.cpu()
         self._check_batch(waveforms, lengths, adapters)
         return stage_batch(
@@ -194,6 +197,7 @@ class Engine:
     def run(self, staged: StagedBatch) -> list[torch.Tensor]:
         """The device half of `forward` (the inference thread): every head is launched, then one copy back and
         one sync. Frame counts come from the host (`staged.frames`), never from a device tensor."""
+        use_device(self.device)  # whichever thread runs the batch (the inference thread, a warm-up, a benchmark)
         classifiers = staged.classifiers or [False] * staged.size
         results: list[torch.Tensor] = [
             torch.zeros(0, dtype=torch.float32) if c else torch.zeros(0, v, dtype=torch.float32)

@@ -1,7 +1,8 @@
 """Convolutional feature encoder and feature projection (HF: `feature_extractor`, `feature_projection`).
 
 The parameters keep HF's layout (`conv_layers.{i}.conv.weight`, ...), but the computation is channels-last and
-per item: each item runs over its own valid samples only, as `(T, C)` matrices, so
+per item: each item runs over its own valid samples only, as `(T, C)` matrices (on a GPU, items of one length
+run together as `(n, T, C)`, each still in GEMMs of its own shape: `FeatureEncoder.batch_equal_lengths`), so
 
 - every strided conv is a sum of plain GEMMs over strided *views* of its input (no unfold copy, no transposes):
   taps `j .. j+s-1` of a stride-`s` conv read rows `s·t + j ..` which are one contiguous `(n, s·C)` view;
@@ -26,10 +27,12 @@ from torch import nn
 
 from chorus_server.engine.cnn_adapters import apply_cnn_adapter
 from chorus_server.engine.config import BackboneConfig
-from chorus_server.engine.device import to_device
 from chorus_server.engine.layers import activate_, activation, weight_key
 
 NORM_ROWS = 1024  # rows per block of the front end's in-place LayerNorm: 2 MB of float32 at 512 channels
+# Items run through the front end together at most: 16 x 20 s windows hold ~1.6 GB of bf16 activations at layers
+# 0-1 (a batch of 64 at once would hold 6 GB), and launches per item are already 1/16th.
+MAX_TOGETHER = 16
 
 
 def conv_output_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -78,6 +81,29 @@ def strided_conv(
             ]
         for a, b in parts:
             out = torch.mm(a, b, out=into) if out is None else out.addmm_(a, b)
+    assert out is not None
+    return out
+
+
+def strided_conv_batch(
+    x: torch.Tensor, blocks: list[tuple[int, int, torch.Tensor]], stride: int, frames: int
+) -> torch.Tensor:
+    """`strided_conv` for items of one length: x (n, T, C_in) contiguous -> (n, frames, C_out). Each item is its
+    own GEMM of the per-item shape (a batched GEMM, never one (n·frames)-row product), as `strided_conv` runs it."""
+    n, _, channels = x.shape
+    out: torch.Tensor | None = None
+    for first, taps, w in blocks:
+        if taps == stride and first + stride * frames <= x.shape[1]:
+            rows = x[:, first : first + stride * frames].view(n, frames, stride * channels)  # (n, f, s·C), no copy
+            parts = [(rows, w)]
+        else:
+            parts = [
+                (x[:, first + j : first + j + stride * (frames - 1) + 1 : stride], w[j * channels : (j + 1) * channels])
+                for j in range(taps)
+            ]
+        for a, b in parts:
+            weights = b.expand(n, *b.shape)  # (n, K, C_out), no copy
+            out = torch.bmm(a, weights) if out is None else out.baddbmm_(a, weights)
     assert out is not None
     return out
 
@@ -131,6 +157,41 @@ class ConvLayer(nn.Module):
             return activate_(self.act, self.layer_norm(y))
         return self._normalize_in_place(y)
 
+    def forward_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Items of one length together, channels-last: x (n, T_in, C_in) -> (n, T_out, C_out); T_in >= kernel.
+        Every step is per item in its own GEMM or per row, so each item's output is the one `forward` gives it."""
+        frames = self.output_frames(x.shape[1])
+        if isinstance(self.layer_norm, nn.GroupNorm):
+            return activate_(self.act, self._group_normed_conv_batch(x, frames))
+        y = strided_conv_batch(x.contiguous(), self.gemm_blocks(), self.stride, frames)  # (n, T_out, C_out)
+        if self.conv.bias is not None:
+            y += self.conv.bias
+        if self.layer_norm is None:
+            return activate_(self.act, y)
+        return activate_(self.act, self.layer_norm(y))
+
+    def _group_normed_conv_batch(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """`_group_normed_conv` for items of one length: x (n, T, C_in) -> (n, frames, C). The statistics are
+        each item's own (they are tiny: (k·C_in,) and (k·C_in, k·C_in)), the folded GEMM one batched GEMM."""
+        assert isinstance(self.layer_norm, nn.GroupNorm)
+        folded = [self._folded(x[b], frames) for b in range(x.shape[0])]
+        windows = x.unfold(1, self.kernel, self.stride).transpose(2, 3).reshape(x.shape[0], frames, -1)  # (n, T, kC)
+        bias = torch.stack([b for b, _ in folded])[:, None, :]  # (n, 1, C)
+        return torch.baddbmm(bias, windows, torch.stack([w for _, w in folded]))  # (n, T, C)
+
+    def _folded(self, x: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One item's GroupNorm folded into the conv: (bias (C,), weight (k·C_in, C)) in x's dtype. x: (T, C_in)."""
+        assert isinstance(self.layer_norm, nn.GroupNorm)
+        w = self.conv.weight.double().permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C, k·C_in)
+        wins = x.unfold(0, self.kernel, self.stride).transpose(1, 2).reshape(frames, -1).double()  # (T, k·C_in)
+        mu = wins.mean(dim=0)  # (k·C_in,)
+        centered = wins - mu
+        cov = centered.T @ centered / frames  # (k·C_in, k·C_in)
+        var = ((w @ cov) * w).sum(dim=1)  # (C,) = diag(w Σ wᵀ); a conv bias cancels in the normalisation
+        scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.double()
+        bias = self.layer_norm.bias.double() - (w @ mu) * scale
+        return bias.to(x.dtype), (w * scale[:, None]).T.to(x.dtype)  # (C,), (k·C_in, C)
+
     def _normalize_in_place(self, y: torch.Tensor) -> torch.Tensor:
         """LayerNorm and activation of y (T, C) written back into y, `NORM_ROWS` rows at a time.
 
@@ -148,18 +209,9 @@ class ConvLayer(nn.Module):
 
     def _group_normed_conv(self, x: torch.Tensor, frames: int, into: torch.Tensor | None = None) -> torch.Tensor:
         """Conv + per-channel GroupNorm over time, folded into one GEMM (see module docstring). x: (T, C_in)."""
-        assert isinstance(self.layer_norm, nn.GroupNorm)
-        w = self.conv.weight.double().permute(0, 2, 1).reshape(self.conv.out_channels, -1)  # (C, k·C_in)
+        bias, w_folded = self._folded(x, frames)
         windows = x.unfold(0, self.kernel, self.stride).transpose(1, 2).reshape(frames, -1)  # (T, k·C_in)
-        wins = windows.double()
-        mu = wins.mean(dim=0)  # (k·C_in,)
-        centered = wins - mu
-        cov = centered.T @ centered / frames  # (k·C_in, k·C_in)
-        var = ((w @ cov) * w).sum(dim=1)  # (C,) = diag(w Σ wᵀ); a conv bias cancels in the normalisation
-        scale = torch.rsqrt(var + self.layer_norm.eps) * self.layer_norm.weight.double()
-        bias = self.layer_norm.bias.double() - (w @ mu) * scale
-        w_folded = (w * scale[:, None]).T.to(x.dtype)  # (k·C_in, C)
-        return torch.addmm(bias.to(x.dtype), windows, w_folded, out=into)  # (T, C); new when `into` is None
+        return torch.addmm(bias, windows, w_folded, out=into)  # (T, C); new when `into` is None
 
 
 class FeatureEncoder(nn.Module):
@@ -183,6 +235,9 @@ class FeatureEncoder(nn.Module):
         self.conv_layers = nn.ModuleList(layers)
         self.out_channels = config.conv_dim[-1]
         self._scratch: list[torch.Tensor] = [torch.empty(0), torch.empty(0)]
+        # Items of one length (and CNN adapter) run together: None: on a GPU only, where ~80 kernel launches per
+        # item dominate a batch of short convolutions; on a CPU one item's activations stay cache-sized instead.
+        self.batch_equal_lengths: bool | None = None
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """(B,) samples -> (B,) output frames."""
@@ -203,34 +258,57 @@ class FeatureEncoder(nn.Module):
         waveforms: torch.Tensor,
         lengths: torch.Tensor,
         cnn_adapters: Sequence[Callable[[int], dict[str, torch.Tensor] | None] | None] = (),
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """waveforms: (B, L), lengths: (B,) -> features (B, T, C) with zeros past each item's frames, frames (B,)
-        on the waveforms' device. T is the frame count of L (the padded width), so a batch padded to a shape
-        bucket keeps that bucket's shape. Lengths on the host cost no device sync; frames then move with a
-        non-blocking copy. `cnn_adapters`: per item, None or `Adapter.cnn` (conv layer -> its CNN adapter's
-        tensors or None), applied after that layer (cnn_adapters.py).
+    ) -> tuple[torch.Tensor, list[int]]:
+        """waveforms: (B, L), lengths: (B,) on the host -> features (B, T, C) with zeros past each item's frames,
+        and each item's frame count as host integers (conv arithmetic on the lengths: no device value is read, so
+        nobody downstream has to sync to learn a length). T is the frame count of L (the padded width), so a batch
+        padded to a shape bucket keeps that bucket's shape. `cnn_adapters`: per item, None or `Adapter.cnn` (conv
+        layer -> its CNN adapter's tensors or None), applied after that layer (cnn_adapters.py).
 
-        Each item runs alone over its valid samples (see the module docstring for why)."""
+        Each item runs over its valid samples only (see the module docstring for why); items of one length run
+        together on a GPU (`batch_equal_lengths`), each still in GEMMs of its own shape."""
         sizes = lengths.tolist()
         counts = [self.frame_count(size) for size in sizes]
         width = max([*counts, self.frame_count(waveforms.shape[1])])
         out = waveforms.new_zeros(waveforms.shape[0], width, self.out_channels)
+        cnn = [cnn_adapters[b] if b < len(cnn_adapters) else None for b in range(len(sizes))]
+        batched = self.batch_equal_lengths
+        if batched is None:
+            batched = waveforms.device.type == "cuda"
+        together: set[int] = set()
+        for group in equal_length_groups(sizes, counts, cnn) if batched else []:
+            if len(group) > 1:
+                first = group[0]
+                out[group, : counts[first]] = self._run_together(waveforms[group, : sizes[first]], cnn[first])
+                together.update(group)
         for b, (size, count) in enumerate(zip(sizes, counts, strict=True)):
-            if count == 0:
+            if count == 0 or b in together:
                 continue
             x = waveforms[b, :size, None]  # (L, 1)
-            cnn = cnn_adapters[b] if b < len(cnn_adapters) else None
             for i, layer in enumerate(self.conv_layers):
                 assert isinstance(layer, ConvLayer)
                 into = None
                 if x.device.type == "cpu" and not torch.is_grad_enabled():  # write scratch i % 2, read (i - 1) % 2
                     into = self.scratch(i % 2, layer.output_frames(x.shape[0]), layer.conv.out_channels, x)
                 x = layer(x, into)  # (T_i, C_i)
-                tensors = cnn(i) if cnn is not None else None
+                tensors = cnn[b](i) if cnn[b] is not None else None  # type: ignore[misc]
                 if tensors is not None:
                     x = apply_cnn_adapter(x, tensors)
             out[b, :count] = x  # (T, C)
-        return out, to_device(torch.tensor(counts, dtype=torch.int64), waveforms.device)
+        return out, counts
+
+    def _run_together(
+        self, waveforms: torch.Tensor, cnn: Callable[[int], dict[str, torch.Tensor] | None] | None
+    ) -> torch.Tensor:
+        """Items of one length and CNN adapter: waveforms (n, L) of valid samples only -> features (n, T, C)."""
+        x = waveforms[:, :, None]  # (n, L, 1)
+        for i, layer in enumerate(self.conv_layers):
+            assert isinstance(layer, ConvLayer)
+            x = layer.forward_batch(x)  # (n, T_i, C_i)
+            tensors = cnn(i) if cnn is not None else None
+            if tensors is not None:
+                x = apply_cnn_adapter(x, tensors)
+        return x
 
     def scratch(self, slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
         """A (rows, cols) tensor in reused memory, for a conv layer's output at inference.
@@ -246,6 +324,19 @@ class FeatureEncoder(nn.Module):
             with torch.inference_mode(False):  # a normal tensor: usable in and out of inference mode
                 memory = self._scratch[slot] = torch.empty(need, dtype=like.dtype, device=like.device)
         return memory[:need].view(rows, cols)
+
+
+def equal_length_groups(
+    sizes: Sequence[int], counts: Sequence[int], cnn: Sequence[object | None], most: int = MAX_TOGETHER
+) -> list[list[int]]:
+    """Items (indices) that can run through the front end together: the same valid length and the same CNN
+    adapter (`None`, or one adapter's `cnn`, the same object across its segment), each with at least one frame;
+    at most `most` per group. In first-appearance order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, (size, count) in enumerate(zip(sizes, counts, strict=True)):
+        if count > 0:
+            groups.setdefault((size, id(cnn[b])), []).append(b)
+    return [group[i : i + most] for group in groups.values() for i in range(0, len(group), most)]
 
 
 class FeatureProjection(nn.Module):

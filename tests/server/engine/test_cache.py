@@ -182,3 +182,39 @@ def test_hot_swap_old_version_finishes_new_requests_get_new(tmp_path):
     assert (admitted.adapter.name, new.adapter.name) == ("fr@1", "fr@2")
     admitted.release()
     new.release()
+
+
+def gpu_cache(loader: Loader, device_items: int, host_items: int, host_bytes=Adapter.nbytes) -> AdapterCache:
+    """A cache for a (simulated) GPU: host and device are separate tiers."""
+    return AdapterCache(
+        loader,
+        prepare=lambda a: a,
+        device=torch.device("cuda", 0),
+        device_budget_bytes=device_items * SIZE,
+        host_budget_bytes=host_items * SIZE,
+        executor=ThreadPoolExecutor(max_workers=2),
+        host_bytes=host_bytes,
+    )
+
+
+def test_host_copies_of_device_resident_adapters_count_against_the_host_budget():
+    """Before, only host copies of adapters no longer on the device could be evicted: with a device tier larger
+    than the host tier, every device-resident adapter kept its pinned host copy, past `host_budget_mb`."""
+    cache = gpu_cache(Loader(), device_items=8, host_items=2)
+    for key in ("a@1", "b@1", "c@1", "d@1", "e@1"):
+        use(cache, key)
+    stats = cache.stats()
+    assert stats.device_entries == 5  # the device tier holds them all
+    assert stats.host_entries == 2 and stats.host_bytes <= cache.host_budget
+    held = cache.lease("f@1").result(timeout=30)  # in use: its host copy is still only a spare
+    assert cache.stats().host_bytes <= cache.host_budget
+    held.release()
+
+
+def test_the_host_budget_counts_what_a_host_copy_holds():
+    """On CUDA a host copy holds pinned blocks rounded up to powers of two; the budget counts those bytes."""
+    cache = gpu_cache(Loader(), device_items=8, host_items=4, host_bytes=lambda a: 2 * a.nbytes())
+    for key in ("a@1", "b@1", "c@1", "d@1"):
+        use(cache, key)
+    stats = cache.stats()
+    assert stats.host_entries == 2 and stats.host_bytes == 4 * SIZE <= cache.host_budget

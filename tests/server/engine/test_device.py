@@ -3,16 +3,21 @@ capability, TF32, MPS refused."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pydantic
 import pytest
 import torch
 
-from chorus_server.engine import Engine, InputError
+import chorus_server.engine.engine as engine_module
+from chorus_server.engine import Engine, InputError, load_adapter, pad_batch
 from chorus_server.engine.device import canonical_device, configure_matmul, resolve_device, same_device
+from chorus_server.engine.staging import HostBuffers, StagedBatch
 from chorus_server.runtime import choose_dtype
 from chorus_server.settings import Settings
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture
@@ -98,3 +103,48 @@ def test_float32_on_cuda_uses_tf32(tf32_restored):
     assert not torch.backends.cuda.matmul.allow_tf32
     configure_matmul(torch.device("cuda", 0))
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+@pytest.fixture
+def set_device_calls(monkeypatch) -> list[tuple[str, torch.device]]:
+    """torch.cuda.set_device, recorded per thread instead of done."""
+    calls: list[tuple[str, torch.device]] = []
+    monkeypatch.setattr(
+        torch.cuda, "set_device", lambda device: calls.append((threading.current_thread().name, torch.device(device)))
+    )
+    return calls
+
+
+def on_thread(name: str, work):
+    """work() on a thread of that name -> its result, or the exception it raised."""
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(work())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, name=name)
+    thread.start()
+    thread.join(30)
+    return outcome[0]
+
+
+def test_every_thread_that_stages_or_runs_a_batch_makes_the_engines_gpu_current(
+    two_gpus, set_device_calls, random_model_dir, monkeypatch
+):
+    """CUDA's current device is per thread and starts at 0. Before, nothing called set_device, so a server on
+    cuda:1 pinned, staged and set up lazily on GPU 0 from its stager and inference threads."""
+    _, path = random_model_dir
+    engine = Engine.from_pretrained(path, device="cpu").engine
+    adapter = engine.prepare(load_adapter(sorted((path / "adapters").glob("*.safetensors"))[0]))
+    gpu = resolve_device("cuda:1")
+    engine.device = gpu
+    monkeypatch.setattr(engine_module, "same_device", lambda a, b: True)  # the CPU adapter stands in for cuda:1's
+    waveforms, lengths = pad_batch([torch.randn(8000, generator=torch.Generator().manual_seed(0))])
+    staged = on_thread("chorus-stager", lambda: engine.stage(waveforms, lengths, [adapter], HostBuffers(CPU)))
+    assert isinstance(staged, StagedBatch)
+    on_thread("chorus-inference", lambda: engine.run(staged))  # goes on to fail: this machine has no GPU
+    assert ("chorus-stager", gpu) in set_device_calls and ("chorus-inference", gpu) in set_device_calls
+    assert {device for _, device in set_device_calls} == {gpu}

@@ -56,6 +56,11 @@ def fake_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream(events))
     monkeypatch.setattr(torch.cuda, "stream", use)
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_device",
+        lambda device: events.append(("set_device", (threading.current_thread().name, torch.device(device)))),
+    )
     return engine, events
 
 
@@ -116,3 +121,28 @@ def test_on_a_cpu_upload_is_plain_prepare():
     assert uploader.pin(adapter) is adapter
     assert uploader(adapter) is adapter
     assert events == [("prepare", (None, False, threading.current_thread().name))]
+
+
+def test_loader_threads_make_the_engines_gpu_current(monkeypatch, fake_cuda):
+    """A server on cuda:1: its loader threads pin and copy with cuda:1 current (CUDA's current device is per thread
+    and starts at 0; before, pinned host memory and the copy set-up landed on GPU 0)."""
+    _, events = fake_cuda
+    engine = FakeEngine("cuda:1", events)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: tensor.clone())
+    uploader = AdapterUploader(engine)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(1, thread_name_prefix="loader") as pool:
+        pool.submit(lambda: uploader(uploader.pin(make_adapter()))).result(10)
+    calls = [value for kind, value in events if kind == "set_device"]
+    assert len(calls) >= 2 and {device for _, device in calls} == {torch.device("cuda", 1)}
+    assert all(thread.startswith("loader") for thread, _ in calls)
+
+
+def test_the_host_tier_counts_pinned_blocks_as_the_allocator_rounds_them(monkeypatch, fake_cuda):
+    engine, _ = fake_cuda
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: tensor.clone())
+    uploader = AdapterUploader(engine)  # type: ignore[arg-type]
+    odd = Adapter(AdapterInfo(name="fr", kind="houlsby"), VOCAB, 12, bottleneck_dim=3, layers=(0, 1, 2)).eval()
+    host = uploader.pin(odd)  # tensors of 3·12·3·4 bytes and the like: not powers of two
+    sizes = [t.untyped_storage().nbytes() for t in host.parameters() if t.numel()]
+    assert uploader.host_bytes(host) == sum(1 << (n - 1).bit_length() for n in sizes) > host.nbytes()
+    assert AdapterUploader(FakeEngine("cpu", [])).host_bytes(host) == host.nbytes()  # type: ignore[arg-type]
