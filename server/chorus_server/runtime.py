@@ -91,7 +91,7 @@ def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) 
     on_gpu = device.type != "cpu"
     max_items = batch.max_items or (64 if on_gpu else 4)
     max_seconds = batch.max_audio_seconds or (1200.0 if on_gpu else 60.0)
-    window = batch.chunk_seconds + 2 * batch.stride_seconds  # the longest window a file is cut into
+    window = batch.chunk_seconds  # the longest window a file is cut into (its strides included)
     beside_live = batch.bulk_audio_seconds_beside_live or max(window, max_seconds / 10)
     return BatchLimits(
         max_items,

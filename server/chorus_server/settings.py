@@ -48,8 +48,8 @@ class BatchSettings(BaseModel):
         gt=0,
         le=36000,
         description="most padded audio seconds in a file batch while live work waits or was seen within "
-        "live_linger_ms: a live step waits at most one such batch (default: one file window, chunk_seconds + "
-        "2 x stride_seconds, or a tenth of max_audio_seconds if larger)",
+        "live_linger_ms: a live step waits at most one such batch (default: one file window, chunk_seconds, "
+        "or a tenth of max_audio_seconds if larger)",
     )
     live_linger_ms: float = Field(
         1000.0, ge=0, le=60_000, description="how long after live work was last queued file batches stay small"
