@@ -15,8 +15,8 @@ Priority classes: every item has one (`Priority`): live work (realtime steps, a 
 window) before file windows, and those before `service_tier=flex` files. A batch holds one class, the most urgent
 waiting, and fairness works as above inside it. So that bulk work cannot starve, after `bulk_passes` batches in a
 row that passed over waiting less urgent work, the oldest such item's class gets the next batch. While live work
-waits, or was seen within `interactive_linger` seconds, a less urgent batch is held to `interactive_bulk_samples`
-padded samples (one file window on CPU by default): a live step arriving behind it waits at most that one small
+waits, or was seen within `interactive_linger` seconds, every batch is held to `interactive_bulk_samples` padded
+samples (one file window on CPU by default; so a long live window is not batched with short steps either): a live step arriving behind it waits at most that one small
 batch (docs/engine.md, "Scheduling live work beside files").
 
 A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, when no other
@@ -117,7 +117,9 @@ def collect_batch(
     pool = _class_to_run(live, limits, passed_over)
     max_samples, shared_samples = limits.max_samples, limits.shared_samples
     live_about = interactive_recent or any(item.priority == Priority.LIVE for item in live)
-    if limits.priorities and pool[0].priority > Priority.LIVE and live_about and limits.interactive_bulk_samples:
+    # Live batches too: a streamed transcription's first window (as long as a file window) would otherwise pad the
+    # realtime steps batched with it to its length.
+    if limits.priorities and live_about and limits.interactive_bulk_samples:
         max_samples = min(max_samples, limits.interactive_bulk_samples)
         shared_samples = min(shared_samples, limits.interactive_bulk_samples)
     by_tenant: dict[str, list[WorkItem]] = {}

@@ -38,6 +38,8 @@ CASES = [
     ("…and when live work was seen lately", [(1000, FILE, "a"), (1000, FILE, "a"), (1000, FILE, "a")], 0, True,
      [0, 1]),
     ("one window longer than the cap still runs alone", [(3000, FILE, "a"), (3000, FILE, "a")], 0, True, [0]),
+    ("a long live window does not pad short steps", [(400, LIVE, "a"), (1800, LIVE, "b"), (400, LIVE, "c")], 0,
+     False, [0, 2]),
     ("no live work about: the full budget", [(1000, FILE, "a"), (1000, FILE, "a"), (1000, FILE, "a")], 0, False,
      [0, 1, 2]),
 ]  # fmt: skip
