@@ -16,8 +16,8 @@ window) before file windows, and those before `service_tier=flex` files. A batch
 waiting, and fairness works as above inside it. So that bulk work cannot starve, after `bulk_passes` batches in a
 row that passed over waiting less urgent work, the oldest such item's class gets the next batch. While live work
 waits, or was seen within `interactive_linger` seconds, every batch is held to `interactive_bulk_samples` padded
-samples (one file window on CPU by default; so a long live window is not batched with short steps either): a live step arriving behind it waits at most that one small
-batch (docs/engine.md, "Scheduling live work beside files").
+samples (one file window on CPU by default; so a long live window is not batched with short steps either): a live
+step arriving behind it waits at most that one small batch (docs/engine.md, "Scheduling live work beside files").
 
 A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, when no other
 request is on its way (waiting would only delay the work already queued), or when the server is draining. Items
