@@ -7,12 +7,20 @@ that completed that audio to receiving the delta. It includes the step's lookahe
 LOOKAHEAD_MS), queueing and compute, not the up-to-one-step wait of audio at the start of a step.
 
     python -m benchmarks.live_latency [--seconds 20] [--streams 1 4 16] [--file-clients 2] [--json out.json]
+
+`--compare` measures the scheduler instead (docs/benchmarks.md, "Live transcription latency"): 4 sessions alone,
+4 clients posting `--file-seconds` files alone, and both together, once with priority classes off (one queue,
+as before they existed: CHORUS_BATCH__PRIORITIES=false) and once on, each in a server of its own. File throughput
+is audio seconds transcribed per second of wall time, from the first post to the last answer.
+
+    python -m benchmarks.live_latency --compare [--seconds 30] [--file-seconds 60] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import statistics
@@ -76,8 +84,9 @@ def run_stream(url: str, clips: list[np.ndarray], stop_at: float, latencies: lis
     reader.join(5)
 
 
-def run_files(url: str, audio: bytes, stop_at: float, done: list[float]) -> None:
-    with httpx.Client(timeout=120) as client:
+def run_files(url: str, audio: bytes, stop_at: float, done: list[float], finished: list[float] | None = None) -> None:
+    """Post `audio` again and again until `stop_at`; `done`: each answer's latency, `finished`: when it came."""
+    with httpx.Client(timeout=300) as client:
         while time.monotonic() < stop_at:
             started = time.monotonic()
             response = client.post(
@@ -85,22 +94,51 @@ def run_files(url: str, audio: bytes, stop_at: float, done: list[float]) -> None
             )
             if response.status_code == 200:
                 done.append(time.monotonic() - started)
+                if finished is not None:
+                    finished.append(time.monotonic())
 
 
-def measure(url: str, streams: int, files: int, seconds: float, clips: list[np.ndarray]) -> dict[str, Any]:
+def file_audio(clips: list[np.ndarray], seconds: float) -> bytes:
+    """`seconds` of the demo recordings back to back, as a WAV file."""
+    repeats = int(seconds * RATE // sum(len(clip) for clip in clips)) + 1
+    buffer = io.BytesIO()
+    soundfile.write(
+        buffer, np.concatenate(clips * repeats)[: int(seconds * RATE)], RATE, format="WAV", subtype="PCM_16"
+    )
+    return buffer.getvalue()
+
+
+def batch_seconds(url: str) -> tuple[float, float]:
+    """(forward-pass seconds so far, batches so far), from /metrics."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("chorus_inference_duration_seconds_sum", "chorus_inference_duration_seconds_count"):
+            values[name] = float(value)
+    return values.get("chorus_inference_duration_seconds_sum", 0.0), values.get(
+        "chorus_inference_duration_seconds_count", 0.0
+    )
+
+
+def measure(
+    url: str, streams: int, files: int, seconds: float, clips: list[np.ndarray], file_seconds_each: float = 20.0
+) -> dict[str, Any]:
     latencies: list[float] = []
     file_seconds: list[float] = []
-    stop_at = time.monotonic() + seconds
-    long_clip = np.concatenate(clips * 3)[: 20 * RATE]
-    buffer = io.BytesIO()
-    soundfile.write(buffer, long_clip, RATE, format="WAV", subtype="PCM_16")
+    finished: list[float] = []
+    before = batch_seconds(url)
+    started = time.monotonic()
+    stop_at = started + seconds
+    audio = file_audio(clips, file_seconds_each)
     threads = [
         threading.Thread(target=run_stream, args=(url, clips, stop_at, latencies, i)) for i in range(streams)
-    ] + [threading.Thread(target=run_files, args=(url, buffer.getvalue(), stop_at, file_seconds)) for _ in range(files)]
+    ] + [threading.Thread(target=run_files, args=(url, audio, stop_at, file_seconds, finished)) for _ in range(files)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    after = batch_seconds(url)
+    span = max(finished) - started if finished else None
     return {
         "streams": streams,
         "file_clients": files,
@@ -109,6 +147,8 @@ def measure(url: str, streams: int, files: int, seconds: float, clips: list[np.n
         "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
         "files_done": len(file_seconds),
         "file_p50_s": round(statistics.median(file_seconds), 2) if file_seconds else None,
+        "file_audio_per_s": round(len(finished) * file_seconds_each / span, 2) if span else None,
+        "batch_ms": round(1000 * (after[0] - before[0]) / max(1.0, after[1] - before[1]), 1),
     }
 
 
@@ -122,15 +162,67 @@ def wait_idle(url: str, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+def compare(
+    seconds: float,
+    file_seconds: float,
+    clips: list[np.ndarray],
+    extra: dict[str, str],
+    rounds: int = 2,
+    warm_up: float = 15.0,
+) -> list[dict[str, Any]]:
+    """4 sessions alone, 4 file clients alone, and both, with the priority classes off ("before") and on: two
+    servers, measured in turn configuration by configuration, `rounds` times, so that load from elsewhere on a
+    shared machine falls on both alike. Returns every row, then per scheduler and configuration the medians."""
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for scheduler, on in (("before", "false"), ("after", "true")):
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            env = {"CHORUS_DATA_DIR": str(scratch), **extra, "CHORUS_BATCH__PRIORITIES": on}
+            servers[scheduler] = stack.enter_context(ServerProcess(env, scratch)).url
+        for url in servers.values():
+            # Untimed first: the first batches of each shape are slow on a CPU (kernels are built per shape).
+            measure(url, 4, 4, warm_up, clips, file_seconds)
+        for _ in range(rounds):
+            for streams, files in ((4, 0), (0, 4), (4, 4)):
+                for scheduler, url in servers.items():
+                    wait_idle(url)
+                    row = {"scheduler": scheduler, **measure(url, streams, files, seconds, clips, file_seconds)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    summary = []
+    for scheduler in ("before", "after"):
+        for streams, files in ((4, 0), (0, 4), (4, 4)):
+            mine = [r for r in rows if (r["scheduler"], r["streams"], r["file_clients"]) == (scheduler, streams, files)]
+            medians = {
+                key: statistics.median(r[key] for r in mine if r[key] is not None)
+                for key in ("p50_ms", "p95_ms", "file_audio_per_s", "batch_ms")
+                if any(r[key] is not None for r in mine)
+            }
+            summary.append({"summary": scheduler, "streams": streams, "file_clients": files, **medians})
+            print(json.dumps(summary[-1]), flush=True)
+    return rows + summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="per configuration")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--file-clients", type=int, default=2, help="file clients beside 4 streams (0: skip)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compare", action="store_true", help="the scheduler: priority classes off, then on")
+    parser.add_argument("--file-seconds", type=float, default=60.0, help="with --compare: each posted file's length")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: measurements of each configuration")
+    parser.add_argument("--env", nargs="*", default=[], help="with --compare: KEY=VALUE settings for both servers")
     args = parser.parse_args()
     clips = recordings()
     rows = []
+    if args.compare:
+        extra = dict(pair.split("=", 1) for pair in args.env)
+        rows = compare(args.seconds, args.file_seconds, clips, extra, args.rounds)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
     with tempfile.TemporaryDirectory() as scratch, ServerProcess({"CHORUS_DATA_DIR": scratch}, Path(scratch)) as server:
         configs = [(n, 0) for n in args.streams] + ([(4, args.file_clients)] if args.file_clients else [])
         for streams, files in configs:

@@ -11,6 +11,14 @@ so idle time banks no credit) — deficit round robin over audio samples. The ba
 tenant in that order, round after round, within `contended_max_samples` — a smaller budget, because a batch in
 progress is never preempted: a tenant arriving behind another's backlog waits at most one short batch.
 
+Priority classes: every item has one (`Priority`): live work (realtime steps, a streamed transcription's first
+window) before file windows, and those before `service_tier=flex` files. A batch holds one class, the most urgent
+waiting, and fairness works as above inside it. So that bulk work cannot starve, after `bulk_passes` batches in a
+row that passed over waiting less urgent work, the oldest such item's class gets the next batch. While live work
+waits, or was seen within `interactive_linger` seconds, every batch is held to `interactive_bulk_samples` padded
+samples (one file window on CPU by default; so a long live window is not batched with short steps either): a live
+step arriving behind it waits at most that one small batch (docs/engine.md, "Scheduling live work beside files").
+
 A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, when no other
 request is on its way (waiting would only delay the work already queued), or when the server is draining. Items
 past their deadline (or too close to it to finish), or cancelled by their caller, are dropped.
@@ -21,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 import torch
@@ -29,12 +38,24 @@ from chorus_server.engine.adapters import Adapter
 from chorus_server.engine.routing import Routing
 
 
+class Priority(IntEnum):
+    """A work item's class: lower runs first."""
+
+    LIVE = 0  # a realtime step, a streamed transcription's first window: someone is watching the text arrive
+    FILE = 1  # a file's windows (service_tier auto/default)
+    FLEX = 2  # a file sent with service_tier=flex: runs when nothing more urgent waits (or its turn comes)
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     max_items: int
     max_samples: int  # padded samples in one batch
     max_wait: float  # seconds
     contended_max_samples: int = 0  # padded samples while several tenants wait (0: max_samples // 2)
+    priorities: bool = True  # False: one class for all (every item is scheduled as a file window)
+    bulk_passes: int = 8  # batches in a row that may pass over waiting less urgent work
+    interactive_bulk_samples: int = 0  # padded samples of a less urgent batch while live work is about (0: no cap)
+    interactive_linger: float = 1.0  # seconds after live work was last submitted that it still counts as about
 
     @property
     def shared_samples(self) -> int:
@@ -51,6 +72,7 @@ class WorkItem:
     deadline: float
     tenant: str = ""
     label: str = ""  # the adapter as metrics may name it: its full ID if public, else ""
+    priority: Priority = Priority.FILE
     future: Future[torch.Tensor] = field(default_factory=Future)  # resolves to (T, V) float32 logits
 
     def __len__(self) -> int:
@@ -73,11 +95,15 @@ def collect_batch(
     served: Mapping[str, float] | None = None,
     seconds_per_sample: float = 0.0,
     company_expected: bool = True,
+    passed_over: int = 0,
+    interactive_recent: bool = False,
 ) -> Collected:
     """Choose the next batch from `queue` (arrival order). Does not mutate anything. `seconds_per_sample`: the
-    compute time of one sample; a window that could not finish before its deadline even alone counts as expired
-    (running it would be work for a request that has already failed). `company_expected`: whether other requests
-    are on their way and may join within `max_wait`; when none is, a batch leaves at once."""
+        compute time of one sample; a window that could not finish before its deadline even alone counts as expired
+        (running it would be work for a request that has already failed). `company_expected`: whether other requests
+        are on their way and may join within `max_wait`; when none is, a batch leaves at once. `passed_over`: batches
+    in a row that ran while less urgent work waited; `interactive_recent`: whether live work was submitted lately
+    (within `limits.interactive_linger`)."""
 
     def hopeless(item: WorkItem) -> bool:
         return item.deadline <= now + len(item) * seconds_per_sample
@@ -88,20 +114,46 @@ def collect_batch(
     if not live:
         return Collected([], expired, cancelled, None)
 
+    pool = _class_to_run(live, limits, passed_over)
+    max_samples, shared_samples = limits.max_samples, limits.shared_samples
+    live_about = interactive_recent or any(item.priority == Priority.LIVE for item in live)
+    # Live batches too: a streamed transcription's first window (as long as a file window) would otherwise pad the
+    # realtime steps batched with it to its length.
+    if limits.priorities and live_about and limits.interactive_bulk_samples:
+        max_samples = min(max_samples, limits.interactive_bulk_samples)
+        shared_samples = min(shared_samples, limits.interactive_bulk_samples)
     by_tenant: dict[str, list[WorkItem]] = {}
-    for item in live:
+    for item in pool:
         by_tenant.setdefault(item.tenant, []).append(item)
     if len(by_tenant) == 1:
-        batch = _closest_to_oldest(live, limits.max_items, limits.max_samples)
+        batch = _closest_to_oldest(pool, limits.max_items, max_samples)
     else:
-        batch = _round_robin(by_tenant, served or {}, limits.max_items, limits.shared_samples)
-    oldest = live[0]
-    cannot_grow = len(batch) < len(live) or len(batch) >= limits.max_items
+        batch = _round_robin(by_tenant, served or {}, limits.max_items, shared_samples)
+    oldest = pool[0]
+    cannot_grow = len(batch) < len(pool) or len(batch) >= limits.max_items
     due = oldest.enqueued + limits.max_wait
     if cannot_grow or draining or now >= due or not company_expected:
         return Collected(batch, expired, cancelled, 0.0)
     next_deadline = min(item.deadline for item in live)
     return Collected([], expired, cancelled, max(0.0, min(due, next_deadline) - now))
+
+
+def _class_to_run(live: list[WorkItem], limits: BatchLimits, passed_over: int) -> list[WorkItem]:
+    """The waiting items of the class the next batch is drawn from (arrival order): the most urgent class, unless
+    less urgent work has been passed over `bulk_passes` times in a row; then the class of the oldest such item."""
+    if not limits.priorities:
+        return live
+    top = min(item.priority for item in live)
+    if passed_over >= limits.bulk_passes:
+        behind = next((item for item in live if item.priority > top), None)
+        if behind is not None:
+            top = behind.priority
+    return [item for item in live if item.priority == top]
+
+
+def passes_over(batch: Sequence[WorkItem], left: Sequence[WorkItem]) -> bool:
+    """Whether `batch` ran while less urgent work was left waiting (counted towards `bulk_passes`)."""
+    return bool(batch) and any(item.priority > batch[0].priority for item in left)
 
 
 def _fits(batch_len: int, longest: int, item: WorkItem, max_items: int, max_samples: int) -> bool:

@@ -91,7 +91,17 @@ def resolve_batch_limits(batch: BatchSettings, device: torch.device, rate: int) 
     on_gpu = device.type != "cpu"
     max_items = batch.max_items or (64 if on_gpu else 4)
     max_seconds = batch.max_audio_seconds or (1200.0 if on_gpu else 60.0)
-    return BatchLimits(max_items, int(max_seconds * rate), batch.max_wait_ms / 1000)
+    window = batch.chunk_seconds  # the longest window a file is cut into (its strides included)
+    beside_live = batch.bulk_audio_seconds_beside_live or max(window, max_seconds / 10)
+    return BatchLimits(
+        max_items,
+        int(max_seconds * rate),
+        batch.max_wait_ms / 1000,
+        priorities=batch.priorities,
+        bulk_passes=batch.bulk_passes,
+        interactive_bulk_samples=int(min(beside_live, max_seconds) * rate),
+        interactive_linger=batch.live_linger_ms / 1000,
+    )
 
 
 def warm_up_plan(engine: Engine, limits: BatchLimits, batch: BatchSettings) -> WarmUp | None:

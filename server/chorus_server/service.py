@@ -19,7 +19,7 @@ import torch
 from chorus_server.audio import MIN_SAMPLES, Audio
 from chorus_server.audio_memory import AudioMemory, Hold
 from chorus_server.auth import Principal
-from chorus_server.batching import WorkItem
+from chorus_server.batching import Priority, WorkItem
 from chorus_server.chunking import Window, plan_windows, stitch
 from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
 from chorus_server.engine.adapters import CLASSIFIER, Adapter
@@ -132,13 +132,15 @@ class Transcriber:
         disconnected: Callable[[], Awaitable[None]],
         vad: VadOptions | Literal["settings"] | None = "settings",
         no_speech_prob: bool = True,
+        priority: Priority = Priority.FILE,
     ) -> Result:
         """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
         `vad`: the detector's options (None: the whole file is speech; "settings": the server's default);
-        `no_speech_prob`: whether the caller reports it (`Result.speech` then has the detector's probabilities)."""
+        `no_speech_prob`: whether the caller reports it (`Result.speech` then has the detector's probabilities);
+        `priority`: the windows' class (FLEX for service_tier=flex)."""
         options = self.default_vad() if vad == "settings" else vad
         async with self.admitted(audio, tenant.tenant, disconnected) as (deadline, gone):
-            return await self._run(audio, record, tenant.tenant, deadline, gone, options, no_speech_prob)
+            return await self._run(audio, record, tenant.tenant, deadline, gone, options, no_speech_prob, priority)
 
     @contextlib.asynccontextmanager
     async def admitted(
@@ -218,11 +220,12 @@ class Transcriber:
         gone: asyncio.Future[None],
         vad: VadOptions | None,
         no_speech_prob: bool = True,
+        priority: Priority = Priority.FILE,
     ) -> Result:
         speech = await self._detect(audio, vad, no_speech_prob)
         lease = await self.lease(record, deadline, gone)
         try:
-            plans, items = self._plan(audio, speech, lease.adapter, record, tenant, deadline)
+            plans, items = self._plan(audio, speech, lease.adapter, record, tenant, deadline, priority)
             if items:  # silence alone costs no backbone time
                 self.worker.submit(items)
             gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
@@ -244,6 +247,7 @@ class Transcriber:
         record: AdapterRecord,
         tenant: str,
         deadline: float,
+        priority: Priority = Priority.FILE,
     ) -> tuple[list[tuple[Region, list[Window]]], list[WorkItem]]:
         """Cut each speech region into windows, one work item per window for the inference thread (in order)."""
         batch = self.settings.batch
@@ -260,6 +264,7 @@ class Transcriber:
                 deadline,
                 tenant,
                 label,
+                priority,
             )
             for region, windows in plans
             for w in windows
@@ -273,11 +278,13 @@ class Transcriber:
         who: Principal,
         disconnected: Callable[[], Awaitable[None]],
         vad: VadOptions | Literal["settings"] | None = "settings",
+        priority: Priority = Priority.FILE,
     ) -> AsyncGenerator[Piece | None, None]:
         """`transcribe`, piece by piece. Yields None once the audio is admitted and queued (so a caller can refuse
         with a plain error until then), then a `Piece` per window in order as windows finish: within a speech
         region the pieces concatenated are exactly the logits `transcribe` decodes for it. Same errors as
-        `transcribe`. The first window is queued alone, so its text is not held back by a batch of the others."""
+        `transcribe`. The first window is queued alone, so its text is not held back by a batch of the others, and as
+        live work (Priority.LIVE: someone waits for the first text) unless `priority` is FLEX."""
         items: list[WorkItem] = []
         async with self.admitted(audio, who.tenant, disconnected) as (deadline, gone):
             try:
@@ -285,8 +292,9 @@ class Transcriber:
                 speech = await self._detect(audio, options, probabilities=False)  # pieces carry no no_speech_prob
                 lease = await self.lease(record, deadline, gone)
                 try:
-                    plans, items = self._plan(audio, speech, lease.adapter, record, who.tenant, deadline)
+                    plans, items = self._plan(audio, speech, lease.adapter, record, who.tenant, deadline, priority)
                     if items:  # silence alone costs no backbone time
+                        items[0].priority = Priority.LIVE if priority < Priority.FLEX else priority
                         self.worker.submit(items[:1])
                     yield None
                     windows = [

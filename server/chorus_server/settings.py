@@ -35,6 +35,25 @@ class BatchSettings(BaseModel):
     stride_seconds: float = Field(
         2.0, ge=0, le=30, description="context on each side of a chunk that is computed but dropped"
     )
+    priorities: bool = Field(
+        True,
+        description="live work (realtime steps, a streamed transcription's first window) runs before file windows, "
+        "and those before service_tier=flex files; false: one queue for all, as before",
+    )
+    bulk_passes: int = Field(
+        8, ge=1, le=1000, description="batches in a row that may run while less urgent work waits; then it gets one"
+    )
+    bulk_audio_seconds_beside_live: float | None = Field(
+        None,
+        gt=0,
+        le=36000,
+        description="most padded audio seconds in a file batch while live work waits or was seen within "
+        "live_linger_ms: a live step waits at most one such batch (default: one file window, chunk_seconds, "
+        "or a tenth of max_audio_seconds if larger)",
+    )
+    live_linger_ms: float = Field(
+        1000.0, ge=0, le=60_000, description="how long after live work was last queued file batches stay small"
+    )
     warmup_seconds: float = Field(
         120.0,
         ge=0,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from chorus_server.batching import BatchLimits, WorkItem, collect_batch
+from chorus_server.batching import BatchLimits, Priority, WorkItem, collect_batch, passes_over
 from chorus_server.device_failures import AdaptiveBudget, is_device_fault, is_out_of_memory, release_cached_memory
 from chorus_server.engine import Engine, pad_batch, threads
 from chorus_server.engine.errors import DeviceFault, DeviceOutOfMemory
@@ -69,6 +69,8 @@ class Worker:
         self._queued_samples = 0
         self._served: dict[str, float] = {}  # tenant -> audio samples run (relative: only differences matter)
         self._running: list[WorkItem] = []  # the batch on the device now
+        self._passed_over = 0  # batches in a row that left less urgent work waiting (batching.py: bulk_passes)
+        self._live_seen = -float("inf")  # when live work was last submitted
         self._cond = threading.Condition()
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
@@ -89,6 +91,8 @@ class Worker:
                 # leads the next batch, but it banks no credit for the time it was idle.
                 floor = min((self._served.get(t, 0.0) for t in active), default=0.0)
                 self._served[tenant] = max(self._served.get(tenant, 0.0), floor - 1)
+            if any(item.priority == Priority.LIVE for item in items):
+                self._live_seen = self.clock()
             self._queue.extend(items)
             self._queued_samples += sum(len(item) for item in items)
             self._cond.notify()
@@ -168,14 +172,17 @@ class Worker:
                 # Once the speed is known, a window that could not finish before its deadline is not started.
                 rate = self.engine.preprocess.sampling_rate
                 per_sample = 1 / (rate * self.speed) if self._speed_measured else 0.0
+                limits, now = self.budget.limits(), self.clock()
                 collected = collect_batch(
                     self._queue,
-                    self.budget.limits(),
-                    self.clock(),
+                    limits,
+                    now,
                     draining=self._stopping,
                     served=self._served,
                     seconds_per_sample=per_sample,
                     company_expected=self.company_expected(),
+                    passed_over=self._passed_over,
+                    interactive_recent=now - self._live_seen < limits.interactive_linger,
                 )
                 dropped = collected.batch + collected.expired + collected.cancelled
                 if dropped:
@@ -189,6 +196,8 @@ class Worker:
                 batch = [item for item in collected.batch if item.future.set_running_or_notify_cancel()]
                 for item in batch:
                     self._served[item.tenant] = self._served.get(item.tenant, 0.0) + len(item)
+                if collected.batch:
+                    self._passed_over = self._passed_over + 1 if passes_over(collected.batch, self._queue) else 0
                 if not self._queue:
                     self._served.clear()  # nobody waits: shares start afresh
                 if batch:

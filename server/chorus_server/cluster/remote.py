@@ -41,6 +41,7 @@ class RemoteWorkers:
         granularities: set[str],
         language: str | None,
         vad: VadOptions | None,
+        priority: int = 1,
     ) -> Response:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -53,6 +54,7 @@ class RemoteWorkers:
             granularities=sorted(granularities),
             language=language,
             vad=asdict(vad) if vad else None,
+            priority=priority,
         )
         for attempt in (1, 2):
             try:

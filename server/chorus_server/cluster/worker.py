@@ -11,6 +11,7 @@ import numpy as np
 
 from chorus_server.audio import Audio
 from chorus_server.auth import principal
+from chorus_server.batching import Priority
 from chorus_server.errors import ApiError, envelope, from_domain
 from chorus_server.routes.transcriptions import render
 from chorus_server.runtime import Runtime
@@ -42,6 +43,7 @@ class ChorusWorker:
         granularities: list[str],
         language: str | None,
         vad: dict[str, Any] | None = None,
+        priority: int = 1,
     ) -> Answer:
         """Transcribe `samples` (16 kHz mono float32) with the stored version `adapter` (a full `owner/name@N`)."""
         runtime = self.runtime
@@ -53,7 +55,9 @@ class ChorusWorker:
             who = principal(tenant, Role(role))
             options = VadOptions(**vad) if vad else None
             verbose = response_format == "verbose_json"
-            result = await runtime.transcriber.transcribe(audio, record, who, lambda: never, options, verbose)
+            result = await runtime.transcriber.transcribe(
+                audio, record, who, lambda: never, options, verbose, Priority(priority)
+            )
             response = render(result, response_format, set(granularities), language, audio.seconds)
         except (ApiError, StoreError) as exc:
             error = exc if isinstance(exc, ApiError) else from_domain(exc)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chorus_server.auth import Principal
-from chorus_server.batching import WorkItem
+from chorus_server.batching import Priority, WorkItem
 from chorus_server.errors import ApiError, as_api_error, from_domain
 from chorus_server.live.ctc_stream import IncrementalCTC
 from chorus_server.live.pcm import PcmError, Resampler, decode_pcm16
@@ -300,7 +300,8 @@ class RealtimeSession:
         now = time.monotonic()
         deadline = now + self.runtime.settings.limits.request_timeout_seconds
         items = [
-            WorkItem(step.samples, turn.lease.adapter, now, deadline, self.who.tenant, turn.label) for step in steps
+            WorkItem(step.samples, turn.lease.adapter, now, deadline, self.who.tenant, turn.label, Priority.LIVE)
+            for step in steps
         ]
         self.runtime.worker.submit(items)
         turn.items += items

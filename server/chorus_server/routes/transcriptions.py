@@ -12,6 +12,7 @@ from chorus_server import formats
 from chorus_server.audio import Audio, decode_audio, probe
 from chorus_server.auth import Principal, current_principal
 from chorus_server.auto_route import AUTO_MODEL, LanguageRouter, Route
+from chorus_server.batching import Priority
 from chorus_server.errors import ApiError
 from chorus_server.live.sse import check_streamable, stream_response
 from chorus_server.metrics import CLIENT_CLOSED
@@ -90,9 +91,14 @@ async def create_transcription(
         str | None,
         Form(description='"auto" or a server_vad JSON object (or chunking_strategy[field] fields); unset: server'),
     ] = None,
+    service_tier: Annotated[
+        Literal["auto", "default", "flex", "priority"],
+        Form(description="flex: bulk work, run when no live or ordinary work waits; others: ordinary file traffic"),
+    ] = "auto",
 ) -> Response:
     runtime: Runtime = request.app.state.chorus
     who.require("transcribe")
+    priority = Priority.FLEX if service_tier == "flex" else Priority.FILE
     if stream:
         check_streamable(response_format, runtime.remote is not None)
     # `chunking_strategy` above is for the schema; the OpenAI SDK may send it as chunking_strategy[...] fields, so
@@ -124,13 +130,15 @@ async def create_transcription(
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
     granularities: set[str] = set(timestamp_granularities or [])
     if stream:
-        pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request), vad)
+        pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request), vad, priority)
         try:
             return await stream_response(pieces, audio.seconds, headers)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
     if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
-        answer = await runtime.remote.transcribe(audio, record, who, response_format, granularities, language, vad)
+        answer = await runtime.remote.transcribe(
+            audio, record, who, response_format, granularities, language, vad, int(priority)
+        )
         if answer.status_code < 400:
             answer.headers.update(headers)
         return answer
@@ -143,6 +151,7 @@ async def create_transcription(
                 lambda: _disconnected(request),
                 vad,
                 no_speech_prob=response_format == "verbose_json",
+                priority=priority,
             )
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
