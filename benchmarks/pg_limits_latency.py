@@ -9,15 +9,13 @@ Not part of `make bench` yet: the per-request comparison with SQLite comes with 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
 import statistics
 import time
 from collections.abc import Callable
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
 from chorus_server.tenants.postgres import limits, migrations
 from tests.postgres_server import postgres
@@ -64,20 +62,7 @@ def measure(url: str, calls: int, session_async_commit: bool = False) -> dict[st
         results["take (sync pool)"] = _timed(calls, take)
         results["acquire + release lease (2 calls)"] = _timed(calls, lease)
         results["add usage"] = _timed(calls, usage)
-    results["take (async pool)"] = asyncio.run(_measure_async(url, calls, kwargs))
     return results
-
-
-async def _measure_async(url: str, calls: int, kwargs: dict[str, object]) -> dict[str, float]:
-    async with AsyncConnectionPool(url, min_size=1, max_size=2, kwargs=kwargs, open=False) as pool:
-        samples: list[float] = []
-        for i in itertools.chain(range(-20, 0), range(calls)):
-            started = time.perf_counter()
-            async with pool.connection() as conn:
-                await limits.take_async(conn, "acme", "audio", capacity=1e9, per_second=1e6)
-            if i >= 0:
-                samples.append(time.perf_counter() - started)
-    return _summary(samples)
 
 
 def main() -> None:

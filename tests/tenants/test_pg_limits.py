@@ -4,7 +4,6 @@ so that no admission is lost or doubled."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -160,21 +159,6 @@ def test_usage_within_a_daily_audio_limit_never_passes_it(url: str, conn: psycop
     results = hammer(url, threads=4, calls=10, call=add)
     assert sum(r is not None for r in results) == 20  # 20 x 1.5 = 30 exactly
     assert limits.usage(conn, "acme", "2026-05-20") == limits.Usage(20, 30.0)
-
-
-def test_async_forms_share_the_sql(url: str) -> None:
-    async def run() -> None:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            state = await limits.take_async(conn, "acme", "requests", capacity=2, per_second=1, now=5.0)
-            assert state == limits.BucketState(0.0, 1.0)
-            assert (await limits.peek_async(conn, "acme", "requests", capacity=2, per_second=1, now=5.0)).tokens == 1
-            assert (await limits.acquire_async(conn, "acme", "x", holder="h", limit=1, ttl=5)).admitted
-            assert await limits.renew_async(conn, "h", ttl=5) == 1
-            assert await limits.release_async(conn, "acme", "x")
-            assert await limits.add_usage_async(conn, "acme", "2026-05-20", 2, 3.0) == limits.Usage(2, 3.0)
-            assert await limits.usage_async(conn, "acme", "2026-05-20") == limits.Usage(2, 3.0)
-
-    asyncio.run(run())
 
 
 def test_bad_arguments_are_refused_before_the_database(conn: psycopg.Connection) -> None:

@@ -2,8 +2,8 @@
 bucket takes, concurrency leases and daily usage counters. Every process on the database shares them, so a
 tenant's limit is one limit however many processes serve it.
 
-Each function has a sync form (`psycopg.Connection`, for threads) and an async one (`…_async`,
-`psycopg.AsyncConnection`, for the event loop) over the same SQL. Use autocommit connections (e.g.
+Each function takes a `psycopg.Connection`; the tenant store calls them from threads, never from the event loop.
+Use autocommit connections (e.g.
 `ConnectionPool(url, kwargs={"autocommit": True})`): each statement is then its own transaction, and the lock
 `acquire_lease` takes is released as soon as it returns. In an open transaction the caller must commit.
 
@@ -83,21 +83,6 @@ def take(
     return _bucket_state(row)
 
 
-async def take_async(
-    conn: psycopg.AsyncConnection,
-    tenant: str,
-    bucket: str,
-    *,
-    capacity: float,
-    per_second: float,
-    cost: float = 1.0,
-    force: bool = False,
-    now: float | None = None,
-) -> BucketState:
-    cursor = await conn.execute(TAKE, _bucket_params(tenant, bucket, cost, capacity, per_second, now, force))
-    return _bucket_state(await cursor.fetchone())
-
-
 def peek(
     conn: psycopg.Connection,
     tenant: str,
@@ -112,21 +97,6 @@ def peek(
     params = _bucket_params(tenant, bucket, cost, capacity, per_second, now, False)
     row = conn.execute(PEEK, params).fetchone()
     return _peeked(row, params)
-
-
-async def peek_async(
-    conn: psycopg.AsyncConnection,
-    tenant: str,
-    bucket: str,
-    *,
-    capacity: float,
-    per_second: float,
-    cost: float = 1.0,
-    now: float | None = None,
-) -> BucketState:
-    params = _bucket_params(tenant, bucket, cost, capacity, per_second, now, False)
-    cursor = await conn.execute(PEEK, params)
-    return _peeked(await cursor.fetchone(), params)
 
 
 def _bucket_state(row: tuple[Any, ...] | None) -> BucketState:
@@ -214,39 +184,15 @@ def acquire(
     return LeaseState(bool(row[0]), int(row[1]))
 
 
-async def acquire_async(
-    conn: psycopg.AsyncConnection,
-    tenant: str,
-    lease_id: str,
-    *,
-    holder: str,
-    limit: int,
-    ttl: float,
-    now: float | None = None,
-) -> LeaseState:
-    cursor = await conn.execute(ACQUIRE, _lease_params(tenant, lease_id, holder, limit, ttl, now))
-    row = await cursor.fetchone()
-    assert row is not None
-    return LeaseState(bool(row[0]), int(row[1]))
-
-
 def release(conn: psycopg.Connection, tenant: str, lease_id: str) -> bool:
     """Give the lease back; False if it was not held (already released, or expired and dropped)."""
     return conn.execute(RELEASE, (tenant, lease_id)).rowcount == 1
-
-
-async def release_async(conn: psycopg.AsyncConnection, tenant: str, lease_id: str) -> bool:
-    return (await conn.execute(RELEASE, (tenant, lease_id))).rowcount == 1
 
 
 def renew(conn: psycopg.Connection, holder: str, ttl: float, now: float | None = None) -> int:
     """Extend every lease `holder` holds to `ttl` seconds from now (a live process's heartbeat, every ttl/3 or
     so); returns how many it holds."""
     return conn.execute(RENEW, {"holder": holder, "ttl": float(ttl), "now": now}).rowcount
-
-
-async def renew_async(conn: psycopg.AsyncConnection, holder: str, ttl: float, now: float | None = None) -> int:
-    return (await conn.execute(RENEW, {"holder": holder, "ttl": float(ttl), "now": now})).rowcount
 
 
 def expire(conn: psycopg.Connection, now: float | None = None) -> int:
@@ -313,29 +259,8 @@ def add_usage(
     return None if row is None else Usage(int(row[0]), float(row[1]))
 
 
-async def add_usage_async(
-    conn: psycopg.AsyncConnection,
-    tenant: str,
-    day: dt.date | str,
-    requests: int = 0,
-    audio_seconds: float = 0.0,
-    *,
-    audio_limit: float | None = None,
-) -> Usage | None:
-    cursor = await conn.execute(ADD_USAGE, _usage_params(tenant, day, requests, audio_seconds, audio_limit))
-    row = await cursor.fetchone()
-    return None if row is None else Usage(int(row[0]), float(row[1]))
-
-
 def usage(conn: psycopg.Connection, tenant: str, day: dt.date | str) -> Usage:
     """The tenant's usage on `day` (zero when nothing was recorded)."""
     day = dt.date.fromisoformat(day) if isinstance(day, str) else day
     row = conn.execute(USAGE, (tenant, day)).fetchone()
-    return Usage(0, 0.0) if row is None else Usage(int(row[0]), float(row[1]))
-
-
-async def usage_async(conn: psycopg.AsyncConnection, tenant: str, day: dt.date | str) -> Usage:
-    day = dt.date.fromisoformat(day) if isinstance(day, str) else day
-    cursor = await conn.execute(USAGE, (tenant, day))
-    row = await cursor.fetchone()
     return Usage(0, 0.0) if row is None else Usage(int(row[0]), float(row[1]))
