@@ -7,6 +7,7 @@ simulated devices; these tests check the simulation against the hardware."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -35,6 +36,20 @@ def engines(random_model_dir):
     torch.backends.cudnn.allow_tf32 = False
     yield (gpu, [gpu.prepare(load_adapter(f)) for f in files]), (cpu, [cpu.prepare(load_adapter(f)) for f in files])
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+def synchronisations(call: Callable[[], object]) -> list[str]:
+    """The host-device synchronisations `call` makes, as CUDA's sync debug mode reports them (after the device is
+    idle). Only the warnings naming a synchronizing operation: torch also warns once that the mode is a prototype."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,16 +86,7 @@ def test_a_forward_synchronises_exactly_once(engines):
     (gpu, adapters), _ = engines
     waveforms, lengths = batch()
     staged = gpu.stage(waveforms, lengths, [adapters[i % 3] for i in range(4)], HostBuffers(gpu.device))
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            gpu.run(staged)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    # Only the warnings naming a synchronizing operation: torch also warns once that the debug mode is a prototype.
-    syncs = [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
+    syncs = synchronisations(lambda: gpu.run(staged))
     assert len(syncs) == 1, syncs  # the results reach the host once, and nothing else waits for the device
 
 
@@ -155,15 +161,7 @@ def test_a_bf16_forward_synchronises_exactly_once(bf16):
     chosen = [adapters[i] for i in (0, 3, 1, 2)]  # CTC adapters and a classifier
     gpu.forward(waveforms, lengths, chosen)  # lazy first-use set-up is not what this counts
     staged = gpu.stage(waveforms, lengths, chosen, HostBuffers(gpu.device))
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            gpu.run(staged)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message) for w in caught if "called a synchronizing" in str(w.message)]
+    syncs = synchronisations(lambda: gpu.run(staged))
     assert len(syncs) == 1, syncs
 
 
