@@ -34,7 +34,7 @@ COPY clients/pyproject.toml ./clients/
 RUN --mount=type=bind,source=deploy/wheelhouse,target=/wheelhouse \
     if [ -n "$WHEELHOUSE" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
     && pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC" \
-    && python -c "import tomllib; c, s = (tomllib.load(open(f, 'rb'))['project'] for f in ('clients/pyproject.toml', 'pyproject.toml')); print('\n'.join(d for d in c['dependencies'] + s['dependencies'] + s['optional-dependencies']['postgres'] if not d.startswith('chorus-client')))" \
+    && python -c "import tomllib; c, s = (tomllib.load(open(f, 'rb'))['project'] for f in ('clients/pyproject.toml', 'pyproject.toml')); print('\n'.join(d for d in c['dependencies'] + s['dependencies'] + s['optional-dependencies']['postgres'] + s['optional-dependencies']['lm'] if not d.startswith('chorus-client')))" \
        > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt "setuptools>=77" \
     && rm /tmp/requirements.txt

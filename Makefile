@@ -24,7 +24,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml clients/pyproject.toml
 # Runtime only (plus PyAV for m4a/mp4/webm uploads): what `make serve` needs.
 $(VENV)/.installed-serve: $(BIN)/python pyproject.toml clients/pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_PIN)
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ./clients -e ".[av]"
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e ./clients -e ".[av,lm]"
 	touch $@
 
 # Starts Chorus on the embedded default (./data/store; the bundled demo model) at http://$(HOST):$(PORT).

@@ -14,6 +14,10 @@ as before they existed: CHORUS_BATCH__PRIORITIES=false) and once on, each in a s
 is audio seconds transcribed per second of wall time, from the first post to the last answer.
 
     python -m benchmarks.live_latency --compare [--seconds 30] [--file-seconds 60] [--json out.json]
+
+`--backbone base` runs the comparison on a random wav2vec2-base-sized backbone (its adapter uploaded as `en`)
+instead of the demo model; its text is noise, its timing is a real base-sized model's. `--sessions N
+--file-clients-beside M` set the mix of the comparison (default 4 and 4).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,7 @@ import soundfile
 from benchmarks.adapter_cold_load import percentile
 from chorus_server.background import ServerProcess
 from chorus_server.demo_model import DEMO_DIR
+from chorus_server.engine.random_model import write_random_model
 from chorus_server.live.wsclient import configure, open_session, send
 
 RATE = 16000
@@ -162,6 +168,17 @@ def wait_idle(url: str, timeout: float = 120.0) -> None:
         time.sleep(0.5)
 
 
+def random_base(folder: Path) -> tuple[dict[str, str], Callable[[str], None]]:
+    """A random wav2vec2-base-sized backbone in `folder`: the servers' settings, and a setup that uploads its
+    adapter as `en` (the name the sessions and file clients ask for)."""
+    adapters = write_random_model(folder, "base", num_adapters=1, seed=0)
+
+    def upload(url: str) -> None:
+        httpx.put(f"{url}/v1/adapters/en", content=adapters[0].read_bytes(), timeout=120).raise_for_status()
+
+    return {"CHORUS_BACKBONE": str(folder), "CHORUS_SEED_STORE": "false"}, upload
+
+
 def compare(
     seconds: float,
     file_seconds: float,
@@ -169,6 +186,9 @@ def compare(
     extra: dict[str, str],
     rounds: int = 2,
     warm_up: float = 15.0,
+    sessions: int = 4,
+    file_clients: int = 4,
+    setup: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """4 sessions alone, 4 file clients alone, and both, with the priority classes off ("before") and on: two
     servers, measured in turn configuration by configuration, `rounds` times, so that load from elsewhere on a
@@ -180,11 +200,14 @@ def compare(
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             env = {"CHORUS_DATA_DIR": str(scratch), **extra, "CHORUS_BATCH__PRIORITIES": on}
             servers[scheduler] = stack.enter_context(ServerProcess(env, scratch)).url
+            if setup is not None:
+                setup(servers[scheduler])
+        configs = ((sessions, 0), (0, file_clients), (sessions, file_clients))
         for url in servers.values():
             # Untimed first: the first batches of each shape are slow on a CPU (kernels are built per shape).
-            measure(url, 4, 4, warm_up, clips, file_seconds)
+            measure(url, sessions, file_clients, warm_up, clips, file_seconds)
         for _ in range(rounds):
-            for streams, files in ((4, 0), (0, 4), (4, 4)):
+            for streams, files in configs:
                 for scheduler, url in servers.items():
                     wait_idle(url)
                     row = {"scheduler": scheduler, **measure(url, streams, files, seconds, clips, file_seconds)}
@@ -192,7 +215,7 @@ def compare(
                     print(json.dumps(row), flush=True)
     summary = []
     for scheduler in ("before", "after"):
-        for streams, files in ((4, 0), (0, 4), (4, 4)):
+        for streams, files in configs:
             mine = [r for r in rows if (r["scheduler"], r["streams"], r["file_clients"]) == (scheduler, streams, files)]
             medians = {
                 key: statistics.median(r[key] for r in mine if r[key] is not None)
@@ -214,12 +237,29 @@ def main() -> None:
     parser.add_argument("--file-seconds", type=float, default=60.0, help="with --compare: each posted file's length")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: measurements of each configuration")
     parser.add_argument("--env", nargs="*", default=[], help="with --compare: KEY=VALUE settings for both servers")
+    parser.add_argument("--backbone", choices=["demo", "base"], default="demo", help="with --compare: the model")
+    parser.add_argument("--sessions", type=int, default=4, help="with --compare: realtime sessions")
+    parser.add_argument("--file-clients-beside", type=int, default=4, help="with --compare: file clients")
     args = parser.parse_args()
     clips = recordings()
     rows = []
     if args.compare:
         extra = dict(pair.split("=", 1) for pair in args.env)
-        rows = compare(args.seconds, args.file_seconds, clips, extra, args.rounds)
+        with tempfile.TemporaryDirectory() as models:
+            setup = None
+            if args.backbone == "base":
+                settings, setup = random_base(Path(models) / "base")
+                extra = {**settings, **extra}
+            rows = compare(
+                args.seconds,
+                args.file_seconds,
+                clips,
+                extra,
+                args.rounds,
+                sessions=args.sessions,
+                file_clients=args.file_clients_beside,
+                setup=setup,
+            )
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
         return

@@ -10,11 +10,14 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 OUT=deploy/wheelhouse
 requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
-# The same list the Dockerfile's dependency layer installs: both distributions' runtime dependencies.
+# The same list the Dockerfile's dependency layer installs: both distributions' runtime dependencies and the
+# server's postgres and lm extras.
 "$PYTHON" - > "$requirements" <<'PY'
 import tomllib
 for path in ("clients/pyproject.toml", "pyproject.toml"):
-    for dep in tomllib.load(open(path, "rb"))["project"]["dependencies"]:
+    project = tomllib.load(open(path, "rb"))["project"]
+    extras = project.get("optional-dependencies", {})
+    for dep in project["dependencies"] + (extras["postgres"] + extras["lm"] if path == "pyproject.toml" else []):
         if not dep.startswith("chorus-client"):
             print(dep)
 PY

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from chorus_store.decoding_files import DecodingKind, DecodingUpload
 from chorus_store.errors import AdapterRejected
 
 NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
@@ -97,6 +98,11 @@ class AdapterRecord:
     backbone_fingerprint: str
     fingerprint_override: bool = False
     xxh3: str = ""  # fast checksum of the bytes; "" in versions published before it was recorded (sha256 then)
+    # Decoding files stored with this version (chorus_store.decoding_files): None when absent; else size,
+    # sha256, xxh3 and, for `lm`, its format ("arpa" or "kenlm") and order, for `lexicon`, its word count.
+    lm: dict[str, Any] | None = None
+    lexicon: dict[str, Any] | None = None
+    beam: dict[str, float] = field(default_factory=dict)  # beam-search setting overrides (name -> value)
     is_current: bool = False
     versions: list[int] = field(default_factory=list)
     public_versions: list[int] = field(default_factory=list)  # of `versions`, those any tenant may use
@@ -130,6 +136,8 @@ class AdapterSummary:
     bottleneck_dim: int
     layers: list[int]
     backbone_fingerprint: str
+    # The characters a lexicon word may use (the vocabulary's own); not recorded. Empty: no lexicon accepted.
+    symbols: frozenset[str] = frozenset()
 
 
 class AdapterValidator(Protocol):
@@ -155,12 +163,16 @@ class AdapterStore(Protocol):
         visibility: str | None = None,
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
+        decoding: DecodingUpload | None = None,
     ) -> AdapterRecord:
-        """Validate and store a new version of `owner/name`; it becomes current. Visibility is per version:
-        `visibility` None gives the new version the adapter's (its last publish's; new adapters: private) and
-        leaves older versions as they are; "public" makes the new version public and claims the name in the shared
-        public namespace (`NameTaken` if another owner's public adapter has it); "private" makes the new version
-        and every older one private, releasing the name. Version numbers are never reused, even after deletes."""
+        """Validate and store a new version of `owner/name`; it becomes current. `decoding`: its language model,
+        lexicon and beam-setting overrides, checked (`chorus_store.decoding_files`) and stored with it.
+
+        Visibility is per version: `visibility` None gives the new version the adapter's (its last publish's; new
+        adapters: private) and leaves older versions as they are; "public" makes the new version public and claims
+        the name in the shared public namespace (`NameTaken` if another owner's public adapter has it); "private"
+        makes the new version and every older one private, releasing the name. Version numbers are never reused,
+        even after deletes."""
         ...
 
     def set_visibility(self, ref: str, visibility: str) -> AdapterRecord:
@@ -210,6 +222,19 @@ class AdapterStore(Protocol):
 
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
         """Raise `AdapterCorrupt` unless `data` matches the version's recorded checksum (xxh3, else sha256)."""
+        ...
+
+    def decoding_file(self, record: AdapterRecord, kind: DecodingKind) -> Path:
+        """The version's `lm` or `lexicon` file on local disk (in place locally; a verified cache copy when the
+        store is remote). `VersionNotFound` if the version has none, `AdapterCorrupt` if it fails its checksum."""
+        ...
+
+    def pins(self) -> dict[str, str]:
+        """Pinned versions (adapter ID -> `owner/name@N`) that every server on this store keeps resident."""
+        ...
+
+    def set_pin(self, adapter_id: str, ref: str | None) -> None:
+        """Pin `ref` (a version of `adapter_id`) for every server on this store; None: unpin the adapter."""
         ...
 
     def delete(self, adapter_id: str, version: int | None = None, purge: bool = False) -> None:

@@ -11,13 +11,22 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
 from chorus_store.base import AdapterRecord, AdapterStore, AdapterSummary, Page
+from chorus_store.decoding_files import (
+    KINDS,
+    DecodingFileInfo,
+    DecodingKind,
+    DecodingLimits,
+    DecodingUpload,
+    check_beam,
+    receive,
+)
 from chorus_store.errors import (
     AdapterCorrupt,
     AdapterNotFound,
@@ -108,10 +117,17 @@ def copy_upload(source: BinaryIO | Path, out: BinaryIO, max_bytes: int) -> Diges
 
 
 def new_record(
-    adapter_id: str, version: int, digest: Digest, summary: AdapterSummary, serving_fingerprint: str
+    adapter_id: str,
+    version: int,
+    digest: Digest,
+    summary: AdapterSummary,
+    serving_fingerprint: str,
+    decoding: Decoding | None = None,
 ) -> dict[str, Any]:
     """The record written beside a version's data."""
-    return {
+    described = asdict(summary)
+    described.pop("symbols")  # what the vocabulary spells: needed to check a lexicon, not kept
+    record = {
         "id": adapter_id,
         "version": version,
         "sha256": digest.sha256,
@@ -119,8 +135,48 @@ def new_record(
         "size": digest.size,
         "created_at": time.time(),
         "fingerprint_override": summary.backbone_fingerprint != serving_fingerprint,
-        **asdict(summary),
+        **described,
     }
+    if decoding is not None:  # versions without decoding files keep the record they always had
+        record.update({kind: staged[1].to_record() for kind, staged in decoding.files.items()})
+        if decoding.beam:
+            record["beam"] = decoding.beam
+    return record
+
+
+@dataclass
+class Decoding:
+    """A publish's decoding files, checked and staged (kind -> (staged path, what the record keeps)), and its beam
+    overrides."""
+
+    files: dict[DecodingKind, tuple[Path, DecodingFileInfo]]
+    beam: dict[str, float]
+
+
+def receive_decoding(
+    upload: DecodingUpload | None,
+    summary: AdapterSummary,
+    limits: DecodingLimits,
+    stage: Callable[[DecodingKind], contextlib.AbstractContextManager[tuple[Path, BinaryIO]]],
+    stack: contextlib.ExitStack,
+) -> Decoding | None:
+    """Check and stage a publish's decoding files (each into `stage(kind)`, entered on `stack`, so the staged
+    files live until the publish ends); `AdapterRejected` names the first problem, and nothing is stored."""
+    if upload is None or upload.empty:
+        return None
+    if summary.kind == "classifier":
+        raise AdapterRejected(
+            "a classifier adapter decodes no text: upload it without a language model, lexicon or beam settings"
+        )
+    files: dict[DecodingKind, tuple[Path, DecodingFileInfo]] = {}
+    for kind in KINDS:
+        source = upload.source(kind)
+        if source is not None:
+            path, out = stack.enter_context(stage(kind))
+            files[kind] = (path, receive(kind, source, out, limits, summary.symbols))
+            if files[kind][1].detail.get("format") == "kenlm" and limits.check_binary is not None:
+                limits.check_binary(path)
+    return Decoding(files, check_beam(upload.beam))
 
 
 def public_versions(meta: dict[str, Any], current: int | None) -> list[int]:

@@ -5,10 +5,13 @@
     root/adapters/<owner>/<name>/LAST                 highest version number ever issued (never reused)
     root/adapters/<owner>/<name>/v000003.safetensors  tensor bytes (immutable)
     root/adapters/<owner>/<name>/v000003.json         record (sha256, size, summary); the version exists iff this does
+    root/adapters/<owner>/<name>/v000003.lm           its language model, if it has one (immutable; likewise:)
+    root/adapters/<owner>/<name>/v000003.lexicon      its lexicon, if it has one
     root/public/<name>                                claim of a public name: the owner's tenant name
     root/tmp/                                         uploads in progress (locked); dead processes' cleared on open
 
-Publish: stream to `tmp/` (size cap, sha256 on the fly) → fsync → validate → lock the adapter → place data →
+Publish: stream to `tmp/` (size cap, sha256 on the fly) → fsync → validate (decoding files: checked while they
+are streamed to `tmp/` too) → lock the adapter → place data and decoding files →
 write the record (temp + fsync + rename) → flip CURRENT (same) → fsync the directory. A process killed at any
 point leaves either no new version or a complete one. An `fcntl` lock per adapter serialises publishers and
 deleters, across threads and processes. Public names are claimed with an exclusive create, so exactly one owner
@@ -43,6 +46,7 @@ from chorus_store.base import (
 )
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
+    Decoding,
     Digest,
     Strays,
     copy_upload,
@@ -53,10 +57,12 @@ from chorus_store.common import (
     not_found,
     parse_record,
     public_versions,
+    receive_decoding,
     verify_checksum,
     version_file,
     version_of,
 )
+from chorus_store.decoding_files import KINDS, SUFFIX, DecodingKind, DecodingLimits, DecodingUpload, verify_file
 from chorus_store.errors import (
     AdapterCorrupt,
     AdapterNotFound,
@@ -67,6 +73,7 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.pins import LocalPins
 from chorus_store.spool import remove_abandoned
 
 logger = logging.getLogger(__name__)
@@ -96,6 +103,11 @@ def _write_json_atomic(path: Path, body: dict) -> None:
     _write_text_atomic(path, json.dumps(body))
 
 
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
 def _read_all(path: Path) -> bytearray:
     """A file's bytes straight into a writable buffer (tensors built from it view it without a copy)."""
     with path.open("rb") as f:
@@ -116,10 +128,17 @@ def _io(what: str) -> Iterator[None]:
 
 
 class LocalStore:
-    def __init__(self, root: str | Path, validator: AdapterValidator, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self,
+        root: str | Path,
+        validator: AdapterValidator,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        decoding_limits: DecodingLimits | None = None,
+    ):
         self.root = Path(root)
         self.validator = validator
         self.max_bytes = max_bytes
+        self.decoding_limits = decoding_limits or DecodingLimits()
         self.adapters_dir = self.root / "adapters"
         self.public_dir = self.root / "public"
         self.tmp_dir = self.root / "tmp"
@@ -130,6 +149,13 @@ class LocalStore:
         except OSError as exc:
             raise StoreUnavailable(f"cannot create store at {self.root}: {exc}") from exc
         self._recover()
+        self._pins = LocalPins(self.root, _write_text_atomic)
+
+    def pins(self) -> dict[str, str]:
+        return self._pins.read()
+
+    def set_pin(self, adapter_id: str, ref: str | None) -> None:
+        self._pins.set(adapter_id, ref)
 
     # ---- publish -------------------------------------------------------------------------------------------
 
@@ -140,6 +166,7 @@ class LocalStore:
         visibility: str | None = None,
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
+        decoding: DecodingUpload | None = None,
     ) -> AdapterRecord:
         """Validate and store a new version; it becomes current. Nothing is visible unless all of it is."""
         check_id(adapter_id)
@@ -147,10 +174,14 @@ class LocalStore:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
-            with _io("store the upload"), self._locked_part(tmp) as out:
+            with _io("store the upload"), contextlib.ExitStack() as stack:
+                out = stack.enter_context(self._locked_part(tmp))
                 digest = self._receive(source, out)
                 summary = self.validator.validate(_read_all(tmp), allow_fingerprint_mismatch)
-                version = self._place(adapter_id, tmp, visibility, expected_version, digest, summary)
+                staged = receive_decoding(decoding, summary, self.decoding_limits, self._stage, stack)
+                for path, _ in staged.files.values() if staged else ():
+                    _fsync_file(path)  # durable before the record names it
+                version = self._place(adapter_id, tmp, visibility, expected_version, digest, summary, staged)
             logger.info(
                 "published adapter %s@%d (%d bytes, sha256 %s)", adapter_id, version, digest.size, digest.sha256[:12]
             )
@@ -167,6 +198,7 @@ class LocalStore:
         expected_version: int | None,
         digest: Digest,
         summary: AdapterSummary,
+        staged: Decoding | None = None,
     ) -> int:
         """Under the adapter's lock: number the version, move the data in, write its record, flip CURRENT."""
         with self._locked(adapter_id, create=True) as folder:
@@ -188,7 +220,9 @@ class LocalStore:
                 public.append(version)
             self._write_int(folder, "LAST", version)
             os.replace(tmp, folder / f"{version_file(version)}.safetensors")
-            record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint)
+            for kind, (path, _) in staged.files.items() if staged else ():  # before the record: then it is complete
+                os.replace(path, folder / f"{version_file(version)}{SUFFIX[kind]}")
+            record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint, staged)
             _write_json_atomic(folder / f"{version_file(version)}.json", record)
             # After the record, so a listed public version always exists; before CURRENT, so a meta of the older
             # format (no list) never lends its visibility to the new version.
@@ -272,6 +306,16 @@ class LocalStore:
             os.rename(staging, path)
             yield out
 
+    @contextlib.contextmanager
+    def _stage(self, kind: DecodingKind) -> Iterator[tuple[Path, BinaryIO]]:
+        """A locked staging file in `tmp/` for one decoding file (recovered like the adapter's own upload)."""
+        path = self.tmp_dir / f"{uuid.uuid4().hex}.{kind}.part"
+        try:
+            with self._locked_part(path) as out:
+                yield path, out
+        finally:
+            path.unlink(missing_ok=True)  # placed in the store by then, or abandoned
+
     def _receive(self, source: BinaryIO | Path, out: BinaryIO) -> Digest:
         """Copy the upload to `out` (size cap, checksums on the fly) and make it durable."""
         digest = copy_upload(source, out, self.max_bytes)
@@ -349,8 +393,9 @@ class LocalStore:
         with _io("measure storage"):
             for adapter_id in self._adapter_ids(folder):
                 for version in self._version_numbers(self._folder(adapter_id), include_orphans=True):
-                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                        total += (self._folder(adapter_id) / f"{version_file(version)}.safetensors").stat().st_size
+                    for suffix in (".safetensors", *SUFFIX.values()):
+                        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile, or no such file
+                            total += (self._folder(adapter_id) / f"{version_file(version)}{suffix}").stat().st_size
         return total
 
     def read(self, record: AdapterRecord) -> bytes:
@@ -373,6 +418,20 @@ class LocalStore:
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
         """Raise `AdapterCorrupt` unless `data` matches the version's recorded sha256."""
         verify_checksum(record, data)
+
+    def decoding_file(self, record: AdapterRecord, kind: DecodingKind) -> Path:
+        """The file in place (versions are immutable), checked against its record on every call."""
+        info = getattr(record, kind) if kind in KINDS else None
+        if info is None:
+            raise VersionNotFound(f"adapter {record.ref} has no {kind} file")
+        path = self._folder(record.id) / f"{version_file(record.version)}{SUFFIX[kind]}"
+        try:
+            verify_file(path, info, f"the {kind} file of adapter {record.ref}")
+        except FileNotFoundError as exc:
+            raise VersionNotFound(f"adapter {record.ref} was deleted") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read the {kind} file of adapter {record.ref}: {exc}") from exc
+        return path
 
     # ---- delete --------------------------------------------------------------------------------------------
 
@@ -423,7 +482,8 @@ class LocalStore:
 
     def _remove_version(self, folder: Path, version: int) -> None:
         (folder / f"{version_file(version)}.json").unlink(missing_ok=True)
-        (folder / f"{version_file(version)}.safetensors").unlink(missing_ok=True)
+        for suffix in (".safetensors", *SUFFIX.values()):
+            (folder / f"{version_file(version)}{suffix}").unlink(missing_ok=True)
 
     # ---- internals -----------------------------------------------------------------------------------------
 
@@ -513,7 +573,7 @@ class LocalStore:
         _write_text_atomic(folder / name, str(value))
 
     def _version_numbers(self, folder: Path, include_orphans: bool = False) -> list[int]:
-        suffixes = (".json", ".safetensors") if include_orphans else (".json",)
+        suffixes = (".json", ".safetensors", *SUFFIX.values()) if include_orphans else (".json",)
         found = set()
         for path in folder.glob("v*"):
             number = version_of(path.stem)
@@ -617,7 +677,7 @@ class LocalStore:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # a publish or delete is running on this adapter
-            for data in folder.glob("v*.safetensors"):
+            for data in [p for suffix in (".safetensors", *SUFFIX.values()) for p in folder.glob(f"v*{suffix}")]:
                 if version_of(data.stem) is not None and not data.with_suffix(".json").exists():
                     logger.warning("removing %s: data without a record (publish was interrupted)", data)
                     data.unlink(missing_ok=True)

@@ -7,12 +7,13 @@ plain-HTTP endpoints are allowed for local servers).
                                                        versions (the pointer)
     prefix/adapters/<owner>/<name>/v000003.safetensors tensor bytes (immutable)
     prefix/adapters/<owner>/<name>/v000003.json        record (sha256, size, summary)
+    prefix/adapters/<owner>/<name>/v000003.lm          its language model, if it has one (likewise .lexicon)
     prefix/public/<name>                               claim of a public name: the owner's tenant name
 
 Atomicity comes from the object store's conditional writes, never from a lock: `meta.json` only ever changes
 with `If-Match: <etag>` (created with `If-None-Match: *`), so of racing writers exactly one wins each change and
 the others re-read and retry. Publish: stream to a local temp file (size cap, sha256 on the fly) → validate →
-reserve the next number in `meta.json` (`last`) → create the data and the record objects (`If-None-Match: *`) →
+reserve the next number in `meta.json` (`last`) → create the data, decoding files and record (`If-None-Match: *`) →
 move `current` in `meta.json`. A version is visible only once `meta.json` lists it, so a publisher killed at any
 point leaves no partial version (at worst an unreferenced object and a spent number). Client: obstore (Rust
 `object_store`: conditional puts with e-tags; about 2.6x faster than boto3 per small GET against SeaweedFS here,
@@ -25,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +39,7 @@ from chorus_store.base import (
     TENANT,
     VISIBILITIES,
     AdapterRecord,
+    AdapterSummary,
     AdapterValidator,
     Page,
     check_id,
@@ -44,6 +47,8 @@ from chorus_store.base import (
 )
 from chorus_store.common import (
     DEFAULT_MAX_BYTES,
+    Decoding,
+    Digest,
     Strays,
     copy_upload,
     damaged,
@@ -53,10 +58,12 @@ from chorus_store.common import (
     not_found,
     parse_record,
     public_versions,
+    receive_decoding,
     verify_checksum,
     version_file,
     version_of,
 )
+from chorus_store.decoding_files import KINDS, SUFFIX, DecodingKind, DecodingLimits, DecodingUpload, verify_file
 from chorus_store.errors import (
     AdapterCorrupt,
     AdapterNotFound,
@@ -67,6 +74,7 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.pins import PINS_FILE, ObjectPins
 from chorus_store.spool import remove_abandoned, spool_file
 
 logger = logging.getLogger(__name__)
@@ -93,18 +101,27 @@ class S3Store:
         validator: AdapterValidator,
         max_bytes: int = DEFAULT_MAX_BYTES,
         scratch: Path | None = None,
+        decoding_limits: DecodingLimits | None = None,
         **client_options: Any,
     ):
         from obstore.store import S3Store as ObjectStore  # optional dependency: chorus-asr[s3]
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.validator, self.max_bytes = validator, max_bytes
+        self.decoding_limits = decoding_limits or DecodingLimits()
         self.scratch = scratch or Path(tempfile.gettempdir())
         if scratch is not None:  # a folder of our own (never the shared /tmp): clear dead processes' uploads
             remove_abandoned(scratch)
         self.options = client_options
         self.strays = Strays()
         self.client = ObjectStore(bucket, **_client_config(client_options))
+        self._pins = ObjectPins(self._key(PINS_FILE), self._get, self._put)
+
+    def pins(self) -> dict[str, str]:
+        return self._pins.read()
+
+    def set_pin(self, adapter_id: str, ref: str | None) -> None:
+        self._pins.set(adapter_id, ref)
 
     @classmethod
     def from_url(cls, url: str, validator: AdapterValidator, max_bytes: int = DEFAULT_MAX_BYTES, **kw: Any) -> S3Store:
@@ -208,16 +225,33 @@ class S3Store:
         visibility: str | None = None,
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
+        decoding: DecodingUpload | None = None,
     ) -> AdapterRecord:
         """Validate and store a new version; it becomes current. Nothing is visible unless all of it is."""
         check_id(adapter_id)
         if visibility is not None and visibility not in VISIBILITIES:
             raise AdapterRejected(f"visibility must be one of {VISIBILITIES}, got {visibility!r}")
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with spool_file(self.scratch, "s3-upload-", ".part") as (path, out):
-            digest = copy_upload(source, out, self.max_bytes)
-            data = path.read_bytes()
-        summary = self.validator.validate(bytearray(data), allow_fingerprint_mismatch)
+        with contextlib.ExitStack() as stack:
+            with spool_file(self.scratch, "s3-upload-", ".part") as (path, out):
+                digest = copy_upload(source, out, self.max_bytes)
+                data = path.read_bytes()
+            summary = self.validator.validate(bytearray(data), allow_fingerprint_mismatch)
+            stage = lambda kind: spool_file(self.scratch, "s3-upload-", f".{kind}.part")  # noqa: E731
+            staged = receive_decoding(decoding, summary, self.decoding_limits, stage, stack)
+            return self._publish_checked(adapter_id, data, digest, summary, staged, visibility, expected_version)
+
+    def _publish_checked(
+        self,
+        adapter_id: str,
+        data: bytes,
+        digest: Digest,
+        summary: AdapterSummary,
+        staged: Decoding | None,
+        visibility: str | None,
+        expected_version: int | None,
+    ) -> AdapterRecord:
+        """Number the version, write its objects (the record last), then move `current` to it."""
 
         def reserve(meta: dict[str, Any] | None) -> dict[str, Any]:
             current = meta.get("current") if meta else None
@@ -239,7 +273,10 @@ class S3Store:
         stem = version_file(version)
         if self._put(self._adapter_key(adapter_id, f"{stem}.safetensors"), data, "create") is None:
             raise StoreUnavailable(f"version {version} of {adapter_id!r} already has data; retry")
-        record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint)
+        for kind, (path, _) in staged.files.items() if staged else ():
+            if self._put(self._adapter_key(adapter_id, f"{stem}{SUFFIX[kind]}"), path.read_bytes(), "create") is None:
+                raise StoreUnavailable(f"version {version} of {adapter_id!r} already has a {kind} file; retry")
+        record = new_record(adapter_id, version, digest, summary, self.validator.fingerprint, staged)
         self._put(self._adapter_key(adapter_id, f"{stem}.json"), json.dumps(record).encode(), "create")
         wanted = visibility or (meta["visibility"] if meta.get("current") is not None else "private")
         if wanted == "public":
@@ -379,8 +416,8 @@ class S3Store:
             int(m["size"])
             for m in self._list(root)
             if ADAPTER_ID.fullmatch(f"{owner}/{m['path'][len(root) + 1 :].partition('/')[0]}")
-            and m["path"].endswith(".safetensors")
-            and version_of(m["path"].rsplit("/", 1)[-1].removesuffix(".safetensors")) is not None
+            and m["path"].endswith(_STORED_SUFFIXES)
+            and version_of(m["path"].rsplit("/", 1)[-1].partition(".")[0]) is not None
         )
 
     def read(self, record: AdapterRecord) -> bytes:
@@ -396,6 +433,39 @@ class S3Store:
 
     def verify(self, record: AdapterRecord, data: bytes | bytearray) -> None:
         verify_checksum(record, data)
+
+    def decoding_file(self, record: AdapterRecord, kind: DecodingKind) -> Path:
+        """A local copy under `scratch/decoding/`, named by its sha256 (versions sharing a file share the copy),
+        downloaded once, checked against the record, then renamed into place: a copy there is always whole."""
+        info = getattr(record, kind) if kind in KINDS else None
+        if info is None:
+            raise VersionNotFound(f"adapter {record.ref} has no {kind} file")
+        sha = str(info.get("sha256", ""))
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):  # the name of a local file: never a path from a record
+            raise damaged(record.id, f"{version_file(record.version)}.json", ValueError(f"bad {kind} sha256"))
+        folder = self.scratch / "decoding"
+        target = folder / f"{sha}{SUFFIX[kind]}"
+        if target.is_file() and target.stat().st_size == info.get("size"):
+            return target
+        folder.mkdir(parents=True, exist_ok=True)
+        key = self._adapter_key(record.id, f"{version_file(record.version)}{SUFFIX[kind]}")
+        with spool_file(self.scratch, "s3-upload-", SUFFIX[kind]) as (path, out):
+            self._download(key, out, record)
+            verify_file(path, info, f"the {kind} file of adapter {record.ref}")
+            os.replace(path, target)
+        return target
+
+    def _download(self, key: str, out: BinaryIO, record: AdapterRecord) -> None:
+        """An object streamed into `out` in 8 MiB pieces (a language model is never held whole in memory)."""
+        import obstore
+
+        with _io("read"):
+            try:
+                for chunk in obstore.get(self.client, key).stream(min_chunk_size=8 << 20):
+                    out.write(chunk)
+            except FileNotFoundError:
+                raise VersionNotFound(f"adapter {record.ref} was deleted") from None
+            out.flush()
 
     # ---- delete --------------------------------------------------------------------------------------------
 
@@ -469,6 +539,9 @@ class S3Store:
             raise VersionNotFound(f"adapter {adapter_id!r} has no version {version}; versions: {meta['versions']}")
         public = public_versions(meta, meta["current"])
         return parse_record(found[0], adapter_id, version, public, meta["current"], meta["versions"])
+
+
+_STORED_SUFFIXES = (".safetensors", *SUFFIX.values())  # what counts against an owner's storage
 
 
 def _client_config(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import mimetypes
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,17 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".aac", ".mp4"})
 UPLOAD_CHUNK = 1 << 20
+DECODERS = ("greedy", "beam")
+BEAM_SETTINGS = (
+    "beam_width",
+    "lm_weight",
+    "word_score",
+    "unk_score",
+    "unk_char_score",
+    "hotword_score",
+    "beam_threshold",
+    "beam_tokens",
+)
 
 AudioInput = str | os.PathLike[str] | bytes | IO[bytes]
 
@@ -139,7 +150,10 @@ def transcription_form(
     language: str | None,
     prompt: str | None,
     temperature: float | None,
+    decoder: str | None = None,
 ) -> dict[str, Any]:
+    if decoder not in (None, *DECODERS):
+        raise ValueError(f"decoder must be 'greedy', 'beam' or None (the adapter's default), got {decoder!r}")
     if response_format not in TEXT_FORMATS | {"json", "verbose_json"}:
         raise ValueError(f"unknown response_format {response_format!r}; use json, text, srt, vtt or verbose_json")
     granularities = list(timestamp_granularities or [])
@@ -151,7 +165,7 @@ def transcription_form(
     form: dict[str, Any] = {"model": adapter, "response_format": response_format}
     if granularities:
         form["timestamp_granularities[]"] = granularities
-    for name, value in (("language", language), ("prompt", prompt), ("temperature", temperature)):
+    for name, value in (("language", language), ("prompt", prompt), ("temperature", temperature), ("decoder", decoder)):
         if value is not None:
             form[name] = str(value)
     return form
@@ -181,6 +195,20 @@ def upload_params(
     if allow_fingerprint_mismatch:
         params["allow_fingerprint_mismatch"] = "true"
     return params
+
+
+def decoding_parts(
+    lm: str | os.PathLike[str] | None, lexicon: str | os.PathLike[str] | None, beam: Mapping[str, float] | None
+) -> tuple[dict[str, tuple[str, bytes]], dict[str, str]]:
+    """Multipart files (`lm`, `lexicon`, read into memory so a retry can resend them) and beam-setting fields of
+    an upload that carries decoding files. Files are sent under a neutral name: the server never uses it."""
+    unknown = sorted(set(beam or {}) - set(BEAM_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown beam setting {unknown[0]!r}; use {', '.join(BEAM_SETTINGS)}")
+    if beam and lm is None and lexicon is None:
+        raise ValueError("beam settings need a language model or lexicon (lm=..., lexicon=...)")
+    files = {name: (name, Path(path).read_bytes()) for name, path in (("lm", lm), ("lexicon", lexicon)) if path}
+    return files, {name: str(value) for name, value in (beam or {}).items()}
 
 
 def audio_files(paths: Sequence[str | os.PathLike[str]], recursive: bool = True) -> list[Path]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chorus_client import errors
-from chorus_client._core import FileResult, audio_files
+from chorus_client._core import BEAM_SETTINGS, FileResult, audio_files
 from chorus_client.client import Chorus
 from chorus_client.models import Adapter, Classification, Transcription
 
@@ -79,6 +79,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", type=Path, help="write one file per input into this folder instead of stdout")
     tr.add_argument("--word-timestamps", action="store_true", help="ask for word timings (json, verbose_json)")
     tr.add_argument("--language", help="with --adapter auto: the language, skipping detection")
+    tr.add_argument(
+        "--decoder", choices=["greedy", "beam"], help="beam: the adapter's language model (default: the adapter's)"
+    )
+    tr.add_argument("--prompt", help="words to boost when decoding with the language model (hotwords)")
     tr.add_argument("--concurrency", type=int, default=4, help="files in flight at once (default: 4)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)")
     tr.set_defaults(func=client_command(_transcribe))
@@ -107,6 +111,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     up = sub.add_parser("upload", help="publish a native adapter file as the next version of ID", **kw)
     up.add_argument("file", type=Path, help="adapter .safetensors file (Chorus native format)")
     _publish_options(up)
+    dec = up.add_argument_group("decoding files, stored with the version (docs/adapter-format.md)")
+    dec.add_argument("--lm", type=Path, help="n-gram language model: ARPA file or KenLM binary")
+    dec.add_argument("--lexicon", type=Path, help="one word per line, spelled with the adapter's characters")
+    dec.add_argument("--beam-width", type=int, help="beam search: hypotheses kept (default 32)")
+    dec.add_argument("--lm-weight", type=float, help="weight of the language model's score (default 0.5)")
+    dec.add_argument("--word-score", type=float, help="added per word (default -7)")
+    dec.add_argument("--unk-score", type=float, help="score of a word outside the lexicon (default -4.5)")
+    dec.add_argument("--unk-char-score", type=float, help="and per character of such a word (default -1.3)")
+    dec.add_argument("--hotword-score", type=float, help="bonus for a word of a request's prompt (default 8)")
+    dec.add_argument("--beam-threshold", type=float, help="drop hypotheses this far below the best (default 12)")
+    dec.add_argument("--beam-tokens", type=int, help="tokens tried per frame, 0: all (default 8)")
     up.set_defaults(func=client_command(_upload))
 
     mms = sub.add_parser("import-mms", help="convert an MMS adapter.<lang>.safetensors locally, then upload it", **kw)
@@ -176,6 +191,9 @@ def _transcribe(client: Chorus, args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"response_format": args.format, "word_timestamps": args.word_timestamps}
     if args.language:
         options["language"] = args.language
+    for name in ("decoder", "prompt"):
+        if getattr(args, name):
+            options[name] = getattr(args, name)
     present = [f for f in args.files if Path(f).exists()]
     results = [  # a missing file is reported with the others; the rest are still sent
         FileResult(Path(f), error=errors.ChorusError("no such file", code=FILE_NOT_FOUND))
@@ -319,9 +337,20 @@ def _upload(client: Chorus, args: argparse.Namespace, source: Path | None = None
         expected_version=args.expected_version,
         allow_fingerprint_mismatch=args.allow_fingerprint_mismatch,
         progress=args.progress,
+        **_decoding_options(args),
     )
-    _emit(args, adapter.model_dump(), f"published {adapter.ref} ({adapter.kind}, {adapter.size} bytes)")
+    extras = [f"language model {adapter.lm['format']}"] if adapter.lm else []
+    extras += [f"lexicon of {adapter.lexicon['words']} words"] if adapter.lexicon else []
+    text = f"published {adapter.ref} ({adapter.kind}, {adapter.size} bytes{''.join(', ' + e for e in extras)})"
+    _emit(args, adapter.model_dump(), text)
     return EXIT_OK
+
+
+def _decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`upload_adapter`'s lm, lexicon and beam from `adapters upload` (import-mms has none)."""
+    beam = {name: getattr(args, name) for name in BEAM_SETTINGS if getattr(args, name, None) is not None}
+    options: dict[str, Any] = {"lm": getattr(args, "lm", None), "lexicon": getattr(args, "lexicon", None)}
+    return {**options, "beam": beam} if beam else options
 
 
 def _import_mms(client: Chorus, args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -109,6 +109,7 @@ class Chorus:
         prompt: str | None = None,
         temperature: float | None = None,
         filename: str | None = None,
+        decoder: str | None = None,
     ) -> Transcription: ...
     @overload
     def transcribe(
@@ -123,6 +124,7 @@ class Chorus:
         prompt: str | None = None,
         temperature: float | None = None,
         filename: str | None = None,
+        decoder: str | None = None,
     ) -> VerboseTranscription: ...
     @overload
     def transcribe(
@@ -137,6 +139,7 @@ class Chorus:
         prompt: str | None = None,
         temperature: float | None = None,
         filename: str | None = None,
+        decoder: str | None = None,
     ) -> Transcription | str: ...
     def transcribe(
         self,
@@ -150,8 +153,11 @@ class Chorus:
         prompt: str | None = None,
         temperature: float | None = None,
         filename: str | None = None,
+        decoder: str | None = None,
     ) -> Transcription | str:
-        """Transcribe a file path, bytes or binary file with adapter `ID` or `ID@N`.
+        """Transcribe a file path, bytes or binary file with adapter `ID` or `ID@N`. `decoder`: `greedy`, or
+        `beam` (the version's language model and lexicon; `prompt`'s words are boosted); None: the version's
+        default.
 
         Returns `Transcription` for json, `VerboseTranscription` for verbose_json, and the body text for text,
         srt and vtt.
@@ -166,6 +172,7 @@ class Chorus:
             prompt=prompt,
             temperature=temperature,
             filename=filename,
+            decoder=decoder,
         )
         return _core.transcription_result(response, response_format)
 
@@ -181,9 +188,10 @@ class Chorus:
         prompt: str | None = None,
         temperature: float | None = None,
         filename: str | None = None,
+        decoder: str | None = None,
     ) -> httpx.Response:
         form = _core.transcription_form(
-            adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature
+            adapter, response_format, word_timestamps, timestamp_granularities, language, prompt, temperature, decoder
         )
         files = {"file": _sync_io.run_blocking(_core.read_audio, audio, filename)}
         return self._send("POST", "/v1/audio/transcriptions", data=form, files=files)
@@ -271,10 +279,23 @@ class Chorus:
         expected_version: int | None = None,
         allow_fingerprint_mismatch: bool = False,
         progress: bool | None = None,
+        lm: str | os.PathLike[str] | None = None,
+        lexicon: str | os.PathLike[str] | None = None,
+        beam: Mapping[str, float] | None = None,
     ) -> Adapter:
         """Publish a native adapter file as the next version of `adapter_id` — a name in the caller's namespace
-        (streamed, not read into memory). `visibility` None keeps the adapter's; new adapters are private."""
+        (streamed, not read into memory). `visibility` None keeps the adapter's; new adapters are private.
+
+        `lm` (ARPA or KenLM binary) and `lexicon` (one word per line): the version's decoding files, and `beam` its
+        beam settings (`chorus_client._core.BEAM_SETTINGS`: `beam_width`, `lm_weight`, `word_score`, ...); with them the
+        upload is one multipart request, its files held in memory so that a retry can resend them."""
         params = _core.upload_params(visibility, expected_version, allow_fingerprint_mismatch)
+        if lm is not None or lexicon is not None or beam:
+            parts, fields = _sync_io.run_blocking(_core.decoding_parts, lm, lexicon, beam)
+            adapter = _sync_io.run_blocking(Path(path).read_bytes)
+            files = {"file": ("adapter.safetensors", adapter), **parts}
+            response = self._send("PUT", _core.adapter_path(adapter_id), files=files, data=fields, params=params)
+            return Adapter.model_validate(response.json())
         source = Path(path)
         size = source.stat().st_size
         with byte_bar(size, f"uploading {source.name}", enabled=progress) as bar:

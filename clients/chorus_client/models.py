@@ -89,6 +89,12 @@ class Adapter(_Model):
     backbone_fingerprint: str = ""
     resident: bool = False
     pinned: bool = False
+    lm: dict[str, Any] | None = None
+    """The version's language model (`size`, `sha256`, `format`: arpa or kenlm, `order`), if it has one."""
+    lexicon: dict[str, Any] | None = None
+    """The version's lexicon (`size`, `sha256`, `words`), if it has one."""
+    beam: dict[str, float] = Field(default_factory=dict)
+    """The version's beam-setting overrides."""
 
     @property
     def ref(self) -> str:

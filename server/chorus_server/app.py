@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
         if runtime is None:
             runtime = await asyncio.to_thread(start, settings)
             app.state.chorus = runtime
-        logger.info("Chorus ready (backbone %s on %s)", runtime.engine.fingerprint, runtime.engine.device)
+        logger.info("Chorus ready (backbone %s on %s)", runtime.backbone.fingerprint, runtime.backbone.device)
         try:
             yield
         finally:
@@ -74,7 +74,8 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
         if path in AUDIO_PATHS:
             return settings.limits.max_audio_bytes + SMALL_BODY
         if method == "PUT" and path.startswith("/v1/adapters/"):
-            return settings.limits.max_adapter_bytes + SMALL_BODY
+            limits = settings.limits  # an adapter may come with its language model and lexicon
+            return limits.max_adapter_bytes + limits.max_lm_bytes + limits.max_lexicon_bytes + SMALL_BODY
         return SMALL_BODY
 
     def runtime() -> Runtime | None:

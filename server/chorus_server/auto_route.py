@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from chorus_server.audio import Audio
 from chorus_server.auth import Principal
 from chorus_server.classification import Classifier
+from chorus_server.decoding.options import DecodeRequest
+from chorus_server.decoding.request import check_beam_possible
 from chorus_server.engine.cache import Lease
 from chorus_server.engine.routing import Routing, last_state, one_pass_problem
 from chorus_server.errors import ApiError
 from chorus_server.metrics import Metrics
-from chorus_server.service import AUTO_MODEL, Result, Transcriber
+from chorus_server.service import AUTO_MODEL, Intake, Result, Transcriber
 from chorus_server.settings import RoutingSettings
 from chorus_server.vad import VadOptions
 from chorus_store.base import AdapterRecord
@@ -57,22 +59,26 @@ class LanguageRouter:
         self.transcriber, self.settings, self.metrics = transcriber, settings, metrics
 
     def hinted(self, language: str, who: Principal) -> Route:
-        """The adapter for a language the request names (no detection)."""
-        route = Route(self._transcriber_for(language, who, "language"), language, "hint", 1)
-        self.metrics.observe_auto_route(route.language, route.source, route.passes)
-        return route
+        return hinted(self.transcriber, self.settings, self.metrics, language, who)
 
     async def transcribe(
-        self, audio: Audio, who: Principal, disconnected: Callable[[], Awaitable[None]], vad: VadOptions | None
+        self,
+        audio: Audio,
+        who: Principal,
+        disconnected: Callable[[], Awaitable[None]],
+        vad: VadOptions | None,
+        decoding: DecodeRequest | None = None,
     ) -> tuple[Route, Result]:
         """Detect the language and transcribe with its adapter: in one backbone pass where the placement allows,
-        else detection first (`detect`). Raises as `Transcriber.transcribe`, and 400s for `model=auto`."""
+        else detection first (`detect`). Raises as `Transcriber.transcribe`, and 400s for `model=auto` (also
+        decoder=beam when the chosen adapter has no language model)."""
         lid = self._detector(who)
-        done = await self._one_pass(audio, lid, who, disconnected, vad)
+        done = await self._one_pass(audio, lid, who, disconnected, vad, decoding)
         if done is not None:
             return done
         route = await self.detect(audio, who, disconnected)
-        return route, await self.transcriber.transcribe(audio, route.record, who, disconnected, vad)
+        check_beam_possible(decoding.decoder if decoding else None, route.record)
+        return route, await self.transcriber.transcribe(audio, route.record, who, disconnected, vad, decoding=decoding)
 
     async def detect(self, audio: Audio, who: Principal, disconnected: Callable[[], Awaitable[None]]) -> Route:
         """Classify the start of `audio` with the language-ID adapter; its top label picks the adapter."""
@@ -92,6 +98,7 @@ class LanguageRouter:
         who: Principal,
         disconnected: Callable[[], Awaitable[None]],
         vad: VadOptions | None,
+        decoding: DecodeRequest | None = None,
     ) -> tuple[Route, Result] | None:
         """Detection riding the first window's transcription pass; None when the placement, the settings or the
         audio (no speech) do not allow it, having queued nothing."""
@@ -134,6 +141,7 @@ class LanguageRouter:
                     self._transcriber_for(language, who, "model")  # raises the reason (missing, or not a transcriber)
                     return None  # it appeared meanwhile: transcribe in passes of its own
                 record, adapter = records[language], candidates[language]
+                check_beam_possible(decoding.decoder if decoding else None, record)
                 public = record.id if record.visibility == "public" else ""
                 for item in items[1:]:
                     item.adapter, item.label = adapter, public
@@ -142,13 +150,13 @@ class LanguageRouter:
                 rest = await t._within(
                     asyncio.gather(*(asyncio.wrap_future(item.future) for item in items[1:])), deadline, gone, items
                 )
-                transcript = await asyncio.to_thread(t._decode, [first, *rest], plans, adapter)
+                transcript = await t.decode_text(who.tenant, deadline, gone, [first, *rest], plans, adapter, decoding)
             finally:
                 for held in leases:
                     held.release()
         route = Route(record, language, "detected", 1)
         self.metrics.observe_auto_route(route.language, route.source, route.passes)
-        return route, Result(record, adapter, transcript, speech)
+        return route, Result(record, adapter.vocab, transcript, speech)
 
     def _detector(self, who: Principal) -> AdapterRecord:
         try:
@@ -173,14 +181,27 @@ class LanguageRouter:
         return found
 
     def _transcriber_for(self, language: str, who: Principal, param: str) -> AdapterRecord:
-        ref = adapter_for(language, self.settings)
-        try:
-            return self.transcriber.resolve(ref, who)
-        except AdapterNotFound:
-            raise ApiError(
-                400,
-                f"no transcription adapter for language {language!r} (looked for {ref!r}); "
-                "map it with CHORUS_ROUTING__LANGUAGES or name an adapter",
-                "no_adapter_for_language",
-                param,
-            ) from None
+        return transcriber_for(self.transcriber, self.settings, language, who, param)
+
+
+def hinted(intake: Intake, settings: RoutingSettings, metrics: Metrics, language: str, who: Principal) -> Route:
+    """model=auto with `language`: the adapter for the language the request names (no detection, no backbone)."""
+    route = Route(transcriber_for(intake, settings, language, who, "language"), language, "hint", 1)
+    metrics.observe_auto_route(route.language, route.source, route.passes)
+    return route
+
+
+def transcriber_for(
+    intake: Intake, settings: RoutingSettings, language: str, who: Principal, param: str
+) -> AdapterRecord:
+    ref = adapter_for(language, settings)
+    try:
+        return intake.resolve(ref, who)
+    except AdapterNotFound:
+        raise ApiError(
+            400,
+            f"no transcription adapter for language {language!r} (looked for {ref!r}); "
+            "map it with CHORUS_ROUTING__LANGUAGES or name an adapter",
+            "no_adapter_for_language",
+            param,
+        ) from None

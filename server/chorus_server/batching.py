@@ -15,9 +15,10 @@ Priority classes: every item has one (`Priority`): live work (realtime steps, a 
 window) before file windows, and those before `service_tier=flex` files. A batch holds one class, the most urgent
 waiting, and fairness works as above inside it. So that bulk work cannot starve, after `bulk_passes` batches in a
 row that passed over waiting less urgent work, the oldest such item's class gets the next batch. While live work
-waits, or was seen within `interactive_linger` seconds, every batch is held to `interactive_bulk_samples` padded
-samples (one file window on CPU by default; so a long live window is not batched with short steps either): a live
-step arriving behind it waits at most that one small batch (docs/engine.md, "Scheduling live work beside files").
+waits, or was seen within `interactive_linger` seconds (or, as the worker tells it, a realtime session is open),
+every batch is held to `interactive_bulk_samples` padded samples (one file window on CPU by default; so a long
+live window is not batched with short steps either): a live step arriving behind it waits at most that one small
+batch (docs/engine.md, "Scheduling live work beside files").
 
 A batch is dispatched when it cannot grow any more, when the oldest item has waited `max_wait`, when no other
 request is on its way (waiting would only delay the work already queued), or when the server is draining. Items
@@ -103,7 +104,7 @@ def collect_batch(
         (running it would be work for a request that has already failed). `company_expected`: whether other requests
         are on their way and may join within `max_wait`; when none is, a batch leaves at once. `passed_over`: batches
     in a row that ran while less urgent work waited; `interactive_recent`: whether live work was submitted lately
-    (within `limits.interactive_linger`)."""
+    (within `limits.interactive_linger`) or is expected (the worker: while a realtime session is open)."""
 
     def hopeless(item: WorkItem) -> bool:
         return item.deadline <= now + len(item) * seconds_per_sample

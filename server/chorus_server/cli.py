@@ -55,7 +55,14 @@ def _serve(args: argparse.Namespace) -> int:
         except ImportError:
             print("chorus serve: --ray needs Ray Serve: pip install 'chorus-asr[ray]'", file=sys.stderr)
             return 2
-        run(settings, args.host, args.port, args.workers, args.ray_address)
+        if args.gpus_per_worker is not None:
+            if args.gpus_per_worker < 0:
+                print(
+                    "chorus serve: --gpus-per-worker must be 0 or more (e.g. 1, or 0.5 to share a GPU)", file=sys.stderr
+                )
+                return 2
+            settings.cluster.num_gpus = args.gpus_per_worker
+        run(settings, args.host, args.port, args.workers, args.ray_address, args.ray_logs)
         return 0
     try:
         sock = bind(args.host, args.port)  # before the model loads: a busy port never logs "Chorus ready"
@@ -164,6 +171,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--ray", action="store_true", help="serve as a Ray Serve cluster (docs/scale-out.md)")
     serve.add_argument("--workers", type=int, default=2, help="--ray: worker replicas, one backbone each (default 2)")
     serve.add_argument("--ray-address", default=None, help="--ray: join this Ray cluster (default: start a local one)")
+    serve.add_argument(
+        "--ray-logs",
+        choices=["file", "console"],
+        default="file",
+        help="--ray: where Ray's own log lines go (default: file, DATA_DIR/ray.log; the console shows Chorus's)",
+    )
+    serve.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="--ray: GPUs each worker asks Ray for, fractions allowed (default: CHORUS_CLUSTER__NUM_GPUS, else 1 "
+        "when the cluster has GPUs, else 0)",
+    )
     serve.set_defaults(func=_serve)
     keys = commands.add_parser(
         "keys", help="create, list and revoke API keys in the configured key file (no server needed)"

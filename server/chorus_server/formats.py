@@ -86,6 +86,7 @@ def verbose_json(
     duration: float,
     granularities: set[str],
     speech: Speech | None = None,
+    logprobs: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task": "transcribe",
@@ -112,12 +113,38 @@ def verbose_json(
         ]
     if "word" in granularities:
         body["words"] = words_json(transcript)
+    if logprobs:
+        body["logprobs"] = token_logprobs(transcript)
     body["usage"] = usage(duration)
     return body
 
 
 def words_json(transcript: Transcript) -> list[dict[str, Any]]:
-    return [{"word": w.text, "start": ms(w.start), "end": ms(w.end)} for w in transcript.words]
+    """Words with their times and `probability`: exp of the mean log-probability of the word's characters'
+    frames (as Whisper's word probabilities, a confidence in (0, 1])."""
+    return [
+        {"word": w.text, "start": ms(w.start), "end": ms(w.end), "probability": round(w.probability, 4)}
+        for w in transcript.words
+    ]
+
+
+def token_logprobs(transcript: Transcript) -> list[dict[str, Any]]:
+    """OpenAI's `include[]=logprobs`: `[{token, logprob, bytes}]`. A CTC token is one character; a word's first
+    character carries the space before it, so the tokens joined are the text. `logprob`: the mean log-probability
+    of the frames that emitted the character."""
+    out: list[dict[str, Any]] = []
+    chars, at = transcript.chars, 0
+    for n, word in enumerate(transcript.words):
+        mine = []
+        while at < len(chars) and chars[at].end <= word.end + 1e-9:
+            mine.append(chars[at])
+            at += 1
+        # the word as written (a hotword keeps the prompt's case) where it spells one character per token
+        texts = list(word.text) if len(word.text) == len(mine) else [c.text for c in mine]
+        for k, (text, char) in enumerate(zip(texts, mine, strict=True)):
+            token = (" " if n and k == 0 else "") + text
+            out.append({"token": token, "logprob": char.logprob, "bytes": list(token.encode())})
+    return out
 
 
 def usage(duration: float) -> dict[str, Any]:

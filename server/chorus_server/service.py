@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,8 +23,13 @@ from chorus_server.audio_memory import AudioMemory, Hold
 from chorus_server.auth import Principal
 from chorus_server.batching import Priority, WorkItem
 from chorus_server.chunking import Window, plan_windows, stitch
-from chorus_server.engine import Engine, Transcript, ctc_greedy_decode
-from chorus_server.engine.adapters import CLASSIFIER, Adapter
+from chorus_server.decoding.beam import decode
+from chorus_server.decoding.options import DecodeRequest
+from chorus_server.decoding.pool import FairPool
+from chorus_server.decoding.request import for_adapter
+from chorus_server.decoding.resources import DecoderUnavailable
+from chorus_server.engine import Engine, Transcript
+from chorus_server.engine.adapters import CLASSIFIER, Adapter, Vocabulary
 from chorus_server.engine.cache import AdapterCache, Lease
 from chorus_server.engine.routing import Routing
 from chorus_server.errors import ApiError
@@ -45,9 +52,10 @@ _T = TypeVar("_T")
 @dataclass(frozen=True)
 class Piece:
     """One window's share of a streamed transcription: its core logits (T, V); `starts_region` on the first
-    window of a speech region (regions are decoded apart and joined with a space, as `transcribe` does)."""
+    window of a speech region (regions are decoded apart and joined with a space, as `transcribe` does). Plain
+    data (no adapter module), so a cluster worker can send it to the ingress."""
 
-    adapter: Adapter
+    vocab: Vocabulary
     logits: torch.Tensor
     starts_region: bool
 
@@ -55,24 +63,27 @@ class Piece:
 @dataclass(frozen=True)
 class Result:
     record: AdapterRecord
-    adapter: Adapter
+    vocab: Vocabulary
     transcript: Transcript
     speech: Speech
+    worker: str = ""  # the cluster worker that transcribed it (x-chorus-worker); "" on one process
 
 
-class Transcriber:
+class Intake:
+    """A request's way in, before any backbone work: which adapter version it means, and whether its audio may
+    queue now (the tenant's queued-audio budget and decoded-audio memory). A cluster ingress has this part only;
+    `Transcriber` adds the work itself. `speed`: audio seconds the server transcribes per second (Retry-After)."""
+
     def __init__(
         self,
-        engine: Engine,
         store: AdapterStore,
-        cache: AdapterCache,
-        worker: Worker,
         settings: Settings,
         default_adapter: str | None,
+        rate: int,
+        speed: Callable[[], float],
     ):
-        self.engine, self.store, self.cache, self.worker = engine, store, cache, worker
-        self.settings, self.default_adapter = settings, default_adapter
-        self.rate = engine.preprocess.sampling_rate
+        self.store, self.settings, self.default_adapter, self.rate = store, settings, default_adapter, rate
+        self.speed = speed
         self.budget = QueueBudget(settings.limits.max_queue_audio_seconds)
         self.memory = AudioMemory(settings.limits.max_decoded_audio_bytes)
 
@@ -124,24 +135,6 @@ class Transcriber:
         vad = self.settings.vad
         return VadOptions(vad.threshold, vad.silence_ms, vad.padding_ms, vad.min_speech_ms) if vad.enabled else None
 
-    async def transcribe(
-        self,
-        audio: Audio,
-        record: AdapterRecord,
-        tenant: Principal,
-        disconnected: Callable[[], Awaitable[None]],
-        vad: VadOptions | Literal["settings"] | None = "settings",
-        no_speech_prob: bool = True,
-        priority: Priority = Priority.FILE,
-    ) -> Result:
-        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
-        `vad`: the detector's options (None: the whole file is speech; "settings": the server's default);
-        `no_speech_prob`: whether the caller reports it (`Result.speech` then has the detector's probabilities);
-        `priority`: the windows' class (FLEX for service_tier=flex)."""
-        options = self.default_vad() if vad == "settings" else vad
-        async with self.admitted(audio, tenant.tenant, disconnected) as (deadline, gone):
-            return await self._run(audio, record, tenant.tenant, deadline, gone, options, no_speech_prob, priority)
-
     @contextlib.asynccontextmanager
     async def admitted(
         self, audio: Audio, tenant: str, disconnected: Callable[[], Awaitable[None]]
@@ -158,10 +151,6 @@ class Transcriber:
             gone.cancel()
             self.budget.release(tenant, audio.seconds)
             self.memory.done(audio.samples)
-
-    async def lease(self, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Lease:
-        """Hold `record`'s adapter resident (loading it if needed), waiting no longer than the request may."""
-        return await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
 
     def check_queue(self, tenant: str, seconds: float = 0.0) -> None:
         """Raise 503 now if `seconds` more for `tenant` would not be admitted (before reading or decoding)."""
@@ -185,7 +174,7 @@ class Transcriber:
     def _memory_full(self, held: float) -> ApiError:
         # Decoded audio is held until its request finishes: the queued seconds say how soon that is.
         queued = self.budget.held
-        retry = max(1, min(60, math.ceil(queued / max(self.worker.speed, 1.0))))
+        retry = max(1, min(60, math.ceil(queued / max(self.speed(), 1.0))))
         return ApiError(
             503,
             f"the server is busy ({held / 2**20:.0f} MiB of decoded audio held, limit "
@@ -203,13 +192,57 @@ class Transcriber:
             raise ApiError(413, str(large), "audio_too_long", "file") from None
 
     def _queue_full(self, queued: float) -> ApiError:
-        retry = max(1, min(60, math.ceil(queued / max(self.worker.speed, 1.0))))
+        retry = max(1, min(60, math.ceil(queued / max(self.speed(), 1.0))))
         return ApiError(
             503,
             f"the server is busy ({queued:.0f} s of audio queued); retry after {retry} s",
             "queue_full",
             headers={"Retry-After": str(retry)},
         )
+
+
+class Transcriber(Intake):
+    """One transcription request from admission to transcript (the module docstring), on this process's engine,
+    adapter cache and inference worker."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: AdapterStore,
+        cache: AdapterCache,
+        worker: Worker,
+        settings: Settings,
+        default_adapter: str | None,
+    ):
+        super().__init__(store, settings, default_adapter, engine.preprocess.sampling_rate, lambda: worker.speed)
+        self.engine, self.cache, self.worker = engine, cache, worker
+        self.decoders = FairPool(max(2, os.cpu_count() or 2))  # logits -> text, tenants in turn (decoding/pool.py)
+
+    async def transcribe(
+        self,
+        audio: Audio,
+        record: AdapterRecord,
+        tenant: Principal,
+        disconnected: Callable[[], Awaitable[None]],
+        vad: VadOptions | Literal["settings"] | None = "settings",
+        no_speech_prob: bool = True,
+        priority: Priority = Priority.FILE,
+        decoding: DecodeRequest | None = None,
+    ) -> Result:
+        """Raises ApiError (413, 503, 504), a store error, or ClientGone when `disconnected()` completes first.
+        `vad`: the detector's options (None: the whole file is speech; "settings": the server's default);
+        `no_speech_prob`: whether the caller reports it (`Result.speech` then has the detector's probabilities);
+        `priority`: the windows' class (FLEX for service_tier=flex); `decoding`: the request's decoder, hotwords
+        (as written: spelled in the adapter's vocabulary here) and logprobs choice."""
+        options = self.default_vad() if vad == "settings" else vad
+        async with self.admitted(audio, tenant.tenant, disconnected) as (deadline, gone):
+            return await self._run(
+                audio, record, tenant.tenant, deadline, gone, options, no_speech_prob, priority, decoding
+            )
+
+    async def lease(self, record: AdapterRecord, deadline: float, gone: asyncio.Future[None]) -> Lease:
+        """Hold `record`'s adapter resident (loading it if needed), waiting no longer than the request may."""
+        return await self._within(asyncio.wrap_future(self.cache.lease(record.ref)), deadline, gone, [])
 
     async def _run(
         self,
@@ -221,6 +254,7 @@ class Transcriber:
         vad: VadOptions | None,
         no_speech_prob: bool = True,
         priority: Priority = Priority.FILE,
+        decoding: DecodeRequest | None = None,
     ) -> Result:
         speech = await self._detect(audio, vad, no_speech_prob)
         lease = await self.lease(record, deadline, gone)
@@ -230,8 +264,8 @@ class Transcriber:
                 self.worker.submit(items)
             gathered = asyncio.gather(*(asyncio.wrap_future(item.future) for item in items))
             pieces: list[torch.Tensor] = await self._within(gathered, deadline, gone, items)
-            transcript = await asyncio.to_thread(self._decode, pieces, plans, lease.adapter)
-            return Result(record, lease.adapter, transcript, speech)
+            transcript = await self.decode_text(tenant, deadline, gone, pieces, plans, lease.adapter, decoding)
+            return Result(record, lease.adapter.vocab, transcript, speech)
         finally:
             lease.release()
 
@@ -304,24 +338,55 @@ class Transcriber:
                         piece = await self._within(asyncio.wrap_future(item.future), deadline, gone, items)
                         if n == 0 and len(items) > 1:
                             self.worker.submit(items[1:])
-                        yield Piece(lease.adapter, piece[window.keep_from : window.keep_to], starts_region)
+                        yield Piece(lease.adapter.vocab, piece[window.keep_from : window.keep_to], starts_region)
                 finally:
                     lease.release()
             finally:
                 for item in items:  # the caller stopped reading (or failed): windows not yet run must not run
                     item.future.cancel()
 
-    def _decode(
-        self, pieces: list[torch.Tensor], plans: list[tuple[Region, list[Window]]], adapter: Adapter
+    def decode_request(self, decoding: DecodeRequest | None, adapter: Adapter) -> DecodeRequest:
+        """A request's decoding choices for `adapter`: its hotwords spelled in the adapter's vocabulary, at most
+        CHORUS_LIMITS__MAX_HOTWORDS (None: the adapter version's defaults)."""
+        return for_adapter(decoding or DecodeRequest(), adapter.vocab, self.settings.limits.max_hotwords)
+
+    async def decode_text(
+        self,
+        tenant: str,
+        deadline: float,
+        gone: asyncio.Future[None],
+        pieces: list[torch.Tensor],
+        plans: list[tuple[Region, list[Window]]],
+        adapter: Adapter,
+        decoding: DecodeRequest | None,
     ) -> Transcript:
-        """pieces: (T_i, V) logits of every window of every region, in order -> the file's transcript."""
+        """`_decode` as `decoding` asks (`decode_request`) on the decode pool in `tenant`'s turn (a beam search can
+        take milliseconds per audio second: never on the event loop or the inference thread), within the request's
+        deadline and connection."""
+        job = functools.partial(self._decode, pieces, plans, adapter, self.decode_request(decoding, adapter))
+        return await self._within(self.decoders.run(tenant, job), deadline, gone, [])
+
+    def _decode(
+        self,
+        pieces: list[torch.Tensor],
+        plans: list[tuple[Region, list[Window]]],
+        adapter: Adapter,
+        request: DecodeRequest | None = None,
+    ) -> Transcript:
+        """pieces: (T_i, V) logits of every window of every region, in order -> the file's transcript, decoded as
+        `request` asks (None: the adapter version's default decoder) with the adapter version's language model
+        (`adapter.language_model`, where it has one). model=auto's one-pass transcription calls it too."""
+        files = getattr(adapter, "language_model", None)
+        request = request or DecodeRequest()
         parts: list[tuple[float, Transcript]] = []
         for region, windows in plans:
             mine, pieces = pieces[: len(windows)], pieces[len(windows) :]
             logits = stitch(mine, windows)  # (T, V) of this region
-            parts.append(
-                (region.start / self.rate, ctc_greedy_decode(logits, adapter.vocab, self.engine.frame_seconds))
-            )
+            try:
+                transcript = decode(logits, adapter.vocab, files, request, self.engine.frame_seconds)
+            except DecoderUnavailable as error:  # decoder=beam asked of a server or adapter that cannot beam-search
+                raise ApiError(501, f"{error}; or ask for decoder=greedy", "decoder_unavailable", "decoder") from None
+            parts.append((region.start / self.rate, transcript))
         return join(parts)
 
     async def _within(

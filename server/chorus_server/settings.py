@@ -94,6 +94,16 @@ class LimitSettings(BaseModel):
     max_audio_bytes: int = Field(25 * MiB, ge=1024, description="largest transcription upload (OpenAI: 25 MB)")
     max_audio_seconds: float = Field(1800.0, gt=0, description="longest audio accepted, checked before decoding")
     max_adapter_bytes: int = Field(512 * MiB, ge=1024, description="largest adapter upload")
+    max_lm_bytes: int = Field(
+        256 * MiB, ge=1024, description="largest language model (ARPA or KenLM binary) stored with an adapter version"
+    )
+    max_lexicon_bytes: int = Field(16 * MiB, ge=1024, description="largest lexicon stored with an adapter version")
+    max_lexicon_words: int = Field(
+        1_000_000, ge=1, description="most words in a lexicon stored with an adapter version"
+    )
+    max_hotwords: int = Field(
+        100, ge=0, le=10_000, description="most words of a request's `prompt` boosted as hotwords; the rest are ignored"
+    )
     max_queue_audio_seconds: float = Field(
         900.0, gt=0, description="audio admitted but not yet run; beyond it requests get 503 + Retry-After"
     )
@@ -131,6 +141,12 @@ class CacheSettings(BaseModel):
     device_budget_mb: int = Field(2048, ge=1, description="adapter bytes resident on the device")
     host_budget_mb: int = Field(8192, ge=1, description="adapter bytes kept in host RAM (CPU: the only tier)")
     loader_threads: int = Field(2, ge=1, le=64, description="threads reading adapters from the store")
+    decoder_budget_mb: int = Field(
+        2048,
+        ge=1,
+        description="memory for beam-search decoders (an adapter version's language model and lexicon trie, "
+        "about 1.3 KB per lexicon word), least recently used out; a version needing more alone decodes greedily",
+    )
     watch_seconds: float = Field(
         2.0, gt=0, description="how often cached adapters are checked against the store (deletes via other workers)"
     )
@@ -199,6 +215,12 @@ class RealtimeSettings(BaseModel):
     step_ms: int = Field(
         320, ge=20, le=5000, description="audio per incremental step (a multiple of 20 ms): partial text this often"
     )
+    busy_step_ms: int = Field(
+        640,
+        ge=20,
+        le=5000,
+        description="least audio per step while file work waits for the backbone (fewer recomputed left contexts)",
+    )
     left_context_seconds: float = Field(
         2.0, ge=0, le=30, description="audio before each step computed with it, so its text matches a longer pass"
     )
@@ -227,6 +249,32 @@ class RoutingSettings(BaseModel):
         le=64,
         description="detect inside the transcription's backbone pass when the placement allows and the language-ID "
         "adapter's labels map to at most this many adapters (each held resident for the request); 0: never",
+    )
+
+
+class ClusterSettings(BaseModel):
+    """`chorus serve --ray` (docs/scale-out.md, section 3)."""
+
+    num_gpus: float | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="GPUs each worker replica asks Ray for (a fraction shares one GPU between workers; "
+        "`--gpus-per-worker`); unset: 1 when the Ray cluster has GPUs, else 0",
+    )
+    worker_threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="CPU threads each worker replica's inference uses (Ray would give a replica that asks for no "
+        "CPU one thread); unset: the deploying machine's CPUs divided by the workers each node runs",
+    )
+    affinity_slack: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="requests in flight a worker holding the adapter may have beyond the least-loaded worker and "
+        "still be chosen (0: a holder must be as idle as the idlest worker)",
     )
 
 
@@ -284,6 +332,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
 
 @lru_cache

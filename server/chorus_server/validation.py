@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chorus_server.decoding.request import spelling_symbols
 from chorus_server.engine import Engine
 from chorus_server.engine.adapter_format import adapter_from_bytes, check_fit
 from chorus_server.engine.adapters import Adapter
@@ -59,4 +60,27 @@ class BackboneValidator:
             bottleneck_dim=adapter.bottleneck_dim,
             layers=list(adapter.layer_ids),
             backbone_fingerprint=adapter.info.backbone_fingerprint,
+            symbols=frozenset() if adapter.is_classifier else spelling_symbols(adapter.vocab),
         )
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a server needs to know of its backbone besides running it: the adapter check, the audio rate, where it
+    runs. Plain data: a cluster ingress gets it from a worker instead of loading the backbone."""
+
+    validator: BackboneValidator
+    sampling_rate: int
+    device: str
+    dtype: str
+    default_adapter: str | None = None  # what `whisper-1` means: the backbone's own head, or the configured one
+
+    @classmethod
+    def of(cls, engine: Engine, default_adapter: str | None = None) -> BackboneInfo:
+        dtype = str(engine.dtype).removeprefix("torch.")
+        validator = BackboneValidator.for_engine(engine)
+        return cls(validator, engine.preprocess.sampling_rate, str(engine.device), dtype, default_adapter)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.validator.fingerprint

@@ -71,6 +71,8 @@ class Worker:
         self._running: list[WorkItem] = []  # the batch on the device now
         self._passed_over = 0  # batches in a row that left less urgent work waiting (batching.py: bulk_passes)
         self._live_seen = -float("inf")  # when live work was last submitted
+        self._live_sessions = 0  # realtime sessions open: while any is, bulk batches stay one slice long
+        self._bulk_queued = 0  # queued items less urgent than live work (files, flex)
         self._cond = threading.Condition()
         self._stopping = False
         self.speed = 1.0  # audio seconds per compute second, smoothed; for Retry-After estimates
@@ -93,6 +95,7 @@ class Worker:
                 self._served[tenant] = max(self._served.get(tenant, 0.0), floor - 1)
             if any(item.priority == Priority.LIVE for item in items):
                 self._live_seen = self.clock()
+            self._bulk_queued += sum(item.priority != Priority.LIVE for item in items)
             self._queue.extend(items)
             self._queued_samples += sum(len(item) for item in items)
             self._cond.notify()
@@ -100,6 +103,21 @@ class Worker:
     @property
     def queued_samples(self) -> int:
         return self._queued_samples
+
+    @property
+    def bulk_waiting(self) -> bool:
+        """Whether file work (file or flex windows) is queued: realtime steps then cover more audio each."""
+        return self._bulk_queued > 0
+
+    def live_session_opened(self) -> None:
+        """A realtime session opened: until it closes, every batch is held to one slice (`interactive_bulk_samples`),
+        so its first step after a pause never finds a full-size file batch running."""
+        with self._cond:
+            self._live_sessions += 1
+
+    def live_session_closed(self) -> None:
+        with self._cond:
+            self._live_sessions = max(0, self._live_sessions - 1)
 
     @property
     def queued_items(self) -> int:
@@ -182,13 +200,14 @@ class Worker:
                     seconds_per_sample=per_sample,
                     company_expected=self.company_expected(),
                     passed_over=self._passed_over,
-                    interactive_recent=now - self._live_seen < limits.interactive_linger,
+                    interactive_recent=self._live_sessions > 0 or now - self._live_seen < limits.interactive_linger,
                 )
                 dropped = collected.batch + collected.expired + collected.cancelled
                 if dropped:
                     gone = {id(item) for item in dropped}
                     self._queue = [item for item in self._queue if id(item) not in gone]
                     self._queued_samples -= sum(len(item) for item in dropped)
+                    self._bulk_queued -= sum(item.priority != Priority.LIVE for item in dropped)
                 for item in collected.expired:
                     if item.future.set_running_or_notify_cancel():
                         item.future.set_exception(DeadlineExceeded())

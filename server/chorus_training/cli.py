@@ -61,6 +61,13 @@ def _train_adapter(args: argparse.Namespace) -> int:
         "trainable_parameters": result.trainable_parameters,
         "trainable_percent_of_backbone": round(result.trainable_percent, 2),
     }
+    if args.lexicon and not args.full_finetune:
+        from chorus_server.engine import load_adapter
+        from chorus_training.lexicon import lexicon_path, write_lexicon
+
+        lexicon = lexicon_path(out)
+        summary["lexicon"] = str(lexicon)
+        summary["lexicon_words"] = write_lexicon(Path(args.train), load_adapter(out).vocab, lexicon)
     if args.test and args.full_finetune:
         summary["test_cer"] = round(test_cer(out, Path(args.test)), 4)
     elif args.test:
@@ -148,6 +155,15 @@ def _demo_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_lm(args: argparse.Namespace) -> int:
+    from chorus_server.decoding.resources import DEMO_LM_DIR
+    from chorus_training.lm import demo_alphabet, make_lm
+
+    for lang in args.langs.split(","):
+        print(make_lm(lang, demo_alphabet(lang), Path(args.out) if args.out else DEMO_LM_DIR))
+    return 0
+
+
 def _demo_report(args: argparse.Namespace) -> int:
     from chorus_training.demo import cer_report
 
@@ -183,6 +199,13 @@ def add_commands(commands: Any, dev: Any) -> None:
         "--full-finetune",
         action="store_true",
         help="baseline: train the whole transformer and a new head instead; --out is then a model directory",
+    )
+    ta.add_argument(
+        "--lexicon",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the training transcripts' words beside the adapter, <out stem>.lexicon.txt, for "
+        "`chorus adapters upload --lexicon` (default: on; not with --full-finetune)",
     )
     _add_loop_options(ta, steps=1500, lr=2e-3, warmup=100)
     ta.set_defaults(func=_train_adapter)
@@ -266,6 +289,11 @@ def add_commands(commands: Any, dev: Any) -> None:
     ds.add_argument("--langs", default="en,fr,de,es,it", help="languages (default: en,fr,de,es,it)")
     ds.add_argument("--per-lang", type=int, default=3, help="utterances per language (default: 3)")
     ds.set_defaults(func=_demo_samples)
+
+    ml = dev.add_parser("make-lm", help="write a lexicon and a unigram ARPA model per language from its word list")
+    ml.add_argument("--out", default=None, help="output directory (default: the bundled demo model's lm/)")
+    ml.add_argument("--langs", default="en,fr,de,es,it", help="comma-separated languages (default: en,fr,de,es,it)")
+    ml.set_defaults(func=_make_lm)
 
     dr = dev.add_parser("demo-report", help="CER/WER of the bundled demo model on a corpus split")
     dr.add_argument("--data", required=True, help="corpus directory (make-corpus --out)")

@@ -311,3 +311,17 @@ def test_racing_publishers_in_one_process_get_one_version_each(store, adapter_fi
         records = list(pool.map(lambda i: store.publish("acme/race", adapter_files[i % 2]), range(8)))
     assert sorted(r.version for r in records) == list(range(1, 9))
     assert store.get("acme/race").version == 8 and [r.version for r in store.versions("acme/race")] == list(range(1, 9))
+
+
+def test_pins_are_recorded_for_every_server_on_the_store(store):
+    assert store.pins() == {}
+    store.set_pin("acme/fr", "acme/fr@1")
+    store.set_pin("acme/de", "acme/de@3")
+    store.set_pin("acme/fr", "acme/fr@2")  # a new version moves the pin
+    assert store.pins() == {"acme/fr": "acme/fr@2", "acme/de": "acme/de@3"}
+    store.set_pin("acme/de", None)
+    store.set_pin("acme/never", None)  # unpinning what is not pinned is fine
+    assert store.pins() == {"acme/fr": "acme/fr@2"}
+    with pytest.raises(ValueError):
+        store.set_pin("acme/fr", "acme/de@1")
+    assert store.list_adapters().items == []  # the pin index is not an adapter

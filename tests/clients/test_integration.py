@@ -311,7 +311,9 @@ def test_async_client(server, model_dir, audio, tmp_path):
 def chorus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The installed `chorus` console script (chorus_server.cli:main), importing this checkout."""
     exe = shutil.which("chorus") or str(Path(sys.executable).parent / "chorus")
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # The checkout's packages first: an editable install elsewhere (another worktree) must not answer instead.
+    here = [str(ROOT / part) for part in ("server", "adapter_store", "clients")] + [str(ROOT)]
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(here), **(env or {})}
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, env=full_env)
 
 
@@ -381,3 +383,54 @@ def test_dashboard_names_only_metrics_the_server_exports(server, model_dir, audi
     names = series_names(exported) | CUDA_ONLY
     for title, expr in dashboard_exprs():
         assert metric_names(expr) <= names, f"panel {title!r}: {metric_names(expr) - names}"
+
+
+def lexicon_for(adapter: Path) -> bytes:
+    """Three words the adapter can spell (its random vocabulary's first characters)."""
+    from chorus_server.decoding.request import spelling_symbols
+    from chorus_server.engine import load_adapter
+
+    letters = sorted(spelling_symbols(load_adapter(adapter).vocab))
+    return "\n".join(letters[i] * 2 for i in range(3)).encode() + b"\n"
+
+
+def test_decoding_files_through_the_sdk_and_the_cli(server, model_dir, audio, tmp_path):
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_bytes(lexicon_for(adapter_file(model_dir)))
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1.0\t<s>\n-1.0\t</s>\n\n\\end\\\n")
+    with Chorus(server, "k-alice") as alice:
+        with_lm = alice.upload_adapter(
+            adapter_file(model_dir), "sdk-lm", lm=arpa, lexicon=lexicon, beam={"beam_width": 4}
+        )
+        assert with_lm.lm["format"] == "arpa" and with_lm.lexicon["words"] == 3 and with_lm.beam == {"beam_width": 4}
+        assert alice.get_adapter("sdk-lm").lm == with_lm.lm
+        assert alice.transcribe(audio["one"], "sdk-lm", decoder="greedy").adapter == "alice/sdk-lm@1"
+        plain = alice.upload_adapter(adapter_file(model_dir), "sdk-plain")
+        assert plain.lm is None and plain.lexicon is None
+        with pytest.raises(InvalidRequestError) as refused:
+            alice.transcribe(audio["one"], "sdk-plain", decoder="beam")
+        assert (refused.value.code, refused.value.param) == ("beam_unavailable", "decoder")
+        with pytest.raises(ValueError, match="decoder must be"):
+            alice.transcribe(audio["one"], "sdk-plain", decoder="viterbi")
+        with pytest.raises(ValueError, match="need a language model or lexicon"):
+            alice.upload_adapter(adapter_file(model_dir), "sdk-x", beam={"lm_weight": 1.0})
+        bad = tmp_path / "bad.txt"
+        bad.write_bytes(b"\xff\n")
+        with pytest.raises(InvalidRequestError) as invalid:
+            alice.upload_adapter(adapter_file(model_dir), "sdk-bad", lexicon=bad)
+        assert invalid.value.code == "invalid_adapter" and "not UTF-8" in str(invalid.value)
+
+    env = {"CHORUS_URL": server, "CHORUS_API_KEY": "k-alice"}
+    up = chorus("adapters", "upload", str(adapter_file(model_dir)), "--id", "cli-lm", "--lm", str(arpa),
+                "--lexicon", str(lexicon), "--beam-width", "16", "--lm-weight", "0.9", env=env)  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert "language model arpa, lexicon of 3 words" in up.stdout
+    shown = json.loads(chorus("adapters", "show", "cli-lm", "--json", env=env).stdout)
+    assert shown["beam"] == {"beam_width": 16, "lm_weight": 0.9}
+    text = chorus("transcribe", str(audio["one"]), "-a", "cli-lm", "--decoder", "greedy", "--prompt", "x", env=env)
+    assert text.returncode == 0, text.stderr
+    bad = chorus(
+        "adapters", "upload", str(adapter_file(model_dir)), "--id", "cli-bad-lm", "--lm", str(lexicon), env=env
+    )
+    assert bad.returncode == EXIT_REJECTED and "line 1: expected the \\data\\ header" in bad.stderr

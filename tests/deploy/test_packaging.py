@@ -213,7 +213,7 @@ def test_dockerfile_follows_the_packaging_rules():
 
 def test_dependency_layer_reads_the_requirements_from_pyproject():
     # The Dockerfile's one-liner, run here: it must list exactly the two distributions' runtime dependencies and the
-    # server's `postgres` extra.
+    # server's `postgres` and `lm` extras.
     run = next(value for kind, value in dockerfile_instructions() if kind == "RUN" and "tomllib" in value)
     code = re.search(r'python -c "(.+?)"\s*>', run)
     assert code is not None
@@ -222,10 +222,11 @@ def test_dependency_layer_reads_the_requirements_from_pyproject():
 
     client = tomllib.loads((ROOT / "clients" / "pyproject.toml").read_text())["project"]["dependencies"]
     server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    postgres = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["postgres"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert "chorus-client==0.1.0" in server
-    # With the `postgres` extra: the compose stack runs Chorus on PostgreSQL (CHORUS_DATABASE_URL).
-    expected = client + [d for d in server if not d.startswith("chorus-client")] + postgres
+    # With the `postgres` extra: the compose stack runs Chorus on PostgreSQL (CHORUS_DATABASE_URL); with `lm`: the
+    # demo adapters decode with their language models (beam search).
+    expected = client + [d for d in server if not d.startswith("chorus-client")] + extras["postgres"] + extras["lm"]
     assert result.returncode == 0 and result.stdout.split() == expected
 
 

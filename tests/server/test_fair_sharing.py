@@ -359,6 +359,7 @@ def test_a_tenant_returning_from_idle_leads_the_next_batch_without_banked_credit
 
     worker = Worker.__new__(Worker)  # only the queue bookkeeping: no engine, no thread
     worker._queue, worker._queued_samples, worker._served = [], 0, {"a": 50_000.0, "b": 10.0}
+    worker._bulk_queued = 0
     worker._cond, worker._stopping = threading.Condition(), False
     worker.submit([item("a"), item("a")])
     worker.submit([item("b", enqueued=5.0)])

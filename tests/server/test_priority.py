@@ -121,6 +121,35 @@ def test_the_worker_runs_a_live_step_next_and_keeps_file_batches_small_while_liv
     assert engine.batches == [[1.0], [9.0], [2.0], [3.0], [4.0]]  # files one window at a time after the step
 
 
+def test_while_a_realtime_session_is_open_file_batches_stay_one_slice_even_between_its_steps():
+    """No live step for longer than the linger (a pause between turns): the next step must still find at most one
+    slice running, so the cap holds for as long as a session is open; once it closes, files get full batches."""
+    gate = threading.Event()
+    gate.set()
+    engine = OrderEngine(gate)
+    limits = BatchLimits(4, 10**9, 0.0, bulk_passes=8, interactive_bulk_samples=400, interactive_linger=1.0)
+    worker = Worker(engine, limits, Metrics(), clock=lambda: 100.0)  # type: ignore[arg-type]
+
+    def file(v: float) -> WorkItem:
+        return WorkItem(np.full(400, v, np.float32), None, 0.0, 1e12, "t")  # type: ignore[arg-type]
+
+    worker.live_session_opened()
+    opened = [file(v) for v in (1.0, 2.0, 3.0)]
+    worker.submit(opened)
+    assert worker.bulk_waiting
+    worker.start()
+    for queued in opened:
+        queued.future.result(10)
+    assert not worker.bulk_waiting
+    worker.live_session_closed()
+    closed = [file(v) for v in (4.0, 5.0, 6.0)]
+    worker.submit(closed)  # one call: all three are queued before the worker looks
+    for queued in closed:
+        queued.future.result(10)
+    worker.stop(10)
+    assert engine.batches == [[1.0], [2.0], [3.0], [4.0, 5.0, 6.0]]
+
+
 def submitted_classes(client) -> list[list[Priority]]:
     """Spy on the worker: the classes of each submitted group of windows."""
     worker = client.app.state.chorus.worker

@@ -87,14 +87,14 @@ NOISY = Transcript(
 
 def test_every_format_rounds_times_to_milliseconds():
     assert formats.words_json(NOISY) == [
-        {"word": "a", "start": 0.82, "end": 1.26},
-        {"word": "b", "start": 2.0, "end": 2.34},
+        {"word": "a", "start": 0.82, "end": 1.26, "probability": 0.9048},  # exp(-0.1)
+        {"word": "b", "start": 2.0, "end": 2.34, "probability": 0.9048},
     ]
     vocab = Vocabulary(("<pad>", "|", "a", "b"), blank_id=0, word_delimiter_id=1)
     body = formats.verbose_json(NOISY, vocab, "en", 3.0000000000000004, {"word", "segment"})
     assert body["duration"] == 3.0
     assert [(s["start"], s["end"]) for s in body["segments"]] == [(0.82, 2.34)]
-    assert body["words"][0] == {"word": "a", "start": 0.82, "end": 1.26}
+    assert body["words"][0] == {"word": "a", "start": 0.82, "end": 1.26, "probability": 0.9048}
     assert re.findall(r"\d\d:\d\d:\d\d,\d{3}", formats.srt(NOISY)) == ["00:00:00,820", "00:00:02,340"]
     assert re.findall(r"\d\d:\d\d:\d\d\.\d{3}", formats.vtt(NOISY)) == ["00:00:00.820", "00:00:02.340"]
 

@@ -62,6 +62,9 @@ def test_train_adapter_writes_an_adapter_the_engine_accepts(tmp_path: Path, caps
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_cer"] >= 0 and summary["trainable_parameters"] > 0
+    lexicon = tmp_path / "xx.lexicon.txt"  # the transcripts' words, for `chorus adapters upload --lexicon`
+    assert summary["lexicon"] == str(lexicon) and summary["lexicon_words"] == 6
+    assert lexicon.read_text(encoding="utf-8") == "a\nab\nabc\nba\nca\né\n"
 
     loaded = Engine.from_pretrained(tmp_path / "bb", device="cpu")
     adapter = loaded.engine.prepare(load_adapter(out))  # checks hidden size, layers and fingerprint
@@ -126,3 +129,19 @@ def test_full_finetune_writes_a_model_directory(tmp_path: Path, capsys) -> None:
     assert summary["trainable_percent_of_backbone"] > 50
     loaded = Engine.from_pretrained(out, device="cpu")
     assert loaded.default_adapter is not None and set("abcé") <= set(loaded.default_adapter.vocab.tokens)
+
+
+def test_the_lexicon_is_what_the_store_accepts_for_the_adapter(tmp_path: Path) -> None:
+    """Words the adapter cannot spell (a character missing from its vocabulary) stay out of the lexicon, so the
+    store's check of an upload passes."""
+    from chorus_server.decoding.request import spelling_symbols
+    from chorus_store.decoding_files import LexiconCheck
+    from chorus_training.lexicon import write_lexicon
+
+    manifest = write_manifest(tmp_path)
+    vocab = build_vocab(["ab ba abc"])  # a, b and c: "é" is not in it
+    out = tmp_path / "lex.txt"
+    assert write_lexicon(manifest, vocab, out) == 5
+    check = LexiconCheck(spelling_symbols(vocab), 100)
+    check.feed(out.read_bytes())
+    assert check.finish() == 5 and "é" not in out.read_text(encoding="utf-8")

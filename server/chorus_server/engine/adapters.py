@@ -29,6 +29,7 @@ from torch import nn
 from chorus_server.engine.cnn_adapters import CNN_PARTS, cnn_name, cnn_part_shape
 
 if TYPE_CHECKING:
+    from chorus_server.decoding.options import LanguageModelFiles
     from chorus_server.engine.routing import Routing
 
 CLASSIFIER = "classifier"
@@ -193,6 +194,8 @@ class Adapter(nn.Module):
         for attr, shape in self._extras().values():
             self.register_parameter(attr, nn.Parameter(torch.empty(shape, device=device), requires_grad=False))
         self._blocks: dict[tuple[int, str], Bottleneck] | None = None  # built on first use, see `block`
+        # The stored version's decoding files on local disk (set by the cache's loader; None: greedy only).
+        self.language_model: LanguageModelFiles | None = None
 
     def stack_keys(self) -> list[tuple[str, str]]:
         return [(site, part) for site in self.sites for part in self.parts]
@@ -333,6 +336,7 @@ class Adapter(nn.Module):
         stacks = {key: move(self.stack(*key)) for key in self.stack_keys()}
         mix = move(self.layer_weights) if self.is_classifier else None
         extras = {name: move(getattr(self, attr)) for name, (attr, _) in self._extras().items()}
+        new.language_model = self.language_model  # files on disk: every copy of the adapter decodes with them
         return new.adopt(stacks, move(self.head.weight), move(self.head.bias), mix, extras).train(self.training)
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ Tokens that look like `<...>` (HF special tokens: `<s>`, `</s>`, `<unk>`, `<pad>
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,11 @@ class TimedText:
     start: float
     end: float
     logprob: float  # mean log-probability of the frames that emitted it
+
+    @property
+    def probability(self) -> float:
+        """exp(logprob): the geometric mean of the emitting frames' probabilities, in (0, 1]."""
+        return math.exp(self.logprob)
 
 
 @dataclass(frozen=True)

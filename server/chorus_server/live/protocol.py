@@ -3,8 +3,9 @@
 
 Accepted: `session.type = "transcription"`; `audio.input.format` `{"type": "audio/pcm", "rate": 24000}` (OpenAI's;
 16000, 44100 and 48000 too);
-`audio.input.transcription` `{"model": <adapter>, "language", "prompt"}` (language and prompt are echoed, the
-adapter decides); `audio.input.turn_detection` `{"type": "server_vad", "threshold", "prefix_padding_ms",
+`audio.input.transcription` `{"model": <adapter>, "language", "prompt"}` (language is echoed, the adapter
+decides; the prompt's words are hotwords of each turn's final transcript, spelled in the adapter's vocabulary);
+`audio.input.turn_detection` `{"type": "server_vad", "threshold", "prefix_padding_ms",
 "silence_duration_ms"}` or null (the client commits). `noise_reduction` and `include` are accepted and not applied.
 """
 
@@ -15,6 +16,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chorus_server.decoding.options import DecodeRequest
+from chorus_server.decoding.request import from_prompt
 from chorus_server.live.pcm import RATES
 
 _counter = itertools.count(1)
@@ -53,6 +56,11 @@ class SessionConfig:
     language: str | None = None
     prompt: str | None = None
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+
+    def decode_request(self) -> DecodeRequest:
+        """The decoding choices of a turn's final transcript: the prompt's words as hotwords (the transcriber spells
+        them in the turn's adapter's vocabulary and bounds their number); the version's default decoder."""
+        return from_prompt(None, self.prompt, token_logprobs=False)
 
     def describe(self, session_id: str) -> dict[str, Any]:
         """The session object of `session.created` / `session.updated`."""

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chorus_server.auth import Principal
-from chorus_server.batching import Priority, WorkItem
 from chorus_server.errors import ApiError, as_api_error, from_domain
+from chorus_server.inference import WorkerLost
 from chorus_server.live.ctc_stream import IncrementalCTC
 from chorus_server.live.pcm import PcmError, Resampler, decode_pcm16
 from chorus_server.live.protocol import EventError, SessionConfig, apply_update, error_event, event_id, new_id
@@ -45,7 +45,7 @@ class RealtimeSession:
     def __init__(self, runtime: Runtime, who: Principal, send: Send):
         self.runtime, self.who, self.send = runtime, who, send
         self.settings = runtime.settings.realtime
-        self.rate = runtime.engine.preprocess.sampling_rate
+        self.rate = runtime.backbone.sampling_rate
         self.id = new_id("sess")
         self.config = SessionConfig()
         self.resampler = Resampler(self.config.rate, self.rate)
@@ -56,6 +56,8 @@ class RealtimeSession:
         self.backlog = np.zeros(0, np.float32)  # audio not yet in a turn (VAD mode: recent audio for the prefix)
         self.backlog_start = 0
         self.results = Results(runtime, who, send, self.rate)
+        self.live = runtime.inference.live()  # every turn's backbone work: on one worker for the session
+        self.lost = self.results.lost  # set when that worker stops: the session then ends
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
 
@@ -98,6 +100,8 @@ class RealtimeSession:
             await self.send(error_event(f"not JSON: {exc}", "invalid_json"))
         except EventError as exc:
             await self.send(error_event(exc.message, exc.code, exc.param, exc.type, client_event))
+        except WorkerLost as exc:
+            await self.results.worker_lost(exc, client_event)
         except ApiError as exc:
             await self.send(error_event(exc.message, exc.code, exc.param, error_type(exc.status_code), client_event))
 
@@ -240,21 +244,17 @@ class RealtimeSession:
     async def _open(self, at: int) -> None:
         """Start a turn whose audio begins at session sample `at` (earlier backlog is silence: dropped)."""
         record = self._resolve(self.config.model)  # per turn: a new version serves the next turn
-        try:
-            lease = await asyncio.wrap_future(self.runtime.cache.lease(record.ref))
-        except Exception as exc:
-            mapped = from_domain(exc)
-            if mapped is None:
-                raise
-            raise mapped from None
-        adapter = lease.adapter
+        label = record.id if record.visibility == "public" else ""
+        work = await self.live.open_turn(record, self.who, label)
         s = self.settings
         steps = TurnSteps(
             s.step_ms * self.rate // 1000, int(s.left_context_seconds * self.rate), s.lookahead_ms * self.rate // 1000
         )
-        label = record.id if record.visibility == "public" else ""
         start = max(at, self.backlog_start)
-        self.turn = Turn(new_id("item"), record, lease, label, steps, IncrementalCTC(adapter.vocab), start)
+        decoding = self.config.decode_request()  # the prompt as the turn opens: its hotwords for the final pass
+        self.turn = Turn(
+            new_id("item"), record, work, label, steps, IncrementalCTC(work.vocab), start, decoding=decoding
+        )
         self._drop_backlog_before(self.turn.start)
 
     def _feed_backlog(self, until: int) -> None:
@@ -265,7 +265,10 @@ class RealtimeSession:
         samples, self.backlog = self.backlog[:cut], self.backlog[cut:]
         self.backlog_start += len(samples)
         turn.audio.append(samples)
-        self._submit(turn, turn.steps.extend(samples))
+        # While file windows wait, each step's left context is backbone time they lose: longer steps recompute it
+        # less often (the text is as final; only the first words of a step come later).
+        least = self.settings.busy_step_ms * self.rate // 1000 if self.live.bulk_waiting() else 0
+        self._submit(turn, turn.steps.extend(samples, least))
 
     def _take_resampler_tail(self) -> None:
         tail = self.resampler.flush()
@@ -299,11 +302,7 @@ class RealtimeSession:
             return
         now = time.monotonic()
         deadline = now + self.runtime.settings.limits.request_timeout_seconds
-        items = [
-            WorkItem(step.samples, turn.lease.adapter, now, deadline, self.who.tenant, turn.label, Priority.LIVE)
-            for step in steps
-        ]
-        self.runtime.worker.submit(items)
+        items = [turn.work.step(step.samples, deadline) for step in steps]
         turn.items += items
         for step, item in zip(steps, items, strict=True):
             self.results.step(turn, item, step, now)

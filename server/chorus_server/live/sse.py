@@ -3,8 +3,8 @@
 `data: {"type": "transcript.text.delta", "delta": …}` as each window of the audio finishes (in order; a window's
 text in deltas of about a second of audio each, so a 14 s clip that is one window is not one delta), then one
 `data: {"type": "transcript.text.done", "text": …, "usage": {"type": "duration", "seconds": …}}`; no `[DONE]`
-line. The deltas add up to the done text, which is exactly the non-streamed transcript. Errors found before the
-first byte are ordinary JSON error responses; an error after it ends the stream with
+line. The deltas add up to the done text, which is exactly the non-streamed greedy transcript. Errors found
+before the first byte are ordinary JSON error responses; an error after it ends the stream with
 `data: {"type": "error", "error": {"message", "type", "param", "code"}}` (the OpenAI SDKs raise it).
 """
 
@@ -33,7 +33,7 @@ STREAMABLE_FORMATS = ("json", "text")
 FRAMES_PER_DELTA = 50
 
 
-def check_streamable(response_format: str, remote: bool) -> None:
+def check_streamable(response_format: str) -> None:
     """400 for a `stream=true` request this server cannot stream (checked before the body is decoded)."""
     if response_format not in STREAMABLE_FORMATS:
         raise ApiError(
@@ -42,8 +42,6 @@ def check_streamable(response_format: str, remote: bool) -> None:
             "unsupported_value",
             "response_format",
         )
-    if remote:
-        raise ApiError(400, "stream=true is not available on a cluster ingress yet", "unsupported_value", "stream")
 
 
 def sse(event: dict[str, Any]) -> bytes:
@@ -62,7 +60,7 @@ async def stream_response(pieces: Pieces, duration: float, headers: dict[str, st
 
 async def transcript_events(pieces: Pieces, duration: float) -> AsyncIterator[bytes]:
     """Each speech region is decoded incrementally on its own; regions' texts are joined with one space, so the
-    done text is exactly the non-streamed transcript (`speech.join`)."""
+    done text is exactly the non-streamed greedy transcript (`speech.join`)."""
     decoder: IncrementalCTC | None = None
     done: list[str] = []  # texts of the finished regions that have any
     async with aclosing(pieces):
@@ -73,7 +71,7 @@ async def transcript_events(pieces: Pieces, duration: float) -> AsyncIterator[by
                 if decoder is None or piece.starts_region:
                     if decoder is not None and decoder.text:
                         done.append(decoder.text)
-                    decoder = IncrementalCTC(piece.adapter.vocab)
+                    decoder = IncrementalCTC(piece.vocab)
                 for start in range(0, piece.logits.shape[0], FRAMES_PER_DELTA):
                     fresh = not decoder.text
                     delta = decoder.push(piece.logits[start : start + FRAMES_PER_DELTA])

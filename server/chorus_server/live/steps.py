@@ -4,6 +4,10 @@ match what a longer pass would give) and a little lookahead, and are final once 
 Every step boundary is a multiple of the 320-sample hop, so frame `j` of a window starting at sample `s` is
 frame `s / hop + j` of the turn, as in `chunking.py`. A window's last frame needs 80 samples beyond the step, so
 the lookahead is at least one hop. `finish()` computes what is left at the end of the turn.
+
+Each step recomputes its left context, so fewer, longer steps cost less backbone time for the same audio: audio
+for several steps that is in at once (a client sending ahead of real time) becomes one step, and `extend` may be
+asked for a longer least step (the session asks while file work waits for the backbone).
 """
 
 from __future__ import annotations
@@ -40,15 +44,16 @@ class TurnSteps:
         """Samples received but not yet planned into a step."""
         return self.received - self.done
 
-    def extend(self, samples: np.ndarray) -> list[Step]:
-        """Add (L,) float32 samples -> the steps that became computable."""
+    def extend(self, samples: np.ndarray, least: int = 0) -> list[Step]:
+        """Add (L,) float32 samples -> the step that became computable, if any: every whole step whose audio and
+        lookahead are in, as one step, once that is at least `least` samples (and one step) of new audio."""
         self._audio = np.concatenate([self._audio, samples])
         self.received += len(samples)
+        ready = (self.received - self.lookahead - self.done) // self.step * self.step
         steps = []
-        while self.received >= self.done + self.step + self.lookahead:
-            stop = self.done + self.step + self.lookahead
-            steps.append(self._window(stop, (self.done + self.step - self._start()) // HOP))
-            self.done += self.step
+        if ready >= max(self.step, least):
+            steps.append(self._window(self.done + ready + self.lookahead, ready))
+            self.done += ready
         self._trim()
         return steps
 
@@ -60,18 +65,19 @@ class TurnSteps:
         if self.received - start < MIN_WINDOW:
             self.done = self.received
             return None
-        step = self._window(self.received, None)
+        step = self._window(self.received, self.received - self.done, last=True)
         self.done = self.received
         return step
 
     def _start(self) -> int:
         return max(0, self.done - self.left)
 
-    def _window(self, stop: int, keep_to: int | None) -> Step:
+    def _window(self, stop: int, fresh: int, last: bool = False) -> Step:
+        """The step of `fresh` new samples from `done`, computed over the window up to sample `stop`."""
         start = self._start()
         samples = self._audio[start - self._base : stop - self._base]
-        end = stop if keep_to is None else self.done + self.step
-        return Step(np.ascontiguousarray(samples), (self.done - start) // HOP, keep_to, end, end - self.done)
+        keep_to = None if last else (self.done + fresh - start) // HOP
+        return Step(np.ascontiguousarray(samples), (self.done - start) // HOP, keep_to, self.done + fresh, fresh)
 
     def _trim(self) -> None:
         """Keep only what future windows can read: the left context before `done` and everything after it."""

@@ -12,13 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import FormData
 
 from chorus_server.auth import Principal, current_principal
+from chorus_server.decoding.beam_overrides import parse_beam_overrides
+from chorus_server.decoding.prewarm import prewarm
 from chorus_server.errors import ApiError
 from chorus_server.runtime import Runtime, upload_dir
+from chorus_server.settings import Settings
 from chorus_server.tenancy import own_id, resolve, visible_part
 from chorus_server.tenants.storage_quota import Reservation
 from chorus_store.base import AdapterRecord, split_ref
+from chorus_store.decoding_files import DecodingUpload
 from chorus_store.errors import AdapterNotFound, StoreUnavailable
 from chorus_store.spool import spool_file
 
@@ -142,7 +147,9 @@ async def get_adapter(request: Request, ref: str, who: Caller) -> dict[str, Any]
 @router.put(
     "/v1/adapters/{adapter_id:path}",
     status_code=201,
-    summary="Upload a new version of `[owner/]name` (raw safetensors body, or multipart field `file`)",
+    summary="Upload a new version of `[owner/]name` (raw safetensors body, or multipart field `file`; multipart may "
+    "add `lm` (ARPA or KenLM binary), `lexicon` (one word per line) and beam settings: beam_width, lm_weight, "
+    "word_score, unk_score, hotword_score)",
     openapi_extra={
         "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     },
@@ -175,11 +182,19 @@ async def put_adapter(
         )
         try:
             with _spool(upload_dir(runtime.settings)) as (path, out):
-                await _receive_upload(request, out, reservation, runtime.settings.limits.max_adapter_bytes)
-                reservation.cover(out.tell())
+                decoding = await _receive_upload(request, out, reservation, runtime.settings)
+                reservation.cover(out.tell() + _decoding_bytes(decoding))
                 await asyncio.to_thread(reservation.check_stored, measure)  # uploads stored meanwhile
                 record = await asyncio.to_thread(
-                    runtime.store.publish, full_id, path, visibility, expected_version, allow_fingerprint_mismatch
+                    partial(
+                        runtime.store.publish,
+                        full_id,
+                        path,
+                        visibility,
+                        expected_version,
+                        allow_fingerprint_mismatch,
+                        decoding=decoding,
+                    )
                 )
         finally:
             reservation.release()
@@ -201,15 +216,21 @@ def _spool(scratch: Path) -> Iterator[tuple[Path, BinaryIO]]:
         yield path, out
 
 
-async def _receive_upload(request: Request, out: BinaryIO, reservation: Reservation, limit: int) -> None:
-    """Stream the body (raw or multipart `file`) into `out`, at most `limit` bytes (BodyLimit already caps the
-    whole request, multipart framing included, while it arrives), covered by `reservation` as it grows."""
+async def _receive_upload(
+    request: Request, out: BinaryIO, reservation: Reservation, settings: Settings
+) -> DecodingUpload | None:
+    """Stream the body (raw or multipart `file`) into `out`, at most the adapter limit (BodyLimit already caps the
+    whole request, multipart framing included, while it arrives), covered by `reservation` as it grows. Returns
+    a multipart upload's decoding files and beam settings (the store checks the files as it copies them)."""
+    limit = settings.limits.max_adapter_bytes
+    decoding = None
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=10)
+            form = await request.form(max_files=3, max_fields=20)
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise ApiError(400, "multipart upload needs a file field named 'file'", "missing_file", "file")
+            decoding = _decoding_upload(form, settings)
             while chunk := await upload.read(1 << 20):
                 _write_limited(out, chunk, limit, reservation)
         else:
@@ -220,6 +241,40 @@ async def _receive_upload(request: Request, out: BinaryIO, reservation: Reservat
         raise StoreUnavailable(f"the adapter store cannot take uploads right now ({exc.strerror or exc})") from exc
     if out.tell() == 0:
         raise ApiError(400, "the upload is empty: send the adapter's safetensors bytes", "empty_upload")
+    return decoding
+
+
+def _decoding_upload(form: FormData, settings: Settings) -> DecodingUpload | None:
+    """The form's `lm` and `lexicon` files (each refused with 413 at once when larger than its limit; their
+    client-side names are never used) and beam settings; None when it has none."""
+    files: dict[str, BinaryIO | None] = {}
+    for field, limit, setting in (
+        ("lm", settings.limits.max_lm_bytes, "MAX_LM_BYTES"),
+        ("lexicon", settings.limits.max_lexicon_bytes, "MAX_LEXICON_BYTES"),
+    ):
+        part = form.get(field)
+        if isinstance(part, str):
+            raise ApiError(400, f"{field} must be a file (multipart file field {field!r})", "invalid_file", field)
+        if part is not None and (part.size or 0) > limit:
+            message = f"the {field} file exceeds the limit of {limit} bytes (CHORUS_LIMITS__{setting}); prune it"
+            raise ApiError(413, message, "file_too_large", field)
+        files[field] = part.file if part is not None else None
+    beam = parse_beam_overrides(form)
+    if beam and files["lm"] is None and files["lexicon"] is None:
+        message = "beam settings apply only to a version with a language model or lexicon: add lm or lexicon"
+        raise ApiError(400, message, "beam_unavailable")
+    upload = DecodingUpload(files["lm"], files["lexicon"], beam)
+    return None if upload.empty else upload
+
+
+def _decoding_bytes(decoding: DecodingUpload | None) -> int:
+    """Bytes the decoding files add to the owner's storage (form parts are spooled files of a known size)."""
+    total = 0
+    for part in (decoding.lm, decoding.lexicon) if decoding is not None else ():
+        if part is not None and not isinstance(part, Path):
+            total += part.seek(0, 2)
+            part.seek(0)
+    return total
 
 
 def _write_limited(out: BinaryIO, chunk: bytes, limit: int, reservation: Reservation) -> None:
@@ -269,6 +324,7 @@ async def _follow_pin(runtime: Runtime, full_id: str, whole: bool) -> str | None
         except AdapterNotFound:
             current = None
     if current is None:
+        await asyncio.to_thread(runtime.store.set_pin, full_id, None)
         runtime.cache.unpin(runtime.pinned.pop(full_id))
         return None
     await _pin(runtime, current)
@@ -287,8 +343,11 @@ async def pin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[st
 
 
 async def _pin(runtime: Runtime, record: AdapterRecord) -> None:
-    """Make `record`'s version the adapter's pinned one (returns once resident), releasing any other version."""
+    """Make `record`'s version the adapter's pinned one (returns once resident here), releasing any other version.
+    Recorded in the store first: every server on it applies the pin within about a second (store_watch.py)."""
+    await asyncio.to_thread(runtime.store.set_pin, record.id, record.ref)
     await asyncio.wrap_future(runtime.cache.pin(record.ref))
+    prewarm(runtime.cache, record.ref)  # its beam-search decoder too, in the background
     old = runtime.pinned.get(record.id)
     runtime.pinned[record.id] = record.ref
     if old is not None and old != record.ref:
@@ -302,6 +361,7 @@ async def unpin_adapter(request: Request, adapter_id: str, who: Caller) -> dict[
         who.require("write")
         record = await asyncio.to_thread(_changeable, runtime, adapter_id, who)
         entry["target"] = record.id
+        await asyncio.to_thread(runtime.store.set_pin, record.id, None)  # for every server on the store
         pinned = runtime.pinned.pop(record.id, None)
         if pinned is not None:
             runtime.cache.unpin(pinned)

@@ -11,8 +11,6 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import JSONResponse
 
 from chorus_server.auth import Principal, current_principal
-from chorus_server.classification import Classifier
-from chorus_server.errors import ApiError
 from chorus_server.routes.transcriptions import CLIENT_CLOSED, _disconnected, receive_audio
 from chorus_server.runtime import Runtime
 from chorus_server.service import ClientGone
@@ -32,11 +30,9 @@ async def create_classification(
     who.require("transcribe")  # inference permission: the same roles transcribe and classify
     record = runtime.transcriber.resolve(model, who, task="classify")
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
-    if runtime.remote is not None:
-        raise ApiError(501, "classification is not served through a cluster ingress yet", "not_implemented")
     audio = await receive_audio(runtime, who, file)
     try:
-        result = await Classifier(runtime.transcriber).classify(audio, record, who, lambda: _disconnected(request))
+        result = await runtime.inference.classify(audio, record, who, lambda: _disconnected(request))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     scores = result.scores[:top_k] if top_k else result.scores

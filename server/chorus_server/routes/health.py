@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from chorus_server.auth import Authenticator, Principal, current_principal
 from chorus_server.errors import ApiError
@@ -27,17 +26,16 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> JSONResponse:
     runtime = getattr(request.app.state, "chorus", None)
-    if runtime is None or not runtime.worker.is_ready():
+    if runtime is None or not runtime.ready():
         return JSONResponse({"status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
-    engine = runtime.engine
+    backbone = runtime.backbone
     body: dict[str, object] = {"status": "ready"}
     if await _identified(runtime.auth, request.headers.get("authorization")):
-        body.update(
-            backbone=engine.fingerprint, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch.")
-        )
-    if runtime.remote is not None:  # a cluster ingress: ready while at least one worker runs
-        body["workers"] = await asyncio.to_thread(runtime.remote.live_workers)  # why it is (not) ready: public
-        if not body["workers"]:
+        body.update(backbone=backbone.fingerprint, device=backbone.device, dtype=backbone.dtype)
+    workers = await runtime.inference.workers()
+    if workers is not None:  # a cluster ingress: ready while at least one worker runs
+        body["workers"] = workers  # why it is (not) ready: public
+        if not workers:
             return JSONResponse({**body, "status": "not_ready"}, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse(body)
 
@@ -58,4 +56,6 @@ async def _identified(auth: Authenticator, authorization: str | None) -> bool:
 @router.get("/metrics", summary="Prometheus metrics (role metrics or admin)", response_class=Response)
 async def metrics(request: Request, who: Annotated[Principal, Depends(current_principal)]) -> Response:
     who.require("scrape")
-    return Response(generate_latest(request.app.state.chorus.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    runtime = request.app.state.chorus
+    body = await runtime.inference.metrics(runtime.metrics.registry)  # a cluster: every worker's too (`replica`)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -73,8 +73,6 @@ async def admit(runtime: Runtime, websocket: WebSocket) -> tuple[Principal, str]
             "unsupported_value",
             "intent",
         )
-    if runtime.remote is not None:
-        raise ApiError(400, "realtime sessions are not available on a cluster ingress yet", "unsupported_value")
     who = await runtime.auth.authenticate(authorization(websocket))
     who.require("transcribe")
     counts = sessions(websocket, runtime)
@@ -121,6 +119,7 @@ async def realtime(websocket: WebSocket) -> None:
 
     session = RealtimeSession(runtime, who, send)
     runtime.metrics.realtime_sessions.inc()
+    session.live.opened()
     notice = shutdown_notice(websocket)
     try:
         await websocket.accept(subprotocol=REALTIME_PROTOCOL if REALTIME_PROTOCOL in offered else None)
@@ -135,23 +134,29 @@ async def realtime(websocket: WebSocket) -> None:
             notice.claimed = False
         await session.close()
         runtime.metrics.realtime_sessions.dec()
+        session.live.closed()
         await asyncio.to_thread(runtime.quotas.release, who.tenant, lease)
         sessions(websocket, runtime).give_back(who.tenant)
 
 
-IDLE, STOPPING = "idle", "stopping"
+IDLE, STOPPING, LOST = "idle", "stopping", "lost"
 
 
 async def serve(
     websocket: WebSocket, session: RealtimeSession, send: Any, idle_timeout: float, notice: ShutdownNotice | None
 ) -> None:
-    """Read client events until the client leaves, stays silent for `idle_timeout` seconds or the server stops."""
+    """Read client events until the client leaves, stays silent for `idle_timeout` seconds, the server stops or
+    the worker serving the session stops (the session has then sent an `error` event)."""
     stopping = asyncio.ensure_future(notice.event.wait()) if notice is not None else None
+    lost = asyncio.ensure_future(session.lost.wait())
     try:
         while True:
-            message = await next_message(websocket, idle_timeout, stopping)
+            message = await next_message(websocket, idle_timeout, stopping, lost)
             if message == STOPPING and notice is not None:
                 await finish(websocket, session, notice.seconds)
+                return
+            if message == LOST:
+                await websocket.close(code=1011, reason="worker lost")
                 return
             if isinstance(message, str):
                 session.runtime.metrics.observe_realtime_refusal("idle_timeout")
@@ -161,20 +166,24 @@ async def serve(
             if message["type"] == "websocket.disconnect" or not await take(websocket, session, send, message):
                 return
     finally:
+        lost.cancel()
         if stopping is not None:
             stopping.cancel()
 
 
 async def next_message(
-    websocket: WebSocket, idle_timeout: float, stopping: asyncio.Future[Any] | None
+    websocket: WebSocket, idle_timeout: float, stopping: asyncio.Future[Any] | None, lost: asyncio.Future[Any]
 ) -> dict[str, Any] | str:
-    """The client's next message; STOPPING once the server stops, IDLE after `idle_timeout` s without one."""
+    """The client's next message; STOPPING once the server stops, LOST once the session's worker is gone, IDLE
+    after `idle_timeout` s without one."""
     receiving = asyncio.ensure_future(websocket.receive())
-    waiting: set[asyncio.Future[Any]] = {receiving} if stopping is None else {receiving, stopping}
+    waiting: set[asyncio.Future[Any]] = {receiving, lost} if stopping is None else {receiving, stopping, lost}
     done, _ = await asyncio.wait(waiting, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
     if receiving in done:
         return dict(receiving.result())
     receiving.cancel()  # nothing is lost: an unread message stays queued in the protocol
+    if lost in done:
+        return LOST
     return STOPPING if done else IDLE
 
 

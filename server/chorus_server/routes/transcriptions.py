@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from chorus_server import formats
 from chorus_server.audio import Audio, decode_audio, probe
 from chorus_server.auth import Principal, current_principal
-from chorus_server.auto_route import AUTO_MODEL, LanguageRouter, Route
+from chorus_server.auto_route import AUTO_MODEL, Route, hinted
 from chorus_server.batching import Priority
+from chorus_server.decoding.request import check_beam_possible, check_decoder, check_include, from_prompt
 from chorus_server.errors import ApiError
 from chorus_server.live.sse import check_streamable, stream_response
 from chorus_server.metrics import CLIENT_CLOSED
@@ -35,7 +36,7 @@ async def receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> A
 
 
 async def _receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> Audio:
-    transcriber, rate = runtime.transcriber, runtime.engine.preprocess.sampling_rate
+    transcriber, rate = runtime.transcriber, runtime.backbone.sampling_rate
     max_seconds = runtime.settings.limits.max_audio_seconds
     header = await asyncio.to_thread(probe, file.file)
     probed = header.seconds if header else 0.0
@@ -77,7 +78,10 @@ async def create_transcription(
     language: Annotated[
         str | None, Form(description="with model=auto: the language, skipping detection; else reported back")
     ] = None,
-    prompt: Annotated[str | None, Form(description="accepted for compatibility, ignored")] = None,
+    prompt: Annotated[
+        str | None,
+        Form(description="words to boost in beam decoding (hotwords), spelled in the adapter's vocabulary"),
+    ] = None,
     temperature: Annotated[float | None, Form(ge=0, le=1, description="accepted, ignored (greedy CTC)")] = None,
     response_format: Annotated[Literal["json", "text", "srt", "vtt", "verbose_json"], Form()] = "json",
     timestamp_granularities: Annotated[
@@ -95,31 +99,48 @@ async def create_transcription(
         Literal["auto", "default", "flex", "priority"],
         Form(description="flex: bulk work, run when no live or ordinary work waits; others: ordinary file traffic"),
     ] = "auto",
+    decoder: Annotated[
+        str | None,
+        Form(
+            description="greedy, or beam (the adapter version's language model and lexicon); unset: the version's "
+            "default, beam where it has a language model (OpenAI SDK: extra_body)"
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        Form(alias="include[]", description="logprobs: each token's log-probability (response_format json only)"),
+    ] = None,
 ) -> Response:
     runtime: Runtime = request.app.state.chorus
     who.require("transcribe")
     priority = Priority.FLEX if service_tier == "flex" else Priority.FILE
+    chosen = check_decoder(decoder)
+    decoding = from_prompt(chosen, prompt, check_include(include, response_format))
     if stream:
-        check_streamable(response_format, runtime.remote is not None)
+        check_streamable(response_format)
+        for asked, param in ((chosen == "beam", "decoder"), (decoding.token_logprobs, "include[]")):
+            if asked:  # streamed deltas come from the incremental greedy decoder (docs/server.md)
+                message = f"stream=true sends greedy text as it is decoded: send {param} without stream"
+                raise ApiError(400, message, "invalid_decoder" if param == "decoder" else "invalid_include", param)
     # `chunking_strategy` above is for the schema; the OpenAI SDK may send it as chunking_strategy[...] fields, so
     # the whole form (already parsed, cached by Starlette) is read.
     vad = options_from_form(await request.form(), runtime.settings.vad)
-    router = LanguageRouter(runtime.transcriber, runtime.settings.routing, runtime.metrics)
     route: Route | None = None
     if model == AUTO_MODEL and language:
-        route = router.hinted(language, who)
-    elif model == AUTO_MODEL and runtime.remote is not None:
-        raise ApiError(501, "model=auto detects the language on this server, not a cluster ingress; pass "
-                       "`language` or name an adapter", "not_implemented", "model")  # fmt: skip
+        route = hinted(runtime.transcriber, runtime.settings.routing, runtime.metrics, language, who)
     record = route.record if route else None if model == AUTO_MODEL else runtime.transcriber.resolve(model, who)
+    if record is not None:
+        check_beam_possible(chosen, record)  # before the audio is read or charged
     audio = await receive_audio(runtime, who, file)
     result: Result | None = None
     if record is None:  # model=auto: detect (and transcribe too, where it fits one pass)
         try:
             if stream:
-                route = await router.detect(audio, who, lambda: _disconnected(request))
+                route = await runtime.inference.detect(audio, who, lambda: _disconnected(request))
             else:
-                route, result = await router.transcribe(audio, who, lambda: _disconnected(request), vad)
+                route, result = await runtime.inference.transcribe_auto(
+                    audio, who, lambda: _disconnected(request), vad, decoding
+                )
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
         record = route.record
@@ -130,21 +151,14 @@ async def create_transcription(
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
     granularities: set[str] = set(timestamp_granularities or [])
     if stream:
-        pieces = runtime.transcriber.stream(audio, record, who, lambda: _disconnected(request), vad, priority)
+        pieces = runtime.inference.stream(audio, record, who, lambda: _disconnected(request), vad, priority)
         try:
             return await stream_response(pieces, audio.seconds, headers)
         except ClientGone:
             return Response(status_code=CLIENT_CLOSED)
-    if runtime.remote is not None:  # a cluster ingress: a worker replica transcribes and renders
-        answer = await runtime.remote.transcribe(
-            audio, record, who, response_format, granularities, language, vad, int(priority)
-        )
-        if answer.status_code < 400:
-            answer.headers.update(headers)
-        return answer
     try:
         if result is None:
-            result = await runtime.transcriber.transcribe(
+            result = await runtime.inference.transcribe(
                 audio,
                 record,
                 who,
@@ -152,11 +166,22 @@ async def create_transcription(
                 vad,
                 no_speech_prob=response_format == "verbose_json",
                 priority=priority,
+                decoding=decoding,
             )
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    response = render(result, response_format, granularities, language, audio.seconds, detected=route is not None)
+    response = render(
+        result,
+        response_format,
+        granularities,
+        language,
+        audio.seconds,
+        detected=route is not None,
+        logprobs=decoding.token_logprobs,
+    )
     response.headers.update(headers)
+    if result.worker:
+        response.headers["x-chorus-worker"] = result.worker
     return response
 
 
@@ -167,9 +192,11 @@ def render(
     language: str | None,
     duration: float,
     detected: bool = False,
+    logprobs: bool = False,
 ) -> Response:
     """The response in `response_format`. `language`: the request's (reported when the adapter names none), or
-    with `detected`, the language model=auto chose (reported as is)."""
+    with `detected`, the language model=auto chose (reported as is). `logprobs` (`include[]=logprobs`): json and
+    verbose_json carry the tokens' log-probabilities."""
     transcript, pauses = result.transcript, result.speech.pauses()
     if response_format == "text":
         return PlainTextResponse(transcript.text + "\n")
@@ -180,9 +207,11 @@ def render(
     lang = (language if detected else result.record.language or language) or ""
     if response_format == "verbose_json":
         return JSONResponse(
-            formats.verbose_json(transcript, result.adapter.vocab, lang, duration, granularities, result.speech)
+            formats.verbose_json(transcript, result.vocab, lang, duration, granularities, result.speech, logprobs)
         )
     body: dict[str, Any] = {"text": transcript.text, "usage": formats.usage(duration)}
     if "word" in granularities:
         body["words"] = formats.words_json(transcript)
+    if logprobs:
+        body["logprobs"] = formats.token_logprobs(transcript)
     return JSONResponse(body)

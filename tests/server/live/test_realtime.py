@@ -12,6 +12,7 @@ import soundfile
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from chorus_server.background import BackgroundServer
+from chorus_server.batching import Priority
 from chorus_server.live.wsclient import configure, open_session, pcm16, receive, send, until
 from chorus_server.settings import TenantLimits
 from tests.server.conftest import make_settings, tone
@@ -301,3 +302,34 @@ def test_model_auto_is_an_error_event_naming_where_it_works(live):
         error = receive(ws)["error"]
         assert (error["code"], error["param"]) == ("auto_not_supported", "session.audio.input.transcription.model")
         assert "/v1/audio/transcriptions" in error["message"]
+
+
+def test_steps_cover_busy_step_ms_while_file_work_waits(live, monkeypatch):
+    """While the worker has file windows queued, a session's steps take 640 ms of new audio (BUSY_STEP_MS)
+    instead of 320 ms: half the steps, each recomputing its 2 s of left context once."""
+    worker = live.app.state.chorus.worker
+    busy = {"on": False}
+    monkeypatch.setattr(type(worker), "bulk_waiting", property(lambda self: busy["on"]))
+    real, lengths = worker.submit, []
+
+    def spy(items):
+        lengths.extend(len(item) for item in items if item.priority == Priority.LIVE)
+        real(items)
+
+    monkeypatch.setattr(worker, "submit", spy)
+    audio = quantized(tone(1.6, seed=4))
+    seen = {}
+    for on in (False, True):
+        busy["on"], lengths[:] = on, []
+        with open_session(live.url) as ws:
+            receive(ws)
+            configure(ws, "eng-0")
+            receive(ws)
+            stream(ws, audio, chunk=2400)  # 100 ms appends at 24 kHz
+            send(ws, {"type": "input_audio_buffer.commit"})
+            until(ws, "conversation.item.input_audio_transcription.completed")
+        seen[on] = list(lengths)
+    # idle: 320 ms steps (+100 ms lookahead; the left context grows to 2 s), then the rest of the turn
+    assert seen[False][:4] == [6720, 11840, 16960, 22080] and len(seen[False]) == 5
+    # busy: 640 ms steps
+    assert seen[True][:2] == [11840, 22080] and len(seen[True]) == 3

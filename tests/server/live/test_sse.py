@@ -20,10 +20,6 @@ openai = pytest.importorskip("openai")
 VOCAB = Vocabulary(("<pad>", "|", "a", "b"), blank_id=0, word_delimiter_id=1)
 
 
-class FakeAdapter:
-    vocab = VOCAB
-
-
 def one_hot(ids: list[int]) -> torch.Tensor:
     logits = torch.full((len(ids), len(VOCAB)), -5.0)  # (T, V)
     logits[torch.arange(len(ids)), torch.tensor(ids)] = 5.0
@@ -40,9 +36,9 @@ def test_a_delta_leaves_as_soon_as_its_window_is_done():
 
     async def pieces():
         yield None
-        yield Piece(FakeAdapter(), one_hot([2, 1]), starts_region=True)  # type: ignore[arg-type]
+        yield Piece(VOCAB, one_hot([2, 1]), starts_region=True)
         await second_window.wait()
-        yield Piece(FakeAdapter(), one_hot([3, 0]), starts_region=False)  # type: ignore[arg-type]
+        yield Piece(VOCAB, one_hot([3, 0]), starts_region=False)
 
     async def run() -> list[dict]:
         stream = transcript_events(pieces(), 2.2)
@@ -67,7 +63,7 @@ def test_a_long_window_streams_as_deltas_of_about_a_second():
 
     async def pieces():
         yield None
-        yield Piece(FakeAdapter(), one_hot(frames), starts_region=True)  # type: ignore[arg-type]
+        yield Piece(VOCAB, one_hot(frames), starts_region=True)
 
     async def run() -> list[bytes]:
         return [chunk async for chunk in transcript_events(pieces(), 14.0)]
@@ -84,10 +80,10 @@ def test_speech_regions_are_decoded_apart_and_joined_with_one_space():
 
     async def pieces():
         yield None
-        yield Piece(FakeAdapter(), one_hot([2, 2]), starts_region=True)  # type: ignore[arg-type]
-        yield Piece(FakeAdapter(), one_hot([0, 0]), starts_region=True)  # type: ignore[arg-type]  # no text
-        yield Piece(FakeAdapter(), one_hot([2]), starts_region=True)  # type: ignore[arg-type]
-        yield Piece(FakeAdapter(), one_hot([1, 3]), starts_region=False)  # type: ignore[arg-type]
+        yield Piece(VOCAB, one_hot([2, 2]), starts_region=True)
+        yield Piece(VOCAB, one_hot([0, 0]), starts_region=True)  # no text
+        yield Piece(VOCAB, one_hot([2]), starts_region=True)
+        yield Piece(VOCAB, one_hot([1, 3]), starts_region=False)
 
     async def run() -> list[bytes]:
         return [chunk async for chunk in transcript_events(pieces(), 1.0)]
@@ -104,7 +100,7 @@ def test_speech_regions_are_decoded_apart_and_joined_with_one_space():
 def test_an_error_mid_stream_ends_it_with_an_error_event():
     async def pieces():
         yield None
-        yield Piece(FakeAdapter(), one_hot([2]), starts_region=True)  # type: ignore[arg-type]
+        yield Piece(VOCAB, one_hot([2]), starts_region=True)
         raise ApiError(504, "the request did not finish before its deadline", "deadline_exceeded")
 
     async def run() -> list[bytes]:

@@ -16,13 +16,14 @@ def frames_of(n: int) -> int:
 
 @pytest.mark.parametrize("total", [0, 300, 5000, 16000, 16000 * 7 + 123])
 @pytest.mark.parametrize("chunk", [160, 1600, 7000])
-def test_steps_cover_every_frame_of_one_pass_once(total, chunk):
+@pytest.mark.parametrize("least", [0, 12800])
+def test_steps_cover_every_frame_of_one_pass_once(total, chunk, least):
     steps = TurnSteps(step=5120, left=32000, lookahead=1600)
     audio = np.arange(total, dtype=np.float32)  # sample i holds i: windows show where they come from
     kept: list[int] = []
     planned = []
     for start in range(0, total, chunk):
-        planned += steps.extend(audio[start : start + chunk])
+        planned += steps.extend(audio[start : start + chunk], least)
     final = steps.finish()
     planned += [final] if final is not None else []
     for step in planned:
@@ -42,6 +43,15 @@ def test_a_step_waits_for_its_lookahead_and_keeps_little_audio():
     for _ in range(10):
         steps.extend(np.zeros(3200, np.float32))
     assert len(steps._audio) <= 6400 + 3200 + 320  # left context + what is not planned yet
+
+
+def test_audio_for_several_steps_is_one_step_and_a_longer_least_step_waits_for_more_audio():
+    steps = TurnSteps(step=3200, left=6400, lookahead=320)
+    [step] = steps.extend(np.zeros(3 * 3200 + 320, np.float32))  # three steps' audio at once: one window
+    assert (len(step.samples), step.keep_from, step.keep_to, step.end, step.fresh) == (9920, 0, 30, 9600, 9600)
+    assert steps.extend(np.zeros(3200, np.float32), least=6400) == []  # one step is in, two were asked for
+    [step] = steps.extend(np.zeros(3200, np.float32), least=6400)
+    assert (len(step.samples), step.keep_from, step.keep_to, step.end, step.fresh) == (13120, 20, 40, 16000, 6400)
 
 
 def tone_with_pauses(pattern: list[tuple[float, bool]], rate: int = 16000) -> np.ndarray:
