@@ -15,8 +15,10 @@ from fastapi import FastAPI
 from chorus_server import __version__
 from chorus_server.admission import Admission
 from chorus_server.body_limit import BodyLimit, BodyPace, BodyReaders
+from chorus_server.connections import shutdown_window
 from chorus_server.errors import install_error_handlers
 from chorus_server.host_guard import HostGuard
+from chorus_server.http_shutdown import AnswerBeforeShutdown
 from chorus_server.metrics import Metrics, RequestMetrics
 from chorus_server.one_authorization import OneAuthorization
 from chorus_server.path_guard import PathGuard
@@ -108,5 +110,7 @@ def create_app(settings: Settings | None = None, start: Callable[[Settings], Run
     app.add_middleware(HostGuard, keyless=lambda: (running := runtime()) is not None and running.auth.open)
     app.add_middleware(OneAuthorization)  # before anything reads the header: no layer may pick a different one
     app.add_middleware(PathGuard)
+    # Inside uvicorn's graceful-shutdown window (90% of it, as for WebSockets): an unfinished request gets a 503.
+    app.add_middleware(AnswerBeforeShutdown, grace_seconds=0.9 * shutdown_window(settings.server))
     app.add_middleware(RequestId)  # outermost: every answer, errors from the body limit included, carries it
     return app

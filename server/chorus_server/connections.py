@@ -14,6 +14,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from chorus_server.http_shutdown import shutdown_began
 from chorus_server.settings import RealtimeSettings, ServerSettings
 from chorus_server.ws_shutdown import draining_websockets
 
@@ -77,7 +78,8 @@ def install_log_filter() -> OutOfFilesOncePerMinute:
 
 class H11WithHeadDeadline(H11Protocol):
     """uvicorn's h11 protocol, plus: a connection must deliver a complete request head within `head_timeout`
-    seconds of opening (and of finishing its previous response), or it is closed."""
+    seconds of opening (and of finishing its previous response), or it is closed; and a request in progress when
+    the server begins to shut down is told so (`http_shutdown.py` answers it 503 if it cannot finish in time)."""
 
     head_timeout: float = 10.0
     _head_deadline: asyncio.TimerHandle | None = None
@@ -100,6 +102,12 @@ class H11WithHeadDeadline(H11Protocol):
         if not self.transport.is_closing():
             self._arm_head_deadline()
 
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            shutdown_began(cycle.scope)  # type: ignore[arg-type]
+        super().shutdown()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_deadline is not None:
             self._head_deadline.cancel()
@@ -117,10 +125,15 @@ class H11WithHeadDeadline(H11Protocol):
             self.transport.close()
 
 
+def shutdown_window(settings: ServerSettings) -> int:
+    """uvicorn's graceful-shutdown window in whole seconds (it takes an int)."""
+    return max(1, round(settings.shutdown_timeout_seconds))
+
+
 def uvicorn_options(settings: ServerSettings, realtime: RealtimeSettings) -> dict[str, Any]:
     """The connection settings as `uvicorn.run` / `uvicorn.Config` keyword arguments."""
     protocol = type("H11", (H11WithHeadDeadline,), {"head_timeout": settings.header_timeout_seconds})
-    shutdown_timeout = max(1, round(settings.shutdown_timeout_seconds))
+    shutdown_timeout = shutdown_window(settings)
     return {
         "http": protocol,
         "ws": draining_websockets(shutdown_timeout),  # realtime sessions finish their open turn on SIGTERM

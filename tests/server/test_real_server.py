@@ -11,7 +11,7 @@ import pytest
 
 from chorus_server.background import BackgroundServer, ServerProcess
 from tests.server.conftest import make_settings, wav
-from tests.server.test_errors import gate_forward
+from tests.server.test_errors import error_of, gate_forward, in_background
 
 openai = pytest.importorskip("openai")
 
@@ -115,6 +115,8 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         "CHORUS_DTYPE": "float32",
         "CHORUS_DEVICE": "cpu",
         "CHORUS_BATCH__MAX_ITEMS": "1",
+        # Long enough for all four on a loaded machine (what runs out of time is the next test's subject).
+        "CHORUS_SERVER__SHUTDOWN_TIMEOUT_SECONDS": "120",
     }
     with ServerProcess(env, tmp_path, start_timeout=60) as server:
         url, process = server.url, server.process
@@ -125,7 +127,7 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         def post() -> None:
             try:
                 response = httpx.post(
-                    f"{url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=120
+                    f"{url}/v1/audio/transcriptions", files=files, data={"model": "default"}, timeout=180
                 )
                 results.append(response.status_code)
             except httpx.ConnectError:  # arrived after shutdown began: refused, which is correct
@@ -138,7 +140,7 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         admitted = _in_flight(url)
         process.send_signal(signal.SIGTERM)
         for c in clients:
-            c.join(120)
+            c.join(180)
         # Every request the server had admitted finishes with 200; nothing is cut off or fails.
         assert set(results) <= {200, "refused"} and len(results) == 4
         assert results.count(200) >= admitted >= 2
@@ -147,6 +149,34 @@ def test_sigterm_finishes_admitted_requests_then_exits(tmp_path, model_dir):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz")
     assert "Chorus stopped" in server.log()
+
+
+def test_a_request_unfinished_when_the_shutdown_window_ends_is_answered_503(tmp_path, model_dir):
+    """uvicorn cancels what still runs when its graceful-shutdown window ends and the client heard nothing
+    ("Server disconnected without sending a response"); Chorus answers such a request 503 first, inside the
+    window, so the client knows to retry elsewhere."""
+    settings = make_settings(tmp_path, model_dir)
+    settings.server = settings.server.model_copy(update={"shutdown_timeout_seconds": 2.0})
+    with BackgroundServer(settings) as server:
+        entered = threading.Event()
+        gate, _ = gate_forward(server, entered)  # the request's window waits in the backbone
+        posting, answers = in_background(
+            httpx.post,
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": ("a.wav", wav(3.0), "audio/wav")},
+            data={"model": "default"},
+            timeout=30,
+        )
+        assert entered.wait(30)
+        began = time.monotonic()
+        server.server.should_exit = True  # what SIGTERM does: the graceful shutdown begins
+        posting.join(20)
+        took = time.monotonic() - began
+        gate.set()
+    assert answers, "no answer"
+    error = error_of(answers[0], 503, "server_shutting_down")
+    assert answers[0].headers["retry-after"] == "1" and "retry" in error["message"]
+    assert 1.5 < took < 2.1, took  # at 90% of the 2 s window, before uvicorn's own deadline
 
 
 def _in_flight(url: str) -> float:
