@@ -176,7 +176,7 @@ def test_a_request_unfinished_when_the_shutdown_window_ends_is_answered_503(tmp_
     assert answers, "no answer"
     error = error_of(answers[0], 503, "server_shutting_down")
     assert answers[0].headers["retry-after"] == "1" and "retry" in error["message"]
-    assert 1.5 < took < 2.1, took  # at 90% of the 2 s window, before uvicorn's own deadline
+    assert took > 1.5, took  # at 90% of the 2 s window (uvicorn itself, at its end, would have answered 500)
 
 
 def _in_flight(url: str) -> float:
