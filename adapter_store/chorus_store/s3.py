@@ -74,11 +74,13 @@ from chorus_store.errors import (
     StoreUnavailable,
     VersionNotFound,
 )
+from chorus_store.file_cache import evict_least_recently_used, mark_used
 from chorus_store.pins import PINS_FILE, ObjectPins
 from chorus_store.spool import remove_abandoned, spool_file
 
 logger = logging.getLogger(__name__)
 
+DECODING_CACHE_BYTES = 4 << 30  # local copies of decoding files (CHORUS_CACHE__DECODING_FILES_MB)
 MAX_ATTEMPTS = 64  # compare-and-set retries before giving up (each retry means another writer made progress)
 
 
@@ -102,6 +104,7 @@ class S3Store:
         max_bytes: int = DEFAULT_MAX_BYTES,
         scratch: Path | None = None,
         decoding_limits: DecodingLimits | None = None,
+        decoding_cache_bytes: int = DECODING_CACHE_BYTES,
         **client_options: Any,
     ):
         from obstore.store import S3Store as ObjectStore  # optional dependency: chorus-asr[s3]
@@ -109,6 +112,7 @@ class S3Store:
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.validator, self.max_bytes = validator, max_bytes
         self.decoding_limits = decoding_limits or DecodingLimits()
+        self.decoding_cache_bytes = decoding_cache_bytes
         self.scratch = scratch or Path(tempfile.gettempdir())
         if scratch is not None:  # a folder of our own (never the shared /tmp): clear dead processes' uploads
             remove_abandoned(scratch)
@@ -436,7 +440,8 @@ class S3Store:
 
     def decoding_file(self, record: AdapterRecord, kind: DecodingKind) -> Path:
         """A local copy under `scratch/decoding/`, named by its sha256 (versions sharing a file share the copy),
-        downloaded once, checked against the record, then renamed into place: a copy there is always whole."""
+        downloaded once, checked against the record, then renamed into place: a copy there is always whole. The
+        folder holds at most `decoding_cache_bytes`, least recently used copies out (`file_cache.py`)."""
         info = getattr(record, kind) if kind in KINDS else None
         if info is None:
             raise VersionNotFound(f"adapter {record.ref} has no {kind} file")
@@ -446,6 +451,7 @@ class S3Store:
         folder = self.scratch / "decoding"
         target = folder / f"{sha}{SUFFIX[kind]}"
         if target.is_file() and target.stat().st_size == info.get("size"):
+            mark_used(target)
             return target
         folder.mkdir(parents=True, exist_ok=True)
         key = self._adapter_key(record.id, f"{version_file(record.version)}{SUFFIX[kind]}")
@@ -453,6 +459,8 @@ class S3Store:
             self._download(key, out, record)
             verify_file(path, info, f"the {kind} file of adapter {record.ref}")
             os.replace(path, target)
+        mark_used(target)
+        evict_least_recently_used(folder, self.decoding_cache_bytes, keep=target)
         return target
 
     def _download(self, key: str, out: BinaryIO, record: AdapterRecord) -> None:

@@ -329,6 +329,7 @@ def open_store(settings: Settings, validator: BackboneValidator) -> AdapterStore
             settings.limits.max_adapter_bytes,
             scratch=upload_dir(settings),
             decoding_limits=decoding_limits(settings),
+            decoding_cache_bytes=settings.cache.decoding_files_mb << 20,
         )
     return LocalStore(Path(settings.store), validator, settings.limits.max_adapter_bytes, decoding_limits(settings))
 

@@ -147,6 +147,12 @@ class CacheSettings(BaseModel):
         description="memory for beam-search decoders (an adapter version's language model and lexicon trie, "
         "about 1.3 KB per lexicon word), least recently used out; a version needing more alone decodes greedily",
     )
+    decoding_files_mb: int = Field(
+        4096,
+        ge=1,
+        description="local disk for copies of an S3 store's decoding files (language models, lexicons), least "
+        "recently used out; a copy removed while in use is fetched again",
+    )
     watch_seconds: float = Field(
         2.0, gt=0, description="how often cached adapters are checked against the store (deletes via other workers)"
     )

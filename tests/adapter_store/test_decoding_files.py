@@ -305,6 +305,46 @@ def test_an_s3_store_fetches_a_decoding_file_once_into_a_copy_named_by_its_hash(
         store.decoding_file(record, "lexicon")  # never fetched, and gone now
 
 
+def test_an_s3_stores_decoding_copies_stay_within_their_budget_least_recently_used_out(store, eng):
+    """Copies of every language model ever fetched stayed on the worker's disk, deleted versions' too: a tenant
+    uploading, using and deleting models in a loop could fill it. Now a new copy pushes the least recently used
+    out (a use counts), and an evicted copy is fetched again when asked for."""
+    if isinstance(store, LocalStore):
+        pytest.skip("S3 only: a local store's file is used in place")
+    models = [arpa().replace(b"-0.5\tbob cow", f"-0.{n}\tbob cow".encode()) for n in (1, 2, 3)]
+    assert len(set(models)) == 3
+    records = [store.publish(f"acme/l{n}", eng, decoding=upload(model)) for n, model in enumerate(models)]
+    store.decoding_cache_bytes = 2 * max(len(model) for model in models)
+    first = store.decoding_file(records[0], "lm")
+    second = store.decoding_file(records[1], "lm")
+    assert store.decoding_file(records[0], "lm") == first  # used again: now the second is the least recent
+    third = store.decoding_file(records[2], "lm")
+    folder = store.scratch / "decoding"
+    assert sorted(folder.iterdir()) == sorted([first, third]) and not second.exists()
+    assert sum(path.stat().st_size for path in folder.iterdir()) <= store.decoding_cache_bytes
+    assert store.decoding_file(records[1], "lm").read_bytes() == models[1]  # fetched again
+    assert not first.exists() and third.exists()  # which pushed out the least recent of the two
+
+
+def test_a_decoder_is_built_from_a_copy_evicted_since_its_adapter_was_loaded(store, eng):
+    """The adapter cache fetches a version's decoding files when it loads the adapter; by the first beam request
+    those copies may have been evicted. Building the decoder asks the store again."""
+    from chorus_server.decoding import resources
+    from chorus_server.decoding.files import language_model_files
+    from chorus_server.engine.adapters import Vocabulary
+
+    record = store.publish("acme/en", eng, decoding=upload(arpa(), LEXICON))
+    files = language_model_files(store, record)
+    assert files is not None and files.lm is not None and files.lexicon is not None
+    if not isinstance(store, LocalStore):
+        files.lm.unlink()
+        files.lexicon.unlink()
+    vocab = Vocabulary(("<pad>", "|", *"abcdefghijklmnopqrstuvwxyz"), blank_id=0, word_delimiter_id=1)
+    loaded = resources.build(files, vocab)
+    assert loaded.knows("bob") and loaded.knows("cow") and not loaded.knows("ùbo")  # ù: not in the vocabulary
+    assert files.lm.read_bytes() == arpa() and files.lexicon.read_bytes() == LEXICON
+
+
 def test_recovery_removes_decoding_files_without_a_record(tmp_path, eng, tiny_model):
     """A publisher killed after placing a version's files but before its record leaves no trace after a restart."""
     store = LocalStore(tmp_path / "store", tiny_model[2])

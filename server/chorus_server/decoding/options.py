@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,15 +29,22 @@ class BeamSettings:
 class LanguageModelFiles:
     """An adapter version's decoding resources, on local disk (a cache copy when the store is remote).
     `lm`: a KenLM model (ARPA text or KenLM binary); `lexicon`: one word per line, spelled in the adapter's
-    vocabulary. Either may be absent; with neither, only greedy decoding is available."""
+    vocabulary. Either may be absent; with neither, only greedy decoding is available. `fetch_again` asks the store
+    for them again (a remote store's local copies are evicted, least recently used first)."""
 
     lm: Path | None = None
     lexicon: Path | None = None
     settings: BeamSettings = field(default_factory=BeamSettings)
+    fetch_again: Callable[[], LanguageModelFiles] | None = field(default=None, compare=False, repr=False)
 
     @property
     def default_decoder(self) -> Decoder:
         return "beam" if self.lm is not None or self.lexicon is not None else "greedy"
+
+    def present(self) -> LanguageModelFiles:
+        """The files as the store has them now: a remote store's copies marked used, or fetched again if evicted
+        (without `fetch_again`, these paths as they are)."""
+        return self.fetch_again() if self.fetch_again is not None else self
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 from chorus_server.decoding.options import LanguageModelFiles
 from chorus_server.engine.adapters import Vocabulary
+from chorus_store.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,10 @@ def build(files: LanguageModelFiles, vocab: Vocabulary, budget_bytes: int = DEFA
     if vocab.word_delimiter_id is None:
         raise DecoderUnavailable("beam decoding needs a vocabulary with a word delimiter")
     index = {token: i for i, token in enumerate(vocab.tokens)}
+    try:
+        files = files.present()  # a remote store's copy may have been evicted since the adapter was loaded
+    except StoreError as error:
+        raise DecoderUnavailable(f"cannot fetch the language model files: {error}") from error
     try:
         listed = lexicon_words(files)
     except (OSError, UnicodeDecodeError) as error:
