@@ -392,11 +392,18 @@ class Transcriber(Intake):
     async def _within(
         self, work: Awaitable[_T], deadline: float, gone: asyncio.Future[None], items: list[WorkItem]
     ) -> _T:
-        """Await `work` until the deadline or the caller's disconnect; either way, queued items are cancelled."""
+        """Await `work` until the deadline or the caller's disconnect; either way, queued items are cancelled (also
+        when this request is cancelled, e.g. answered 503 by a shutdown: its windows must not run for nobody)."""
         task: asyncio.Future[Any] = asyncio.ensure_future(work)
         timeout = max(0.0, deadline - time.monotonic())
         waiting: set[asyncio.Future[Any]] = {task, gone}
-        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for item in items:
+                item.future.cancel()
+            task.cancel()
+            raise
         if task in done:
             try:
                 return task.result()

@@ -157,13 +157,14 @@ def test_a_request_unfinished_when_the_shutdown_window_ends_is_answered_503(tmp_
     window, so the client knows to retry elsewhere."""
     settings = make_settings(tmp_path, model_dir)
     settings.server = settings.server.model_copy(update={"shutdown_timeout_seconds": 2.0})
+    settings.batch = settings.batch.model_copy(update={"max_items": 1})
     with BackgroundServer(settings) as server:
         entered = threading.Event()
-        gate, _ = gate_forward(server, entered)  # the request's window waits in the backbone
+        gate, batches = gate_forward(server, entered)  # the request's first window waits in the backbone
         posting, answers = in_background(
             httpx.post,
             f"{server.url}/v1/audio/transcriptions",
-            files={"file": ("a.wav", wav(3.0), "audio/wav")},
+            files={"file": ("a.wav", wav(60.0), "audio/wav")},  # 3 windows: the others wait in the queue
             data={"model": "default"},
             timeout=30,
         )
@@ -177,6 +178,7 @@ def test_a_request_unfinished_when_the_shutdown_window_ends_is_answered_503(tmp_
     error = error_of(answers[0], 503, "server_shutting_down")
     assert answers[0].headers["retry-after"] == "1" and "retry" in error["message"]
     assert took > 1.5, took  # at 90% of the 2 s window (uvicorn itself, at its end, would have answered 500)
+    assert batches == [1]  # the windows still queued were dropped with the request, not run for nobody
 
 
 def _in_flight(url: str) -> float:
