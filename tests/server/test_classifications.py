@@ -98,6 +98,8 @@ def test_bad_requests_get_the_openai_envelope(server):
     error_of(classify(server, b"not audio", "lid"), 415, "unsupported_audio")
     response = server.post("/v1/audio/classifications", data={"model": "lid"})
     assert response.status_code in (400, 422) and "error" in response.json()
+    two = [("file", ("a.wav", wav(1.0), "audio/wav")), ("file", ("b.wav", wav(2.0), "audio/wav"))]
+    error_of(server.post("/v1/audio/classifications", files=two, data={"model": "lid"}), 400, "too_many_files")
 
 
 def test_limits_and_metrics_are_the_transcriptions(tmp_path, model_dir, adapter_files, classifier_file):

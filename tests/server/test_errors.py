@@ -36,6 +36,15 @@ def test_bad_requests_get_400(client):
     error_of(transcribe(client, wav(1.0), "eng-0", temperature="7"), 422, "invalid_parameter")
 
 
+def test_a_request_with_two_files_is_400_not_half_heard(client):
+    """Two `file` parts were accepted and one of them transcribed: the caller got one transcript for two files.
+    (Classifications share the check: tests/server/test_classifications.py.)"""
+    two = [("file", ("a.wav", wav(1.0), "audio/wav")), ("file", ("b.wav", wav(2.0, seed=1), "audio/wav"))]
+    error = error_of(client.post("/v1/audio/transcriptions", files=two, data={"model": "eng-0"}), 400, "too_many_files")
+    assert error["param"] == "file" and "one audio file per request" in error["message"]
+    assert transcribe(client, wav(1.0), "eng-0").status_code == 200  # one file is fine
+
+
 def test_unknown_adapter_or_version_is_404_with_a_hint(client):
     error = error_of(transcribe(client, wav(1.0), "klingon"), 404, "adapter_not_found")
     assert "GET /v1/adapters" in error["message"]

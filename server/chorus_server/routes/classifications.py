@@ -30,7 +30,7 @@ async def create_classification(
     who.require("transcribe")  # inference permission: the same roles transcribe and classify
     record = runtime.transcriber.resolve(model, who, task="classify")
     request.state.adapter_id = record.id if record.visibility == "public" else "private"
-    audio = await receive_audio(runtime, who, file)
+    audio = await receive_audio(runtime, who, request, file)
     try:
         result = await runtime.inference.classify(audio, record, who, lambda: _disconnected(request))
     except ClientGone:

@@ -24,12 +24,16 @@ from chorus_server.speech import options_from_form
 router = APIRouter(tags=["transcription"])
 
 
-async def receive_audio(runtime: Runtime, who: Principal, file: UploadFile) -> Audio:
+async def receive_audio(runtime: Runtime, who: Principal, request: Request, file: UploadFile) -> Audio:
     """An upload's audio, admitted for `who`: quota, queue and decoded-audio memory checked from the header before
     decoding (refusals cost no decoding), the quota again on the decoded length, then charged to the tenant. The
     upload is decoded from its spooled file, never copied whole into memory. Shared by every route that takes an
-    audio file."""
+    audio file; a request with more than one `file` part is refused (only one would have been heard)."""
     try:
+        parts = len((await request.form()).getlist("file"))  # parsed already: Starlette caches the form
+        if parts > 1:
+            message = f"send one audio file per request; this request has {parts} `file` parts"
+            raise ApiError(400, message, "too_many_files", "file")
         return await _receive_audio(runtime, who, file)
     finally:
         runtime.transcriber.memory.upload_done(file.size or 0)
@@ -131,7 +135,7 @@ async def create_transcription(
     record = route.record if route else None if model == AUTO_MODEL else runtime.transcriber.resolve(model, who)
     if record is not None:
         check_beam_possible(chosen, record)  # before the audio is read or charged
-    audio = await receive_audio(runtime, who, file)
+    audio = await receive_audio(runtime, who, request, file)
     result: Result | None = None
     if record is None:  # model=auto: detect (and transcribe too, where it fits one pass)
         try:
