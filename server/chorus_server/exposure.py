@@ -25,8 +25,13 @@ def exposure_problem(settings: Settings, host: str) -> str | None:
     """Why the server must not start on `host` with these settings (None: it may)."""
     if is_loopback(host):
         return None
-    keys = key_ring(settings, open_tenant_store(settings))
-    role = anonymous_role(settings.auth, keys)
+    tenants = open_tenant_store(settings)  # closed again: on PostgreSQL a pool of connections and its threads
+    keys = key_ring(settings, tenants)
+    try:
+        role = anonymous_role(settings.auth, keys)
+    finally:
+        keys.close()
+        tenants.close()
     if settings.auth.anonymous == "auto" and role is not None:
         return (
             f"refusing to listen on {host} without API keys: create one with "

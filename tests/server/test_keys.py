@@ -193,6 +193,25 @@ def test_serve_refuses_a_network_interface_without_keys(env, monkeypatch, capsys
     assert exposure_problem(get_settings(), "0.0.0.0") is None
 
 
+def test_the_exposure_check_closes_the_tenant_database_it_opens(env, monkeypatch):
+    """`chorus serve --host 0.0.0.0` opened the tenant database to look for keys and left it open for the life of
+    the process: with PostgreSQL a pool of idle connections and its worker threads."""
+    from chorus_server import exposure
+
+    closed: list[str] = []
+    real = exposure.open_tenant_store
+
+    def tracked(settings):
+        store = real(settings)
+        close = store.close
+        monkeypatch.setattr(store, "close", lambda: (closed.append(type(store).__name__), close())[1])
+        return store
+
+    monkeypatch.setattr(exposure, "open_tenant_store", tracked)
+    assert exposure_problem(get_settings(), "0.0.0.0") is not None  # no keys yet: refused
+    assert len(closed) == 1, closed
+
+
 def test_anonymous_users_when_switched_on_are_never_admins(tmp_path, model_dir):
     settings = make_settings(tmp_path, model_dir, auth={"admin_keys": [ADMIN], "anonymous": "user"})
     with running_app(settings) as client:
