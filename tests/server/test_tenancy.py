@@ -155,15 +155,17 @@ def test_resolving_hidden_and_missing_costs_the_same(tenants):
             resolve(store, ref, globex)
         return time.perf_counter() - started
 
-    hidden, missing = [], []
-    for _ in range(400):  # interleaved, so drift affects both
-        hidden.append(cost("secret"))
-        missing.append(cost("absent"))
-        hidden.append(cost("acme/secret@1"))
-        missing.append(cost("acme/absent@1"))
-    gap = abs(statistics.median(hidden) - statistics.median(missing))
-    # Same code path (the public-name index only); the gap is noise: well under a tenth of a lookup.
-    assert gap < 0.1 * statistics.median(missing) + 5e-6, (statistics.median(hidden), statistics.median(missing))
+    costs: dict[str, list[float]] = {"secret": [], "absent": [], "acme/secret@1": [], "acme/absent@1": []}
+    for _ in range(400):  # interleaved, so drift affects all
+        for ref, took in costs.items():
+            took.append(cost(ref))
+    # Same code path (the public-name index only): each hidden name costs what a missing one spelled the same way
+    # does, within a tenth of a lookup. Compared at the 10th percentile, not the median: a busy machine only ever
+    # adds time (CI once saw medians 25% apart), while a real difference, such as a record read for a hidden
+    # adapter only, shows in every percentile.
+    low = {ref: statistics.quantiles(took, n=10)[0] for ref, took in costs.items()}
+    for hidden, missing in (("secret", "absent"), ("acme/secret@1", "acme/absent@1")):
+        assert abs(low[hidden] - low[missing]) < 0.1 * low[missing] + 5e-6, low
 
 
 def test_metrics_need_a_role_and_never_name_private_adapters(tenants):
