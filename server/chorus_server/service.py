@@ -397,24 +397,28 @@ class Transcriber(Intake):
         task: asyncio.Future[Any] = asyncio.ensure_future(work)
         timeout = max(0.0, deadline - time.monotonic())
         waiting: set[asyncio.Future[Any]] = {task, gone}
+
+        def drop_queued() -> None:
+            for item in items:
+                item.future.cancel()
+
+        def abandon() -> None:
+            drop_queued()
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: nobody waits for it now
+
         try:
             done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            for item in items:
-                item.future.cancel()
-            task.cancel()
+            abandon()
             raise
         if task in done:
             try:
                 return task.result()
             except DeadlineExceeded:
-                for item in items:  # the request has failed: its other windows must not run for nobody
-                    item.future.cancel()
+                drop_queued()  # the request has failed: its other windows must not run for nobody
                 raise _deadline_error() from None
-        for item in items:
-            item.future.cancel()
-        task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: nobody waits for it now
+        abandon()
         if gone in done:
             raise ClientGone()
         raise _deadline_error()
